@@ -1,0 +1,40 @@
+# `make help` lists the targets. Everything runs inside .venv, created on first use.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+ARGS    ?=
+
+.DEFAULT_GOAL := help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-10s %s\n",$$1,$$2}'
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the package with its dev tools
+
+train: $(STAMP)  ## train on the default config (embedded synthetic data); extra overrides: make train ARGS="decoder=gru"
+	$(BIN)/python run.py $(ARGS)
+
+test: $(STAMP)  ## run the test suite (what CI runs)
+	$(BIN)/python -m pytest -q tests
+
+sweep: $(STAMP)  ## a two-job sweep over decoders: outputs/multirun/<date>/<time>/
+	$(BIN)/python run.py -m decoder=gru,transformer $(ARGS)
+
+kangas: $(STAMP)  ## serve the Kangas DataGrids under outputs/ (not built yet: see the tracking issue)
+	@echo "Kangas prediction grids are not written yet (tracking issue); nothing to serve." && exit 1
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check captioning tests run.py
+
+clean:  ## remove caches and build files (keeps outputs/ and .venv)
+	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: help install train test sweep kangas lint clean

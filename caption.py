@@ -1,0 +1,68 @@
+"""Caption image files with a finished run, one line per image.
+
+    python caption.py run_dir=outputs/2026-11-21/12-00-00 images=[a.jpg,photos/] [decode.method=beam ...]
+
+Folders are searched for .jpg/.jpeg/.png/.bmp/.gif files; decode.* settings apply.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from captioning import CaptioningError  # noqa: E402
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
+
+
+def image_files(items) -> list[Path]:
+    files: list[Path] = []
+    for item in items:
+        p = Path(os.path.expanduser(str(item)))
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise CaptioningError(f"No such image or folder: {p}")
+    if not files:
+        raise CaptioningError(f"No images (.jpg, .png, ...) found in {list(items)}")
+    return files
+
+
+def main(argv: list[str]) -> int:
+    from omegaconf import OmegaConf
+
+    args = OmegaConf.from_dotlist([a for a in argv if a.split("=")[0] in ("run_dir", "images", "batch_size")])
+    rest = [a for a in argv if a.split("=")[0] not in ("run_dir", "images", "batch_size")]
+    if "run_dir" not in args or "images" not in args or any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0 if any(a in ("-h", "--help") for a in argv) else 2
+    images = args.images if OmegaConf.is_list(args.images) else [args.images]
+    files = image_files(images)
+
+    from captioning.data.datamodule import CaptionData
+    from captioning.data.records import Record
+    from captioning.models.decoding import Generator, caption_records
+    from captioning.training.run_dir import load_run, merge_overrides
+
+    cfg, vocab, model = load_run(args.run_dir)
+    cfg = merge_overrides(cfg, rest)
+    records = [Record(id=str(f), image=str(f), captions=()) for f in files]
+    data = CaptionData({"train": [], "val": [], "test": []}, vocab, None, 1, int(cfg.backbone.image_size))
+    generator = Generator.from_config(model, vocab, cfg.decode, seed=int(cfg.seed))
+    for f, caption in zip(files, caption_records(generator, data, records, int(args.get("batch_size", 32))),
+                          strict=True):
+        print(f"{f}\t{caption}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except CaptioningError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

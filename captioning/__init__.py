@@ -1,0 +1,24 @@
+"""captioning: a Hydra + Keras 3 experiment framework for image captioning.
+
+Layout (one concern per package): ``data`` (records, readers, text, tf.data),
+``models`` (backbones, decoders, the Captioner, decoding), ``training`` (``train(cfg)``),
+``evaluation`` (COCO caption metrics), ``tracking`` (Comet, Kangas).
+
+Heavy libraries (TensorFlow, Keras, Comet, Kangas) are imported inside the functions that
+need them, so composing a config or printing ``--help`` stays instant.
+"""
+
+__version__ = "0.1.0"
+
+
+class CaptioningError(Exception):
+    """An error in the user's input (config, data, run directory) with a message that says
+    what is wrong and how to fix it. ``run.py`` prints it as one line instead of a traceback."""
+
+
+class DatasetError(CaptioningError):
+    """The dataset on disk is missing, incomplete or malformed."""
+
+
+class ConfigError(CaptioningError):
+    """A config value is out of its valid range or inconsistent with another one."""

@@ -1,0 +1,66 @@
+"""What a run prints: the config tree, the data report, sample captions, the score table."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+console = Console(highlight=False)
+
+METRIC_ORDER = ("loss", "accuracy", "bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "spice")
+
+
+def print_config_tree(cfg: DictConfig, order=("dataset", "backbone", "decoder", "text", "trainer",
+                                              "callbacks", "decode", "evaluation", "logger", "paths")) -> None:
+    """The composed config as a tree, one branch per group (lightning-hydra-template style)."""
+    tree = Tree("[bold]config[/]")
+    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
+    for key in keys:
+        value = cfg[key]
+        if isinstance(value, DictConfig):
+            branch = tree.add(f"[bold cyan]{key}[/]")
+            branch.add(OmegaConf.to_yaml(value, resolve=True).rstrip() or "{}")
+        else:
+            tree.add(f"[bold cyan]{key}[/]: {value}")
+    console.print(tree)
+
+
+def print_data_report(cfg, data) -> None:
+    counts = data.report.counts
+    console.print(f"[bold]Data[/] dataset={cfg.dataset.name}: train {counts.get('train', 0)}, "
+                  f"val {counts.get('val', 0)}, test {counts.get('test', 0)} images; "
+                  f"vocabulary {data.vocab.size} tokens; captions up to {data.vocab.seq_len} tokens")
+    for reason, n in sorted(data.report.removed.items()):
+        if n:
+            console.print(f"  removed: {n} {reason}")
+    for note in data.report.notes:
+        console.print(f"  note: {note}")
+
+
+def print_samples(records, predictions, n: int = 5) -> None:
+    if n <= 0:
+        return
+    table = Table(title="Validation captions (generated vs. first reference)", show_lines=False)
+    table.add_column("image", overflow="fold")
+    table.add_column("generated")
+    table.add_column("reference")
+    step = max(1, len(records) // n)
+    for r, p in list(zip(records, predictions, strict=True))[::step][:n]:
+        table.add_row(r.id, p, r.captions[0])
+    console.print(table)
+
+
+def print_scores(results: dict, notes=()) -> None:
+    splits = [s for s in ("val", "test") if s in results]
+    table = Table(title="Scores", caption="pycocoevalcap, PTB-tokenised; loss/accuracy masked per token")
+    table.add_column("metric")
+    for s in splits:
+        table.add_column(s, justify="right")
+    metrics = [m for m in METRIC_ORDER if any(m in results[s] for s in splits)]
+    for m in metrics:
+        table.add_row(m, *(f"{results[s][m]:.4f}" if m in results[s] else "-" for s in splits))
+    console.print(table)
+    for note in notes:
+        console.print(f"  note: {note}")

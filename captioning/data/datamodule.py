@@ -1,0 +1,219 @@
+"""From a dataset config to cleaned, split, vectorised data and tf.data pipelines.
+
+config -> reader (one per layout) -> records -> split -> text filter -> vocabulary (train
+captions only) -> (N, C, L) token ids -> tf.data. The result, ``CaptionData``, is all the
+training loop and the evaluators need to know about data.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from captioning import ConfigError, DatasetError
+from captioning.data.readers import MAX_NAMED, READERS
+from captioning.data.records import DataReport, Record, assign_random_split, split_counts
+from captioning.data.text import Vocabulary, filter_captions, normalize, wrap
+
+
+@dataclass
+class CaptionData:
+    splits: dict[str, list[Record]]      # train / val / test records (test may be empty)
+    vocab: Vocabulary
+    report: DataReport
+    captions_per_image: int
+    image_size: int
+
+    def encode(self, records: list[Record]) -> np.ndarray:
+        """(N, C, L) int32 ids: every image's captions, normalised, wrapped, padded to C rows."""
+        n, c, length = len(records), self.captions_per_image, self.vocab.seq_len
+        flat, where = [], []
+        for i, r in enumerate(records):
+            for j, cap in enumerate(r.captions[:c]):
+                flat.append(wrap(normalize(cap)))
+                where.append((i, j))
+        ids = np.zeros((n, c, length), np.int32)
+        if flat:
+            rows, cols = np.asarray(where).T
+            ids[rows, cols] = self.vocab.encode(flat)     # one vectorised call for the corpus
+        return ids
+
+    def train_dataset(self, batch_size: int, seed: int, split: str = "train", shuffle: bool = True):
+        """Batches of ``(images (B, H, W, 3) float32 0..255, captions (B, C, L) int32)``."""
+        import tensorflow as tf
+
+        records = self.splits[split]
+        if not records:
+            raise DatasetError(f"The {split} split is empty: nothing to train or validate on.")
+        paths = [r.image for r in records]
+        ds = tf.data.Dataset.from_tensor_slices((paths, self.encode(records)))
+        ds = ds.map(lambda p, c: (load_image(p, self.image_size), c),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        # A file that passed the index check but still fails to decode is dropped with a warning
+        # instead of ending a long run mid-epoch.
+        ds = ds.ignore_errors(log_warning=True)
+        if _fits_in_memory(len(records), self.image_size):
+            ds = ds.cache()                                      # decode + resize once per run
+        if shuffle:
+            ds = ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size).map(lambda x, c: (tf.cast(x, tf.float32), c))
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def image_dataset(self, records: list[Record], batch_size: int):
+        """Batches of images only, in ``records`` order (for captioning and scoring)."""
+        import tensorflow as tf
+
+        ds = tf.data.Dataset.from_tensor_slices([r.image for r in records])
+        ds = ds.map(lambda p: tf.cast(load_image(p, self.image_size), tf.float32),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _fits_in_memory(n: int, size: int, budget_bytes: float = 2e9) -> bool:
+    return n * size * size * 3 <= budget_bytes
+
+
+def load_image(path, size: int):
+    """File -> (size, size, 3) uint8. JPEG/PNG/BMP/GIF (first frame); resize as the recipes do."""
+    import tensorflow as tf
+
+    img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    img = tf.image.resize(img, (size, size), antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+
+
+def _verify_images(records: list[Record], report: DataReport, progress: bool) -> list[Record]:
+    """Open every image's header with Pillow (fast: no full decode); drop the unreadable ones."""
+    from PIL import Image, UnidentifiedImageError
+
+    it = records
+    if progress and len(records) > 2000:
+        from rich.progress import track
+        it = track(records, description="Checking images", transient=True)
+    good, bad = [], []
+    for r in it:
+        try:
+            with Image.open(r.image) as im:
+                im.verify()
+            good.append(r)
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+            bad.append(r.id)
+    if bad:
+        report.removed["unreadable images"] += len(bad)
+        report.notes.append(f"skipped {len(bad)} image(s) that cannot be decoded, first: "
+                            f"{', '.join(bad[:MAX_NAMED])}")
+    return good
+
+
+def synthetic_root(cfg) -> Path:
+    from captioning.data.synthetic import VERSION
+
+    if cfg.get("root"):
+        return Path(os.path.expanduser(str(cfg.root)))
+    cache = Path(os.path.expanduser(str(cfg.cache_dir)))
+    return cache / "synthetic" / f"v{VERSION}-n{cfg.num_images}-px{cfg.image_size}-seed{cfg.seed}"
+
+
+def load_records(ds_cfg, seed: int, progress: bool = True) -> tuple[dict[str, list[Record]], DataReport]:
+    """Read, check and split a dataset; every problem ends here as a DatasetError."""
+    name = ds_cfg.name
+    if name not in READERS:
+        raise ConfigError(f"Unknown dataset {name!r}. Known: {sorted(READERS)}")
+    from omegaconf import OmegaConf
+
+    for key, example in (("root", "/data/" + name), ("json", "/data/dataset_flickr8k.json"), ("images", "/data/Images")):
+        if key in ds_cfg.keys() and OmegaConf.is_missing(ds_cfg, key):
+            raise DatasetError(f"dataset.{key} is required for dataset={name}. Point it at your copy: "
+                               f"python run.py dataset={name} dataset.{key}={example}")
+    report = DataReport()
+    if name == "synthetic":
+        from captioning.data.synthetic import ensure_synthetic
+
+        root = ensure_synthetic(synthetic_root(ds_cfg), ds_cfg.num_images, ds_cfg.image_size,
+                                ds_cfg.seed, progress=progress)
+        ds_cfg = _with(ds_cfg, root=str(root))
+    records, official_split = READERS[name](ds_cfg, report)
+    if not records:
+        raise DatasetError(f"No usable images in dataset={name} ({ds_cfg.get('root') or ds_cfg.get('json')}).")
+
+    if ds_cfg.get("max_images"):    # a deterministic subset (debug runs, quick looks)
+        records = sorted(records, key=lambda r: r.id)
+        random.Random(seed).shuffle(records)
+        records = records[: int(ds_cfg.max_images)]
+
+    mode = ds_cfg.split
+    if mode == "random":
+        records = assign_random_split(records, ds_cfg.val_fraction, ds_cfg.test_fraction, seed)
+    elif mode == "karpathy":
+        if name in ("flickr8k", "synthetic"):
+            if official_split is None:
+                raise DatasetError(
+                    f"dataset.split=karpathy needs the official split lists Flickr_8k.{{train,dev,test}}Images.txt "
+                    f"next to the captions (under {ds_cfg.root} or its Flickr8k_text/). Add them, or use "
+                    f"dataset.split=random.")
+            kept = [replace(r, split=official_split[r.id]) for r in records if r.id in official_split]
+            if len(kept) < len(records):
+                report.removed["images in no split list"] += len(records) - len(kept)
+            records = kept
+        elif name == "flickr30k":
+            raise DatasetError("Flickr30k's Kaggle layout has no split lists. Use dataset.split=random, or "
+                               "dataset=karpathy dataset.json=dataset_flickr30k.json for the Karpathy split.")
+        # karpathy / coco_json readers set the split themselves
+    else:
+        raise ConfigError(f"dataset.split must be random or karpathy. Received: {mode!r}")
+
+    if ds_cfg.get("verify_images", True):
+        records = _verify_images(records, report, progress)
+    splits = {s: [r for r in records if r.split == s] for s in ("train", "val", "test")}
+    if not splits["test"]:
+        report.notes.append(f"dataset={name} with split={mode} has no test split: only val is scored")
+    return splits, report
+
+
+def _with(cfg, **updates):
+    from omegaconf import OmegaConf
+
+    out = OmegaConf.to_container(cfg, resolve=True)
+    out.update(updates)
+    return OmegaConf.create(out)
+
+
+def build_data(cfg, progress: bool = True, vocab: Vocabulary | None = None) -> CaptionData:
+    """The whole data side of a run, from the composed config."""
+    text = cfg.text
+    if text.seq_len < 3:
+        raise ConfigError(f"text.seq_len counts <start> and <end>, so it must be at least 3. "
+                          f"Received: text.seq_len={text.seq_len}")
+    splits, report = load_records(cfg.dataset, cfg.seed, progress)
+
+    # The length rule cleans the training captions only: val/test keep every reference, as the
+    # metrics of the literature are computed against all of them.
+    train = splits["train"]
+    kept, removed = filter_captions([[normalize(c) for c in r.captions] for r in train],
+                                    text.filter, text.min_tokens, text.seq_len)
+    report.removed.update(removed)
+    cleaned = []
+    for r, caps in zip(train, kept, strict=True):
+        raw = [c for c in r.captions if normalize(c) in set(caps)]
+        if raw:
+            cleaned.append(replace(r, captions=tuple(raw)))
+    splits["train"] = cleaned
+    for s in ("val", "test"):
+        splits[s] = [r for r in splits[s] if any(normalize(c) for c in r.captions)]
+    report.counts = split_counts(r for rs in splits.values() for r in rs)
+    if not splits["train"]:
+        raise DatasetError(f"No training images left after cleaning ({dict(report.removed)}). "
+                           f"Relax text.filter / text.min_tokens / text.seq_len.")
+    if not splits["val"]:
+        raise DatasetError("The validation split is empty. Use more images (dataset.max_images) or "
+                           "a larger dataset.val_fraction.")
+    if vocab is None:
+        vocab = Vocabulary.build([wrap(normalize(c)) for r in splits["train"] for c in r.captions],
+                                 text.vocab_size, text.seq_len)
+    return CaptionData(splits=splits, vocab=vocab, report=report,
+                       captions_per_image=int(cfg.dataset.captions_per_image),
+                       image_size=int(cfg.backbone.image_size))

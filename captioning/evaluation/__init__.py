@@ -1,0 +1,1 @@
+"""Evaluation: the COCO caption metrics (pycocoevalcap), corpus-level and per image."""

@@ -1,0 +1,179 @@
+"""The COCO caption metrics as papers report them, through ``pycocoevalcap``.
+
+PTB tokenisation (Stanford's Java tokenizer), then BLEU-1..4, METEOR, ROUGE-L, CIDEr (the
+toolkit's ``Cider`` is CIDEr-D: clipped, with the length penalty) and SPICE when its models
+are present. Without Java, a Python tokenizer that gives the same tokens on ordinary captions
+replaces PTB, METEOR is skipped, and ``Scores.notes`` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The punctuation tokens the COCO toolkit removes after PTB tokenisation.
+PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-",
+                ".", "?", "!", ",", ":", "-", "--", "...", ";"}
+
+
+@dataclass
+class Scores:
+    corpus: dict[str, float]                                   # metric -> corpus score
+    per_image: dict[str, dict[str, float]]                     # image id -> {bleu_4, cider, ...}
+    notes: list[str] = field(default_factory=list)             # skipped metrics and why
+
+
+_java_ok: bool | None = None
+
+
+def java_available() -> bool:
+    global _java_ok
+    if _java_ok is None:
+        try:
+            _java_ok = shutil.which("java") is not None and subprocess.run(
+                ["java", "-version"], capture_output=True, timeout=30).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            _java_ok = False
+    return _java_ok
+
+
+# PTB-style rules for the fallback: split off punctuation and English clitics the way
+# Stanford's PTBTokenizer does for caption-like text ("dog's" -> "dog 's", "don't" -> "do n't").
+_CLITICS = re.compile(r"(?i)\b(\w+)(n't)\b|(\w)('s|'re|'ve|'ll|'d|'m)\b")
+_PUNCT_SPLIT = re.compile(r"(\.\.\.|--|[.,!?;:()\[\]{}\"`]|'(?!\w)|(?<!\w)')")
+
+
+def python_tokenize(caption: str) -> str:
+    """Pure-Python stand-in for PTB tokenisation + the toolkit's punctuation removal."""
+    text = caption.replace("\n", " ").lower()
+    text = _CLITICS.sub(lambda m: f"{m.group(1)} {m.group(2)}" if m.group(1) else f"{m.group(3)} {m.group(4)}", text)
+    text = _PUNCT_SPLIT.sub(r" \1 ", text)
+    # A hyphen inside a word stays ("t-shirt"); a standalone one is punctuation.
+    words = [w for w in text.split() if w not in PUNCTUATIONS and w not in {'"', "(", ")", "[", "]", "{", "}"}]
+    return " ".join(words)
+
+
+def tokenize(captions: dict[str, list[str]], use_java: bool) -> dict[str, list[str]]:
+    """{id: [caption, ...]} -> {id: [tokenised caption, ...]}; empty captions stay empty."""
+    if not use_java:
+        return {k: [python_tokenize(c) for c in v] for k, v in captions.items()}
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    # Stanford's tokenizer drops empty lines, which would misalign the output: keep empty
+    # captions out of it and put them back as "".
+    nonempty = {k: [{"caption": c} for c in v if c.strip()] for k, v in captions.items()}
+    nonempty = {k: v for k, v in nonempty.items() if v}
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_stderr():   # Java prints a speed line
+        done = PTBTokenizer().tokenize(nonempty) if nonempty else {}
+    out = {}
+    for k, v in captions.items():
+        it = iter(done.get(k, []))
+        out[k] = [next(it) if c.strip() else "" for c in v]
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence a child process's stderr (file descriptor 2, not just sys.stderr)."""
+    import os
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):       # no real fd 2 (some test runners): nothing to silence
+        yield
+        return
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _spice_ready() -> str | None:
+    """None when SPICE can run, else why not."""
+    import pycocoevalcap.spice as spice
+
+    lib = Path(spice.__file__).parent / "lib"
+    if not java_available():
+        return "SPICE skipped: it needs Java"
+    if not (lib / "stanford-corenlp-3.6.0-models.jar").exists():
+        return (f"SPICE skipped: it needs Stanford CoreNLP 3.6.0 models in {lib} (pycocoevalcap "
+                f"downloads them on first use; run `python -m pycocoevalcap.spice.get_stanford_models` once "
+                f"with network access)")
+    return None
+
+
+def score(references: dict[str, list[str]], predictions: dict[str, str], spice: bool = False,
+          use_java: bool | None = None) -> Scores:
+    """Corpus and per-image scores for ``predictions`` against ``references`` (same keys)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    if set(references) != set(predictions):
+        raise ValueError(f"references and predictions must cover the same images. "
+                         f"Received: {len(references)} references, {len(predictions)} predictions")
+    if not references:
+        raise ValueError("Nothing to score: no images.")
+    ids = sorted(references)
+    java = java_available() if use_java is None else use_java
+    notes = [] if java else ["Java not found: PTB tokenisation replaced by the Python tokenizer, METEOR "
+                             "skipped (install a JRE, e.g. apt-get install default-jre-headless)"]
+    gts = tokenize({i: list(references[i]) for i in ids}, java)
+    res = tokenize({i: [predictions[i]] for i in ids}, java)
+
+    corpus: dict[str, float] = {}
+    per_image: dict[str, dict[str, float]] = {i: {} for i in ids}
+    with contextlib.redirect_stdout(io.StringIO()):     # the toolkit prints its internals
+        bleu, bleu_imgs = Bleu(4).compute_score(gts, res, verbose=0)
+    for n in range(4):
+        corpus[f"bleu_{n + 1}"] = float(bleu[n])
+    for i, s in zip(ids, bleu_imgs[3], strict=True):
+        per_image[i]["bleu_4"] = float(s)
+    if java:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        meteor = Meteor()
+        try:
+            # METEOR's Java process chokes on empty hypotheses; they score 0 by definition.
+            nonempty = [i for i in ids if res[i][0].strip()]
+            m, m_imgs = (meteor.compute_score({i: gts[i] for i in nonempty}, {i: res[i] for i in nonempty})
+                         if nonempty else (0.0, []))
+            m_of = dict(zip(nonempty, m_imgs, strict=True))
+            if len(nonempty) == len(ids):
+                corpus["meteor"] = float(m)           # the toolkit's own corpus aggregate
+            else:
+                corpus["meteor"] = float(sum(m_of.values()) / len(ids))
+                notes.append(f"METEOR: {len(ids) - len(nonempty)} empty prediction(s) scored 0; corpus "
+                             f"METEOR is the mean of per-image scores")
+            for i in ids:
+                per_image[i]["meteor"] = float(m_of.get(i, 0.0))
+        finally:
+            del meteor                                # its __del__ stops the Java process
+    rouge, rouge_imgs = Rouge().compute_score(gts, res)
+    corpus["rouge_l"] = float(rouge)
+    cider, cider_imgs = Cider().compute_score(gts, res)
+    corpus["cider"] = float(cider)
+    for i, r, c in zip(ids, rouge_imgs, cider_imgs, strict=True):
+        per_image[i]["rouge_l"], per_image[i]["cider"] = float(r), float(c)
+    if spice:
+        why = _spice_ready()
+        if why:
+            notes.append(why)
+        else:
+            from pycocoevalcap.spice.spice import Spice
+
+            s, s_imgs = Spice().compute_score(gts, res)
+            corpus["spice"] = float(s)
+            for i, si in zip(ids, s_imgs, strict=True):
+                per_image[i]["spice"] = float(si["All"]["f"])
+    return Scores(corpus, per_image, notes)

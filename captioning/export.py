@@ -1,0 +1,80 @@
+"""Export a finished run as a self-contained SavedModel that captions raw JPEG/PNG bytes.
+
+    python -m captioning.export run_dir=outputs/... [out=outputs/.../export] [decode.method=beam ...]
+
+The SavedModel holds the weights, the vocabulary and the decoding loop; loading it needs only
+TensorFlow (and keras-hub's ops are plain TF ops once traced):
+
+    m = tf.saved_model.load("export"); m.caption(tf.constant([open("a.jpg", "rb").read()]))
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from captioning import CaptioningError
+
+
+def export(run_dir, out=None, overrides=()) -> Path:
+    import keras
+    import tensorflow as tf
+
+    from captioning.models.decoding import Generator
+    from captioning.training.run_dir import load_run, merge_overrides
+
+    cfg, vocab, model = load_run(run_dir)
+    cfg = merge_overrides(cfg, list(overrides))
+    out = Path(out) if out else Path(run_dir) / "export"
+    size = int(cfg.backbone.image_size)
+    generator = Generator.from_config(model, vocab, cfg.decode, seed=int(cfg.seed))
+    tokens = tf.constant(vocab.tokens)
+    end_id = vocab.end_id
+
+    def caption(jpegs):
+        """(N,) encoded images -> (N,) captions."""
+        def load(b):
+            img = tf.io.decode_image(b, channels=3, expand_animations=False)
+            img = tf.image.resize(img, (size, size), antialias=True)
+            return tf.clip_by_value(tf.round(img), 0, 255)
+        images = tf.map_fn(load, jpegs, fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
+        ids = generator.generate(model.encode(images, training=False))[:, 1:]          # drop <start>
+        before_end = tf.cumsum(tf.cast(ids == end_id, tf.int32), axis=1, exclusive=False) == 0
+        words = tf.where(before_end & (ids > 1), tf.gather(tokens, ids), "")
+        text = tf.strings.reduce_join(words, axis=1, separator=" ")
+        return tf.strings.strip(tf.strings.regex_replace(text, " +", " "))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("caption", caption, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    archive.write_out(str(tmp), verbose=False)
+    if out.exists():
+        import shutil
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def main(argv):
+    from omegaconf import OmegaConf
+
+    own = [a for a in argv if a.split("=")[0] in ("run_dir", "out")]
+    args = OmegaConf.from_dotlist(own)
+    if "run_dir" not in args:
+        print(__doc__)
+        return 2
+    path = export(args.run_dir, args.get("out"), [a for a in argv if a not in own])
+    print(f"exported to {path}: tf.saved_model.load('{path}').caption(tf.constant([jpeg_bytes]))")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except CaptioningError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

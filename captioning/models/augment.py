@@ -1,0 +1,49 @@
+"""Image augmentation applied inside the model, on training batches only."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+
+@keras.saving.register_keras_serializable("captioning")
+class RandomRot90(layers.Layer):
+    """Rotate each (square) image by a random multiple of 90 degrees: right for overhead
+    imagery, where 'up' has no meaning. Keras has no such layer (RandomRotation interpolates)."""
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        k = keras.random.randint((ops.shape(images)[0], 1, 1, 1), 0, 4, seed=self.generator)
+        r90 = ops.flip(ops.transpose(images, (0, 2, 1, 3)), axis=2)     # 90 deg counter-clockwise
+        r180 = ops.flip(ops.flip(images, axis=1), axis=2)
+        r270 = ops.flip(ops.transpose(images, (0, 2, 1, 3)), axis=1)
+        return ops.where(k == 0, images, ops.where(k == 1, r90, ops.where(k == 2, r180, r270)))
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+def build_augmentation(cfg, seed: int):
+    """``augment.*`` -> a list of Keras layers, or [] when augmentation is off."""
+    out = []
+    a = cfg.augment
+    flip = {"none": None, "horizontal": "horizontal", "vertical": "vertical",
+            "both": "horizontal_and_vertical"}
+    if a.flip not in flip:
+        from captioning import ConfigError
+        raise ConfigError(f"augment.flip must be one of {sorted(flip)}. Received: {a.flip!r}")
+    if flip[a.flip]:
+        out.append(layers.RandomFlip(flip[a.flip], seed=seed, name="aug_flip"))
+    if a.rot90:
+        out.append(RandomRot90(seed=seed, name="aug_rot90"))
+    if a.rotation:
+        out.append(layers.RandomRotation(a.rotation, seed=seed, name="aug_rotation"))
+    if a.contrast:
+        out.append(layers.RandomContrast(a.contrast, seed=seed, name="aug_contrast", value_range=(0, 255)))
+    return out

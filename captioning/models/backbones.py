@@ -1,0 +1,149 @@
+"""A registry that maps a backbone name to its constructor, its own preprocessing and its
+feature width. Any ``keras.applications`` model is available by its lower-cased name.
+
+A backbone takes images as float32 in 0..255 (what the data pipeline yields) and returns a
+sequence of image tokens ``(B, S, C)``: its last feature map, flattened over space.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from captioning import ConfigError
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    build: Callable              # (input_shape, weights) -> keras.Model producing (B, h, w, C)
+    preprocess: Callable         # images in 0..255 -> what the network expects
+    feature_dim: int | None      # C, when known without building
+    default_size: int
+
+
+def _small_cnn(filters=(32, 64, 128, 192), dropout=0.0, convs=1):
+    """A from-scratch CNN for the synthetic data and small real datasets: per stage ``convs``
+    3x3 conv + BatchNorm + ReLU, then 2x2 max-pool (each stage halves the resolution)."""
+
+    def build(input_shape, weights=None):
+        import keras
+        from keras import layers
+
+        inputs = keras.Input(input_shape)
+        x = inputs
+        for i, f in enumerate(filters):
+            for j in range(convs):
+                x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"stage{i}_conv{j}")(x)
+                x = layers.BatchNormalization(momentum=0.9, name=f"stage{i}_bn{j}")(x)  # short runs: fast-moving stats
+                x = layers.ReLU(name=f"stage{i}_relu{j}")(x)
+            x = layers.MaxPooling2D(2, name=f"stage{i}_pool")(x)
+            if dropout:
+                x = layers.SpatialDropout2D(dropout, name=f"stage{i}_drop")(x)
+        return keras.Model(inputs, x, name="small_cnn")
+
+    return build
+
+
+def _scale_pm1(x):
+    return x / 127.5 - 1.0   # 0..255 -> [-1, 1]
+
+
+def _application(name: str) -> Backbone:
+    """Wrap a keras.applications constructor with its module's own preprocess_input."""
+    import importlib
+
+    import keras
+
+    fn = APPLICATIONS()[name]
+    module = importlib.import_module(fn.__module__)
+    preprocess = getattr(module, "preprocess_input", _scale_pm1)
+    size = {"inceptionresnetv2": 299, "inceptionv3": 299, "xception": 299, "efficientnetb0": 224}.get(name, 224)
+
+    def build(input_shape, weights="imagenet"):
+        return fn(include_top=False, weights=weights, input_shape=input_shape)
+
+    del keras
+    return Backbone(name, build, preprocess, FEATURE_DIMS.get(name), size)
+
+
+FEATURE_DIMS = {"efficientnetb0": 1280, "inceptionresnetv2": 1536, "resnet50": 2048, "mobilenetv2": 1280}
+
+
+def APPLICATIONS() -> dict[str, Callable]:
+    import keras
+
+    return {n.lower(): getattr(keras.applications, n) for n in dir(keras.applications)
+            if n[0].isupper() and callable(getattr(keras.applications, n))}
+
+
+def get_backbone(name: str, **options) -> Backbone:
+    """``small_cnn`` or any keras.applications model by lower-cased name."""
+    name = str(name).lower()
+    if name == "small_cnn":
+        return Backbone("small_cnn", _small_cnn(tuple(options.get("filters") or (32, 64, 128, 192)),
+                                                options.get("dropout", 0.0), options.get("convs_per_stage", 1)),
+                        _scale_pm1, (options.get("filters") or [192])[-1], 64)
+    known = APPLICATIONS()
+    if name not in known:
+        raise ConfigError(f"Unknown backbone {name!r}. Known: {['small_cnn'] + sorted(known)} "
+                          f"(or select a preset: backbone=small_cnn|efficientnetb0|inceptionresnetv2).")
+    return _application(name)
+
+
+def build_backbone(cfg):
+    """From ``cfg.backbone`` to a keras.Model: images (B, H, W, 3) 0..255 -> tokens (B, S, C).
+
+    ``weights``: ``imagenet`` | null (random init) | path to a .weights.h5/.h5/.keras file.
+    ``trainable``: false (frozen), true, or an int: fine-tune only the top N layers.
+    """
+    import keras
+
+    b = cfg.backbone
+    spec = get_backbone(b.name, filters=b.get("filters"), dropout=b.get("dropout", 0.0),
+                        convs_per_stage=b.get("convs_per_stage", 1))
+    size = int(b.image_size)
+    if size < 16:
+        raise ConfigError(f"backbone.image_size must be at least 16 pixels. Received: {size}")
+    weights = b.get("weights")
+    weights = None if weights in (None, "null", "none", "None") else str(weights)
+    is_file = weights not in (None, "imagenet")
+    if spec.name == "small_cnn" and weights == "imagenet":
+        raise ConfigError("backbone=small_cnn has no ImageNet weights: set backbone.weights=null "
+                          "(train from scratch) or a path to weights saved from a small_cnn run.")
+    try:
+        net = spec.build((size, size, 3), None if is_file or spec.name == "small_cnn" else weights)
+    except Exception as e:  # noqa: BLE001 - keras raises plain Exception for failed downloads
+        if weights == "imagenet" and ("URL fetch failure" in str(e) or "HTTP" in str(e) or "urlopen" in str(e)
+                                      or "Name or service" in str(e) or "Errno" in str(e)):
+            cache = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "models"
+            raise ConfigError(
+                f"Could not download ImageNet weights for {spec.name} (no network?). Keras caches them "
+                f"in {cache}/: copy the .h5 file there from a machine with network access, or pass a "
+                f"local file with backbone.weights=/path/to/{spec.name}_notop.h5, or train from "
+                f"scratch with backbone.weights=null. ({e})") from None
+        raise
+    if is_file:
+        path = Path(os.path.expanduser(weights))
+        if not path.is_file():
+            raise ConfigError(f"backbone.weights={weights}: no such file. Give a .h5/.weights.h5 "
+                              f"file saved from {spec.name}, imagenet, or null.")
+        net.load_weights(str(path))
+
+    trainable = b.get("trainable", False)
+    if isinstance(trainable, bool):
+        net.trainable = trainable
+    else:  # int: fine-tune the top N layers only
+        net.trainable = True
+        for layer in net.layers[: max(0, len(net.layers) - int(trainable))]:
+            layer.trainable = False
+
+    inputs = keras.Input((size, size, 3), name="images")
+    x = keras.layers.Lambda(spec.preprocess, name="preprocess")(inputs)
+    # A frozen backbone runs in inference mode (BatchNorm uses its moving statistics).
+    x = net(x, training=False) if trainable is False else net(x)
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    tokens = keras.layers.Reshape((h * w, c), name="to_tokens")(x)   # (B, S, C): cross-attention wants a sequence
+    return keras.Model(inputs, tokens, name=f"backbone_{spec.name}")

@@ -1,0 +1,139 @@
+"""Decoding: the one place captions are generated (validation scoring, Kangas grids,
+``caption.py``, ``eval.py`` and the export all call ``Generator``).
+
+Greedy, top-k and top-p use keras-hub's samplers on the decoders' incremental step (a cache
+of keys/values or the GRU state). Beam search is our own: keras-hub's ``BeamSampler`` keeps
+extending beams after their end token and ranks them with that tail included and no length
+penalty, which picks wrong captions once beams finish at different lengths. Here a finished
+beam is frozen (it can only append padding, at no cost) and final scores are divided by the
+GNMT length penalty ((5 + len) / 6) ** alpha.
+"""
+
+from __future__ import annotations
+
+import keras
+import keras_hub
+import tensorflow as tf
+from keras import ops
+
+from captioning import ConfigError
+
+METHODS = ("greedy", "beam", "top_k", "top_p")
+
+
+def _check(method: str, beam_size: int, k: int, p: float, temperature: float) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"decode.method must be one of {list(METHODS)}. Received: {method!r}")
+    if beam_size < 1 or k < 1 or not 0 < p <= 1 or temperature <= 0:
+        raise ConfigError(f"decode settings out of range: beam_size >= 1, k >= 1, 0 < p <= 1, temperature > 0. "
+                          f"Received: beam_size={beam_size}, k={k}, p={p}, temperature={temperature}")
+
+
+class Generator:
+    """Batched, cached, compiled caption generation for a Captioner.
+
+    ``ids = Generator(model, start_id, end_id, max_len, method="beam", beam_size=5)(images)``
+    returns (B, max_len) token ids starting with the start token.
+    """
+
+    def __init__(self, model, start_id, end_id, max_len, method="greedy", beam_size=3,
+                 length_penalty=0.0, k=10, p=0.9, temperature=1.0, seed=None, jit_compile=False):
+        _check(method, beam_size, k, p, temperature)
+        self.model, self.start_id, self.end_id, self.max_len = model, start_id, end_id, max_len
+        self.method, self.beam_size, self.length_penalty = method, beam_size, length_penalty
+        if method == "greedy":
+            self.sampler = keras_hub.samplers.GreedySampler(temperature=temperature)
+        elif method == "top_k":
+            self.sampler = keras_hub.samplers.TopKSampler(k=k, seed=seed, temperature=temperature)
+        elif method == "top_p":
+            self.sampler = keras_hub.samplers.TopPSampler(p=p, seed=seed, temperature=temperature)
+        else:
+            self.sampler = None
+        self.temperature = temperature
+        self._from_images = tf.function(self._images_to_ids, jit_compile=jit_compile, reduce_retracing=True)
+        self._from_memory = tf.function(self.generate, jit_compile=jit_compile, reduce_retracing=True)
+
+    @classmethod
+    def from_config(cls, model, vocab, decode_cfg, seed=None):
+        return cls(model, vocab.start_id, vocab.end_id, vocab.seq_len, decode_cfg.method,
+                   int(decode_cfg.beam_size), float(decode_cfg.length_penalty), int(decode_cfg.k),
+                   float(decode_cfg.p), float(decode_cfg.temperature), seed,
+                   bool(decode_cfg.get("jit_compile", False)))
+
+    def __call__(self, images):
+        return self._from_images(ops.convert_to_tensor(images, "float32"))
+
+    def from_memory(self, memory):
+        return self._from_memory(memory)
+
+    def _images_to_ids(self, images):
+        return self.generate(self.model.encode(images, training=False))
+
+    def generate(self, memory):
+        """memory (B, S, D) -> (B, max_len) ids; position 0 is the start token."""
+        decoder = self.model.decoder
+        b = ops.shape(memory)[0]
+        # The decoder sees positions 0 .. max_len - 2 (the last generated token is never fed back).
+        cache = decoder.init_cache(memory, self.max_len - 1)
+        prompt = ops.concatenate([ops.full((b, 1), self.start_id, "int32"),
+                                  ops.zeros((b, self.max_len - 1), "int32")], axis=1)
+        if self.method == "beam":
+            return self._beam(decoder, prompt, cache)
+
+        def next_fn(prompt, cache, index):
+            logits, cache = decoder.step(prompt[:, index - 1], cache, index - 1)
+            return _no_padding(logits), None, cache
+
+        mask = ops.concatenate([ops.ones((b, 1), "bool"), ops.zeros((b, self.max_len - 1), "bool")], axis=1)
+        return self.sampler(next_fn, prompt, cache=cache, index=1, mask=mask, stop_token_ids=[self.end_id])
+
+    def _beam(self, decoder, prompt, cache):
+        k, length = self.beam_size, self.max_len
+        b = ops.shape(prompt)[0]
+        expand = lambda x: ops.repeat(x, k, axis=0)  # noqa: E731   (B, ...) -> (B*K, ...)
+        seqs, cache = expand(prompt), tf.nest.map_structure(expand, cache)
+        # Only the first beam of each image is live at the start, so the K beams differ.
+        scores = ops.reshape(ops.tile(ops.convert_to_tensor([[0.0] + [-1e9] * (k - 1)]), (b, 1)), (-1,))
+        finished = ops.zeros((b * k,), "bool")
+
+        def body(index, seqs, cache, scores, finished):
+            logits, cache = decoder.step(seqs[:, index - 1], cache, index - 1)
+            logp = tf.nn.log_softmax(_no_padding(logits) / self.temperature)            # (B*K, V)
+            v = ops.shape(logp)[-1]
+            # A finished beam may only continue with padding (id 0), which costs nothing.
+            frozen = ops.where(ops.arange(v)[None, :] == 0, 0.0, -1e9)
+            logp = ops.where(finished[:, None], frozen, logp)
+            cand = ops.reshape(scores[:, None] + logp, (b, k * v))
+            top, idx = tf.math.top_k(cand, k)                                           # (B, K)
+            beam = idx // v + ops.arange(b)[:, None] * k                                # flat source beam
+            token = ops.reshape(idx % v, (-1,))
+            gather = lambda x: ops.take(x, ops.reshape(beam, (-1,)), axis=0)  # noqa: E731
+            seqs, cache, finished = gather(seqs), tf.nest.map_structure(gather, cache), gather(finished)
+            seqs = seqs + ops.cast(ops.one_hot(index, length), "int32")[None, :] * token[:, None]
+            finished = finished | (token == self.end_id) | (token == 0)
+            return index + 1, seqs, cache, ops.reshape(top, (-1,)), finished
+
+        def cond(index, seqs, cache, scores, finished):
+            return ops.logical_and(index < length, ops.logical_not(ops.all(finished)))
+
+        _, seqs, _, scores, _ = tf.while_loop(cond, body, (ops.convert_to_tensor(1), seqs, cache, scores, finished))
+        lengths = ops.cast(ops.sum(ops.cast(seqs[:, 1:] > 0, "int32"), axis=1), "float32")  # incl. <end>
+        norm = scores / ((5.0 + lengths) / 6.0) ** self.length_penalty
+        best = ops.argmax(ops.reshape(norm, (b, k)), axis=1) + ops.arange(b) * k
+        return ops.take(seqs, best, axis=0)
+
+
+def _no_padding(logits):
+    """Padding (id 0) is never a training target, so its logit is meaningless: rule it out."""
+    logits = ops.cast(logits, "float32")
+    return ops.where(ops.arange(ops.shape(logits)[-1])[None, :] == 0, -1e9, logits)
+
+
+def caption_records(generator: Generator, data, records, batch_size: int, progress=None) -> list[str]:
+    """Caption ``records`` in batches; returns one string per record (stops at the end token)."""
+    out: list[str] = []
+    for images in data.image_dataset(records, batch_size):
+        out += data.vocab.decode(keras.ops.convert_to_numpy(generator(images)))
+        if progress is not None:
+            progress(len(out))
+    return out

@@ -1,0 +1,54 @@
+"""Recipe B's decoder: Embedding -> GRU -> dot-product attention over the image tokens (GRU
+output as query) -> residual add -> LayerNorm -> vocabulary. Incremental decoding carries the
+GRU state: one step is one GRU cell update and one attention read."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+
+@keras.saving.register_keras_serializable("captioning")
+class GRUDecoder(layers.Layer):
+    def __init__(self, vocab_size, max_len, dim=512, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.max_len, self.dim, self.dropout = vocab_size, max_len, dim, dropout
+
+    def build(self, input_shape=None):
+        self.embed = layers.Embedding(self.vocab_size, self.dim, name="token_embedding")
+        self.embed.build((None, None))
+        self.gru = layers.GRU(self.dim, return_sequences=True, return_state=True, name="gru")
+        self.gru.build((None, None, self.dim))
+        self.attention = layers.Attention(name="attention")     # dot-product (Luong), no scale
+        self.attention.build([(None, None, self.dim), (None, None, self.dim)])
+        self.norm = layers.LayerNormalization(epsilon=1e-5, name="norm")
+        self.norm.build((None, None, self.dim))
+        self.drop = layers.Dropout(self.dropout)
+        self.head = layers.Dense(self.vocab_size, name="vocab_head")
+        self.head.build((None, self.dim))
+        self.built = True
+
+    def _decode(self, tokens, memory, state, training=None):
+        x = self.embed(tokens)                                   # (B, T, D)
+        out, state = self.gru(x, initial_state=state, training=training)
+        context = self.attention([out, memory])                  # (B, T, D): query = GRU output
+        return self.drop(self.norm(out + context), training=training), state
+
+    def call(self, tokens, memory, training=None):
+        """tokens (B, T), memory (B, S, D) -> hidden (B, T, D), from a zero state."""
+        state = ops.zeros((ops.shape(tokens)[0], self.dim), self.compute_dtype)
+        return self._decode(tokens, memory, state, training)[0]
+
+    def project(self, hidden):
+        return self.head(hidden)
+
+    def init_cache(self, memory, max_len):
+        return {"memory": memory, "state": ops.zeros((ops.shape(memory)[0], self.dim), self.compute_dtype)}
+
+    def step(self, token, cache, index):
+        hidden, state = self._decode(token[:, None], cache["memory"], cache["state"])
+        return self.head(hidden[:, 0]), {"memory": cache["memory"], "state": state}
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size, "max_len": self.max_len,
+                "dim": self.dim, "dropout": self.dropout}

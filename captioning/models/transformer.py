@@ -1,0 +1,95 @@
+"""Recipe A's Transformer decoder, on keras-hub's cached ``TransformerDecoder`` blocks.
+
+Token embedding scaled by sqrt(D) plus learned positions; ``num_layers`` blocks of causal
+self-attention, cross-attention to the image memory and a feed-forward network; dropout;
+a projection onto the vocabulary. Incremental decoding keeps each block's self-attention
+keys/values and the (fixed) cross-attention keys/values in a cache, so a step costs one
+token's work instead of a re-run over the prefix.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import keras_hub
+from keras import layers, ops
+
+
+@keras.saving.register_keras_serializable("captioning")
+class TransformerDecoder(layers.Layer):
+    def __init__(self, vocab_size, max_len, dim=512, num_layers=1, num_heads=2, ff_dim=512,
+                 dropout=0.1, output_dropout=0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.max_len, self.dim = vocab_size, max_len, dim
+        self.num_layers, self.num_heads, self.ff_dim = num_layers, num_heads, ff_dim
+        self.dropout, self.output_dropout = dropout, output_dropout
+        if dim % num_heads:
+            raise ValueError(f"decoder.dim must be divisible by decoder.num_heads. "
+                             f"Received: dim={dim}, num_heads={num_heads}")
+
+    def build(self, input_shape=None):
+        self.embed = layers.Embedding(self.vocab_size, self.dim, name="token_embedding")
+        self.embed.build((None, None))
+        self.positions = keras_hub.layers.PositionEmbedding(self.max_len, name="position_embedding")
+        self.positions.build((None, self.max_len, self.dim))
+        self.blocks = []
+        for i in range(self.num_layers):
+            block = keras_hub.layers.TransformerDecoder(
+                intermediate_dim=self.ff_dim, num_heads=self.num_heads, dropout=self.dropout,
+                activation="relu", layer_norm_epsilon=1e-5, name=f"block{i}")
+            block.build((None, None, self.dim), (None, None, self.dim))
+            self.blocks.append(block)
+        self.out_dropout = layers.Dropout(self.output_dropout)
+        self.head = layers.Dense(self.vocab_size, name="vocab_head")
+        self.head.build((None, self.dim))
+        self.built = True
+
+    def _embed(self, tokens, start_index=0):
+        x = self.embed(tokens) * ops.cast(math.sqrt(self.dim), self.compute_dtype)
+        return x + self.positions(x, start_index=start_index)
+
+    def call(self, tokens, memory, training=None):
+        """tokens (B, T) ids, memory (B, S, D) -> hidden states (B, T, D) (before the vocabulary head)."""
+        x = self._embed(tokens)
+        for block in self.blocks:
+            x = block(x, memory, training=training)           # causal mask is the default
+        return self.out_dropout(x, training=training)
+
+    def project(self, hidden):
+        """(..., D) -> (..., V) logits."""
+        return self.head(hidden)
+
+    def init_cache(self, memory, max_len):
+        """Self-attention caches (empty) and cross-attention caches (computed once from memory)."""
+        b = ops.shape(memory)[0]
+        head_dim = self.dim // self.num_heads
+        dummy = ops.zeros((b, 1, self.dim), self.compute_dtype)
+        self_caches, cross_caches = [], []
+        for block in self.blocks:
+            self_cache = ops.zeros((b, 2, max_len, self.num_heads, head_dim), self.compute_dtype)
+            cross = ops.zeros((b, 2, ops.shape(memory)[1], self.num_heads, head_dim), self.compute_dtype)
+            # Index 0 asks the block to compute the cross-attention keys/values from memory.
+            _, _, cross = block(dummy, memory, self_attention_cache=self_cache,
+                                self_attention_cache_update_index=0, cross_attention_cache=cross,
+                                cross_attention_cache_update_index=0)
+            self_caches.append(self_cache)
+            cross_caches.append(cross)
+        return {"memory": memory, "self": self_caches, "cross": cross_caches}
+
+    def step(self, token, cache, index):
+        """token (B,) at position ``index`` -> logits (B, V) for position index + 1, new cache."""
+        x = self._embed(token[:, None], start_index=index)    # (B, 1, D)
+        new_self = []
+        for block, self_cache, cross in zip(self.blocks, cache["self"], cache["cross"], strict=True):
+            x, self_cache, _ = block(x, cache["memory"], self_attention_cache=self_cache,
+                                     self_attention_cache_update_index=index,
+                                     cross_attention_cache=cross, cross_attention_cache_update_index=None)
+            new_self.append(self_cache)
+        logits = self.head(x[:, 0])
+        return logits, {"memory": cache["memory"], "self": new_self, "cross": cache["cross"]}
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size, "max_len": self.max_len,
+                "dim": self.dim, "num_layers": self.num_layers, "num_heads": self.num_heads,
+                "ff_dim": self.ff_dim, "dropout": self.dropout, "output_dropout": self.output_dropout}

@@ -1,0 +1,95 @@
+"""Callbacks that make a run directory explain itself: history.csv, checkpoints, plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+
+import keras
+
+from captioning.io import atomic_path, atomic_write_text
+
+
+class History(keras.callbacks.Callback):
+    """``history.csv``: one row per epoch (epoch, wall-clock seconds, learning rate, every metric),
+    rewritten atomically after each epoch; ``plots/loss.png`` and ``plots/accuracy.png``."""
+
+    def __init__(self, run_dir: Path, rows: list[dict] | None = None):
+        super().__init__()
+        self.run_dir, self.rows = Path(run_dir), list(rows or [])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - self._t0, 3)}
+        lr = self.model.optimizer.learning_rate
+        row["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+        row.update({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
+        self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+        self.write()
+
+    def write(self):
+        if not self.rows:
+            return
+        keys = list(dict.fromkeys(k for r in self.rows for k in r))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(self.rows)
+        atomic_write_text(self.run_dir / "history.csv", buf.getvalue())
+        plot_history(self.rows, self.run_dir / "plots")
+
+
+def plot_history(rows: list[dict], out_dir: Path) -> None:
+    """Train vs validation curves per epoch, like recipe A's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    for metric in ("loss", "accuracy"):
+        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+        for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
+            if any(key in r for r in rows):
+                ax.plot(epochs, [r.get(key) for r in rows], marker="o", label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"masked token {metric}" if metric == "accuracy" else "masked cross-entropy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        with atomic_path(out_dir / f"{metric}.png") as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+
+
+class SaveWeights(keras.callbacks.Callback):
+    """``checkpoints/last.weights.h5`` every epoch and ``best.weights.h5`` when ``monitor``
+    improves, each written atomically (a kill mid-write leaves the previous file)."""
+
+    def __init__(self, ckpt_dir: Path, monitor: str, mode: str = "auto", best: float | None = None):
+        super().__init__()
+        self.dir, self.monitor = Path(ckpt_dir), monitor
+        self.mode = ("max" if any(s in monitor for s in ("acc", "bleu", "cider", "meteor", "rouge")) else "min") \
+            if mode == "auto" else mode
+        self.best = best
+        self.best_epoch = None
+
+    def improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._save("last")
+        value = (logs or {}).get(self.monitor)
+        if value is not None and self.improved(float(value)):
+            self.best, self.best_epoch = float(value), epoch + 1
+            self._save("best")
+
+    def _save(self, name):
+        with atomic_path(self.dir / f"{name}.weights.h5") as tmp:
+            self.model.save_weights(str(tmp))

@@ -1,0 +1,215 @@
+"""``train(cfg)``: the whole run. config -> data -> model -> fit -> evaluate -> outputs.
+
+A run directory explains itself: ``config.yaml`` (resolved), ``.hydra/`` (as composed, with
+overrides), ``checkpoints/`` (best, last, vocabulary), ``history.csv``, ``plots/``,
+``data.json`` (counts and what cleaning removed), ``metrics.json``, ``predictions.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from captioning import ConfigError
+from captioning.io import atomic_write_text
+
+log = logging.getLogger("captioning")
+
+
+# Keys whose type YAML cannot pin down: checked before anything is imported or read.
+TYPES = {
+    "seed": int, "trainer.max_epochs": int, "trainer.batch_size": int, "trainer.learning_rate": float,
+    "trainer.warmup_steps": int, "trainer.weight_decay": float, "trainer.label_smoothing": float,
+    "text.vocab_size": int, "text.seq_len": int, "text.min_tokens": int, "decoder.dim": int,
+    "backbone.image_size": int, "dataset.captions_per_image": int, "evaluation.batch_size": int,
+    "decode.beam_size": int, "decode.k": int, "decode.p": float, "decode.temperature": float,
+    "decode.length_penalty": float, "callbacks.early_stopping.patience": int,
+}
+
+
+def check_config(cfg) -> None:
+    """Wrong types and nonsense hyperparameters fail here, before any data is read."""
+    for key, kind in TYPES.items():
+        value = OmegaConf.select(cfg, key)
+        ok = isinstance(value, int) and not isinstance(value, bool) if kind is int else \
+            isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok:
+            raise ConfigError(f"{key} must be {'an integer' if kind is int else 'a number'}. "
+                              f"Received: {key}={value!r}")
+    t = cfg.trainer
+    rules = [
+        (t.batch_size >= 1, f"trainer.batch_size must be >= 1. Received: {t.batch_size}"),
+        (t.max_epochs >= 1, f"trainer.max_epochs must be >= 1. Received: {t.max_epochs}"),
+        (t.learning_rate > 0, f"trainer.learning_rate must be > 0. Received: {t.learning_rate}"),
+        (t.warmup_steps >= 0, f"trainer.warmup_steps must be >= 0. Received: {t.warmup_steps}"),
+        (0 <= t.label_smoothing < 1, f"trainer.label_smoothing must be in [0, 1). Received: {t.label_smoothing}"),
+        (t.weight_decay >= 0, f"trainer.weight_decay must be >= 0. Received: {t.weight_decay}"),
+        (t.lr_schedule in ("constant", "cosine"),
+         f"trainer.lr_schedule must be constant or cosine. Received: {t.lr_schedule!r}"),
+        (t.precision in ("float32", "mixed_float16", "mixed_bfloat16"),
+         f"trainer.precision must be float32, mixed_float16 or mixed_bfloat16. Received: {t.precision!r}"),
+        (cfg.callbacks.early_stopping.patience >= 0,
+         f"callbacks.early_stopping.patience must be >= 0. Received: {cfg.callbacks.early_stopping.patience}"),
+        (cfg.dataset.captions_per_image >= 1,
+         f"dataset.captions_per_image must be >= 1. Received: {cfg.dataset.captions_per_image}"),
+        (cfg.text.vocab_size >= 4, f"text.vocab_size must be >= 4. Received: {cfg.text.vocab_size}"),
+        (cfg.text.seq_len >= 3, f"text.seq_len must be >= 3 (it counts <start> and <end>). Received: {cfg.text.seq_len}"),
+        (cfg.evaluation.batch_size >= 1, f"evaluation.batch_size must be >= 1. Received: {cfg.evaluation.batch_size}"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise ConfigError(message)
+    d = cfg.dataset
+    if d.get("split") == "random" and not (0 < d.val_fraction < 1 and 0 <= d.test_fraction < 1
+                                           and d.val_fraction + d.test_fraction < 1):
+        raise ConfigError(f"dataset.val_fraction and test_fraction must be in (0, 1) with a sum below 1. "
+                          f"Received: val_fraction={d.val_fraction}, test_fraction={d.test_fraction}")
+
+
+def make_optimizer(cfg, steps_per_epoch: int):
+    import keras
+
+    t = cfg.trainer
+    lr = float(t.learning_rate)
+    total = max(1, steps_per_epoch * int(t.max_epochs))
+    if t.lr_schedule == "cosine":
+        warm = min(int(t.warmup_steps), total - 1)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0 if warm else lr, decay_steps=max(1, total - warm), alpha=0.01,
+            warmup_target=lr if warm else None, warmup_steps=warm)
+    elif t.warmup_steps:
+        schedule = _Warmup(lr, int(t.warmup_steps))
+    else:
+        schedule = lr
+    if t.weight_decay:
+        return keras.optimizers.AdamW(schedule, weight_decay=float(t.weight_decay), clipnorm=t.get("clipnorm"))
+    return keras.optimizers.Adam(schedule, clipnorm=t.get("clipnorm"))
+
+
+def _Warmup(lr, steps):
+    """Linear warm-up to ``lr`` over ``steps`` optimizer steps, then constant (recipe A on
+    keras.io; counted in optimizer steps, which here are batches, not captions)."""
+    import keras
+
+    @keras.saving.register_keras_serializable("captioning")
+    class Warmup(keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self, lr, steps):
+            self.lr, self.steps = lr, steps
+
+        def __call__(self, step):
+            step = keras.ops.cast(step, "float32")
+            return self.lr * keras.ops.minimum(1.0, (step + 1.0) / self.steps)
+
+        def get_config(self):
+            return {"lr": self.lr, "steps": self.steps}
+
+    return Warmup(lr, steps)
+
+
+def _write_predictions(path: Path, records, predictions: list[str], per_image: dict) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["image", "references", "prediction", "bleu_4", "cider"])
+    for r, p in zip(records, predictions, strict=True):
+        s = per_image.get(r.id, {})
+        w.writerow([r.id, " | ".join(r.captions), p, f"{s.get('bleu_4', 0):.4f}", f"{s.get('cider', 0):.4f}"])
+    atomic_write_text(path, buf.getvalue())
+
+
+def evaluate_split(model, data, records, cfg, seed: int | None = None):
+    """Caption ``records`` with the configured decoding and score them. Returns
+    (corpus scores, per-image scores, predictions, notes)."""
+    from captioning.evaluation.metrics import score
+    from captioning.models.decoding import Generator, caption_records
+
+    generator = Generator.from_config(model, data.vocab, cfg.decode, seed=seed)
+    preds = caption_records(generator, data, records, int(cfg.evaluation.batch_size))
+    scores = score({r.id: list(r.captions) for r in records}, {r.id: p for r, p in zip(records, preds, strict=True)},
+                   spice=bool(cfg.evaluation.spice))
+    return scores, preds
+
+
+def train(cfg) -> dict:
+    """Train, evaluate and write a run; returns ``{"val": {...}, "test": {...}}`` scores."""
+    check_config(cfg)
+    import keras
+    import tensorflow as tf
+
+    from captioning.console import console, print_data_report, print_samples, print_scores
+    from captioning.data.datamodule import build_data
+    from captioning.models.build import build_model
+    from captioning.training.callbacks import History, SaveWeights
+
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    keras.utils.set_random_seed(int(cfg.seed))
+    if cfg.trainer.precision != "float32":
+        keras.mixed_precision.set_dtype_policy(cfg.trainer.precision)
+
+    t0 = time.perf_counter()
+    data = build_data(cfg)
+    data.vocab.save(ckpt_dir / "vocab.json")
+    atomic_write_text(run_dir / "data.json", json.dumps({**data.report.as_dict(), "vocab_size": data.vocab.size},
+                                                        indent=2))
+    print_data_report(cfg, data)
+
+    model = build_model(cfg, data.vocab.size)
+    train_ds = data.train_dataset(int(cfg.trainer.batch_size), int(cfg.seed))
+    val_ds = data.train_dataset(int(cfg.evaluation.batch_size), int(cfg.seed), split="val", shuffle=False)
+    steps = math.ceil(len(data.splits["train"]) / int(cfg.trainer.batch_size))
+    model.compile(optimizer=make_optimizer(cfg, steps), jit_compile=bool(cfg.trainer.jit_compile))
+
+    es = cfg.callbacks.early_stopping
+    saver = SaveWeights(ckpt_dir, es.monitor, es.mode)
+    callbacks = [
+        History(run_dir),
+        saver,
+        keras.callbacks.EarlyStopping(monitor=es.monitor, patience=int(es.patience), mode=es.mode,
+                                      min_delta=float(es.min_delta), restore_best_weights=True),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    console.rule(f"Training ({len(data.splits['train'])} images, {steps} steps/epoch, up to "
+                 f"{cfg.trainer.max_epochs} epochs)")
+    verbose = 1 if sys.stdout.isatty() else 2      # a live bar in a terminal, a line per epoch in logs
+    model.fit(train_ds, validation_data=val_ds, epochs=int(cfg.trainer.max_epochs), callbacks=callbacks,
+              verbose=verbose, shuffle=False)   # the pipeline shuffles, seeded
+    train_seconds = time.perf_counter() - t0
+    if (ckpt_dir / "best.weights.h5").exists():
+        model.load_weights(str(ckpt_dir / "best.weights.h5"))   # the selected epoch, whatever stopped the run
+
+    console.rule("Evaluation")
+    results: dict = {}
+    notes: list[str] = []
+    for split in ("val", "test"):
+        records = data.splits[split]
+        if not records:
+            continue
+        ds = data.train_dataset(int(cfg.evaluation.batch_size), int(cfg.seed), split=split, shuffle=False)
+        loss = model.evaluate(ds, verbose=0, return_dict=True)
+        scores, preds = evaluate_split(model, data, records, cfg, seed=int(cfg.seed))
+        results[split] = {"loss": float(loss["loss"]), "accuracy": float(loss["accuracy"]), **scores.corpus}
+        notes += [n for n in scores.notes if n not in notes]
+        name = "predictions.csv" if split == "val" else f"predictions_{split}.csv"
+        _write_predictions(run_dir / name, records, preds, scores.per_image)
+        if split == "val":
+            print_samples(records, preds, n=int(cfg.evaluation.show))
+    results["meta"] = {
+        "best_epoch": saver.best_epoch, "epochs_run": len(callbacks[0].rows),
+        "train_seconds": round(train_seconds, 1), "decode": OmegaConf.to_container(cfg.decode, resolve=True),
+        "selected_by": es.monitor, "notes": notes + data.report.notes,
+        "tensorflow": tf.__version__, "keras": keras.__version__,
+    }
+    atomic_write_text(run_dir / "metrics.json", json.dumps(results, indent=2))
+    print_scores(results, notes)
+    console.print(f"[bold]Run directory:[/] {run_dir}")
+    return results

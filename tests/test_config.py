@@ -1,0 +1,81 @@
+"""Config composition: every group option, experiment presets, type and choice errors, and a
+--cfg/--help that never imports TensorFlow."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from captioning import ConfigError
+from captioning.training.train import check_config
+from tests.conftest import ROOT, compose_config
+
+GROUPS = {g: sorted(p.stem for p in (ROOT / "conf" / g).glob("*.yaml"))
+          for g in ("dataset", "backbone", "decoder", "trainer", "callbacks", "logger", "paths", "debug")}
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_group_option_composes(group, option):
+    cfg = compose_config(f"{group}={option}")
+    assert group in cfg or group == "debug"
+    if group in ("dataset", "backbone", "decoder"):
+        assert cfg[group].name == option
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiments_compose(name):
+    cfg = compose_config(f"experiment={name}")
+    OmegaConf.to_container(cfg.trainer, resolve=True)   # everything it sets resolves
+
+
+def test_recipe_a_hyperparameters():
+    cfg = compose_config("experiment=flickr8k_transformer")
+    assert (cfg.dataset.name, cfg.backbone.name, cfg.decoder.name) == ("flickr8k", "efficientnetb0", "transformer")
+    assert (cfg.text.vocab_size, cfg.text.seq_len, cfg.trainer.batch_size) == (10000, 25, 64)
+    assert (cfg.decoder.dim, cfg.decoder.num_heads, cfg.callbacks.early_stopping.patience) == (512, 2, 3)
+    assert OmegaConf.is_missing(cfg.dataset, "root")      # the data location stays a required override
+
+
+def test_unknown_option_lists_choices():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException) as e:
+        compose_config("backbone=resnet9000")
+    assert "small_cnn" in str(e.value) and "efficientnetb0" in str(e.value)
+
+
+def test_unknown_key_fails():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException):
+        compose_config("trainer.bacth_size=3")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("trainer.batch_size=abc", "trainer.batch_size must be an integer"),
+    ("trainer.learning_rate=-1", "trainer.learning_rate must be > 0"),
+    ("trainer.max_epochs=0", "trainer.max_epochs must be >= 1"),
+    ("text.seq_len=2", "text.seq_len must be >= 3"),
+    ("trainer.lr_schedule=linear", "trainer.lr_schedule must be constant or cosine"),
+    ("dataset.val_fraction=1.5", "dataset.val_fraction"),
+])
+def test_nonsense_hyperparameters_fail_early(override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(compose_config(override))
+
+
+def test_cfg_and_help_do_not_import_tensorflow():
+    code = ("import sys, runpy; sys.argv = ['run.py', '--cfg', 'job']; "
+            "runpy.run_path('run.py', run_name='__main__'); "
+            "print('TF-IMPORTED' if 'tensorflow' in sys.modules else 'TF-NOT-IMPORTED')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "TF-NOT-IMPORTED" in out.stdout and "decoder:" in out.stdout
+    help_out = subprocess.run([sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60)
+    assert help_out.returncode == 0 and "python run.py -m decoder=gru,transformer" in help_out.stdout
+    assert "dataset: coco_json, flickr30k, flickr8k, karpathy, synthetic" in help_out.stdout

@@ -1,0 +1,176 @@
+"""Synthetic generator, text normalisation, vocabulary, readers for every layout, bad input."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from captioning import DatasetError
+from captioning.data import synthetic
+from captioning.data.datamodule import build_data, load_records
+from captioning.data.readers import read_captions_csv
+from captioning.data.records import DataReport
+from captioning.data.text import Vocabulary, filter_captions, normalize, wrap
+from tests.conftest import CAPTIONS, SHARED_DATA, compose_config
+
+
+# ------------------------------------------------------------------ synthetic
+def test_synthetic_is_deterministic_and_parses_back(tmp_path):
+    a = synthetic.ensure_synthetic(tmp_path / "a", 30, 48, seed=3, progress=False)
+    b = synthetic.ensure_synthetic(tmp_path / "b", 30, 48, seed=3, progress=False)
+    c = synthetic.ensure_synthetic(tmp_path / "c", 30, 48, seed=4, progress=False)
+    assert (a / "captions.txt").read_bytes() == (b / "captions.txt").read_bytes()
+    assert (a / "Images/synth_00007.jpg").read_bytes() == (b / "Images/synth_00007.jpg").read_bytes()
+    assert (a / "captions.txt").read_bytes() != (c / "captions.txt").read_bytes()
+    caps = read_captions_csv(a / "captions.txt", "error", DataReport())
+    assert len(caps) == 30 and all(len(v) == 5 and len(set(v)) == 5 for v in caps.values())
+    assert any("," in c for v in caps.values() for c in v)        # quoted commas survived the round trip
+    # The first N scenes do not depend on the dataset size.
+    img10, caps10 = synthetic.render(7, 3, 48)
+    assert caps10 == caps["synth_00007.jpg"]
+
+
+def test_synthetic_captions_describe_the_scene():
+    for i in range(50):
+        img, caps = synthetic.render(i, 0, 64)
+        assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+        words = {w for c in caps for w in normalize(c).split()}
+        assert words & set(synthetic.COLORS)                       # every scene names a colour
+
+
+# ------------------------------------------------------------------ text
+def test_normalize_keeps_non_ascii_letters():
+    assert normalize("Ein grüner Baum, über der Straße!") == "ein grüner baum über der straße"
+    assert normalize("Một con chó đang chạy.") == "một con chó đang chạy"
+    assert normalize("A dog's ball -- <odd> _x_") == "a dog s ball odd x"
+
+
+def test_length_filters_count_what_they_remove():
+    caps = [["a b c", "a b c d e f g h"], ["a", "a b c"]]
+    kept, removed = filter_captions(caps, "drop_caption", min_tokens=5, max_tokens=8)
+    assert kept == [["a b c"], ["a b c"]] and removed["captions (length rule)"] == 2
+    kept, removed = filter_captions(caps, "drop_image", min_tokens=5, max_tokens=8)
+    assert kept == [[], []] and removed["images (a caption broke the length rule)"] == 2
+
+
+def test_vocabulary_round_trip(tmp_path):
+    corpus = [wrap(normalize(c)) for caps in CAPTIONS.values() for c in caps]
+    vocab = Vocabulary.build(corpus, size=50, seq_len=12)
+    ids = vocab.encode([wrap("the red square"), wrap("grüner unseenword")])
+    assert ids.shape == (2, 12) and ids[0, 0] == vocab.start_id and ids[0, 4] == vocab.end_id
+    assert vocab.decode(ids) == ["the red square", "grüner [UNK]"]
+    vocab.save(tmp_path / "v.json")
+    again = Vocabulary.load(tmp_path / "v.json")
+    assert again.tokens == vocab.tokens and (again.encode([wrap("the red square")]) == ids[:1]).all()
+
+
+# ------------------------------------------------------------------ readers
+def _ds(**kw):
+    base = {"name": "flickr8k", "root": None, "layout": "auto", "split": "random", "val_fraction": 0.25,
+            "test_fraction": 0.0, "captions_per_image": 5, "max_images": None, "on_missing": "error",
+            "on_malformed": "error", "verify_images": True}
+    return OmegaConf.create({**base, **kw})
+
+
+def test_flickr8k_kaggle_layout(flickr8k_kaggle):
+    splits, report = load_records(_ds(root=str(flickr8k_kaggle)), seed=0, progress=False)
+    records = {r.id: r for s in splits.values() for r in s}
+    assert set(records) == set(CAPTIONS)
+    assert records["a.jpg"].captions[0] == "A red square, on grey."      # the comma is inside the caption
+    assert records["c.jpg"].captions[1] == "Một con chó đang chạy"
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [3, 1, 0]
+    assert any("no test split" in n for n in report.notes)
+
+
+def test_flickr8k_original_layout_with_karpathy_split(flickr8k_original):
+    splits, _ = load_records(_ds(root=str(flickr8k_original), split="karpathy"), seed=0, progress=False)
+    assert [r.id for r in splits["train"]] == ["a.jpg", "b.jpg"]
+    assert [r.id for r in splits["val"]] == ["c.jpg"] and [r.id for r in splits["test"]] == ["d.jpg"]
+    assert len(splits["train"][0].captions) == 5
+
+
+def test_missing_root_names_the_fix(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist.*dataset.root"):
+        load_records(_ds(root=str(tmp_path / "nope")), 0, progress=False)
+    with pytest.raises(DatasetError, match="captions.txt"):
+        load_records(_ds(root=str(tmp_path)), 0, progress=False)
+
+
+def test_malformed_line_names_file_and_line(flickr8k_kaggle):
+    with open(flickr8k_kaggle / "captions.txt", "a", encoding="utf-8") as f:
+        f.write("broken line without a caption field\n")
+    with pytest.raises(DatasetError, match=r"captions.txt:22"):
+        load_records(_ds(root=str(flickr8k_kaggle)), 0, progress=False)
+    splits, report = load_records(_ds(root=str(flickr8k_kaggle), on_malformed="skip"), 0, progress=False)
+    assert report.removed["malformed caption lines"] == 1 and sum(map(len, splits.values())) == 4
+
+
+def test_missing_and_corrupt_images(flickr8k_kaggle):
+    (flickr8k_kaggle / "Images" / "b.jpg").unlink()
+    with pytest.raises(DatasetError, match="1 of 4 images .* missing .*b.jpg.*on_missing=skip"):
+        load_records(_ds(root=str(flickr8k_kaggle)), 0, progress=False)
+    (flickr8k_kaggle / "Images" / "c.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    splits, report = load_records(_ds(root=str(flickr8k_kaggle), on_missing="skip"), 0, progress=False)
+    assert sorted(r.id for s in splits.values() for r in s) == ["a.jpg", "d.jpg"]
+    assert report.removed["missing images"] == 1 and report.removed["unreadable images"] == 1
+
+
+def test_build_data_vectorises_train_captions_only(flickr8k_kaggle):
+    cfg = compose_config("dataset=flickr8k", f"dataset.root={flickr8k_kaggle}", "dataset.val_fraction=0.25",
+                         "backbone.image_size=32", "text.seq_len=12")
+    data = build_data(cfg, progress=False)
+    val_words = {w for r in data.splits["val"] for c in r.captions for w in normalize(c).split()}
+    train_words = {w for r in data.splits["train"] for c in r.captions for w in normalize(c).split()}
+    assert set(data.vocab.tokens) - {"", "[UNK]", "<start>", "<end>"} <= train_words
+    assert val_words - train_words                         # some val-only words exist and were not learned
+    ids = data.encode(data.splits["train"])
+    assert ids.shape == (3, 5, 12) and (ids[:, :, 0] == data.vocab.start_id).all()
+    images, caps = next(iter(data.train_dataset(batch_size=2, seed=0)))
+    assert images.shape == (2, 32, 32, 3) and caps.shape == (2, 5, 12)
+    assert float(images.numpy().max()) <= 255.0 and float(images.numpy().max()) > 1.0   # 0..255, not rescaled
+
+
+# ------------------------------------------------------------------ real samples (skipped in a user's clone)
+needs_shared = pytest.mark.skipif(not (SHARED_DATA / "flickr8k_sample").is_dir(), reason="../shared/data absent")
+
+
+@needs_shared
+def test_real_flickr8k_sample_both_layouts():
+    root = SHARED_DATA / "flickr8k_sample"
+    kaggle, _ = load_records(_ds(root=str(root)), 0, progress=False)
+    assert sum(map(len, kaggle.values())) == 136
+    assert all(len(r.captions) == 5 for s in kaggle.values() for r in s)
+    # The original token file lists all 8,092 names; only the 136 present images load with skip.
+    orig, report = load_records(_ds(root=str(root), layout="original", on_missing="skip", split="karpathy"),
+                                0, progress=False)
+    assert sum(map(len, orig.values())) == 136 - report.removed["images in no split list"]
+    assert report.removed["missing images"] == 8092 - 136
+    with pytest.raises(DatasetError, match="missing"):
+        load_records(_ds(root=str(root), layout="original"), 0, progress=False)
+
+
+@needs_shared
+def test_real_ucm_captions_karpathy_json():
+    root = SHARED_DATA / "ucm_captions"
+    cfg = OmegaConf.create({"name": "karpathy", "json": str(root / "dataset.json"), "images": str(root / "images"),
+                            "restval": True, "split": "karpathy", "captions_per_image": 5, "max_images": None,
+                            "on_missing": "skip", "on_malformed": "error", "verify_images": False})
+    splits, report = load_records(cfg, 0, progress=False)
+    assert (len(splits["train"]), len(splits["val"])) == (1680, 210)
+    assert report.removed["missing images"] == 0 and not splits["test"]   # test images are held back
+
+
+def test_write_fixture_formats_are_the_real_ones(flickr8k_kaggle, flickr8k_original):
+    rows = list(csv.reader(open(flickr8k_kaggle / "captions.txt", encoding="utf-8")))
+    assert rows[0] == ["image", "caption"] and len(rows) == 21
+    line = (flickr8k_original / "Flickr8k_text" / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines()[0]
+    assert line.startswith("a.jpg#0\t")
+
+
+def test_required_root_is_named():
+    cfg = compose_config("dataset=flickr8k")
+    with pytest.raises(DatasetError, match=r"dataset.root is required for dataset=flickr8k.*dataset.root=/data/flickr8k"):
+        load_records(cfg.dataset, 0, progress=False)
