@@ -27,8 +27,8 @@ test: $(STAMP)  ## run the test suite (what CI runs)
 sweep: $(STAMP)  ## a two-job sweep over decoders: outputs/multirun/<date>/<time>/
 	$(BIN)/python run.py -m decoder=gru,transformer $(ARGS)
 
-kangas: $(STAMP)  ## serve the Kangas DataGrids under outputs/ (not built yet: see the tracking issue)
-	@echo "Kangas prediction grids are not written yet (tracking issue); nothing to serve." && exit 1
+kangas: $(STAMP)  ## serve every Kangas DataGrid under outputs/ on 127.0.0.1:4000
+	$(BIN)/python -m captioning.review outputs $(ARGS)
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check captioning tests run.py

@@ -24,6 +24,10 @@ warnings.filterwarnings("ignore", message=".*input ran out of data.*")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    if cfg.logger.name == "comet":
+        import comet_ml  # noqa: F401 - before TensorFlow/Keras, so Comet's hooks attach
+
+        _name_the_run(cfg)
     from captioning.console import print_config_tree
     from captioning.training import train
 
@@ -36,6 +40,24 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     return results["val"].get(cfg.monitor)
+
+
+def _name_the_run(cfg: DictConfig) -> None:
+    """Experiment name = the command-line overrides; a sweep's jobs share a sweep tag."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    hc = HydraConfig.get()
+    overrides = [o for o in hc.overrides.task if not o.startswith(("hydra.", "paths."))]
+    with open_dict(cfg):
+        if not cfg.logger.experiment_name:
+            cfg.logger.experiment_name = " ".join(overrides) or "defaults"
+        tags = list(cfg.logger.tags or []) + [f"decoder:{cfg.decoder.name}", f"dataset:{cfg.dataset.name}"]
+        if hc.mode == RunMode.MULTIRUN:
+            sweep = hc.sweep.dir.replace("\\", "/").split("outputs/multirun/")[-1]
+            tags += [f"sweep:{sweep}", f"job:{hc.job.num}"]
+        cfg.logger.tags = tags
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def _spice_ready() -> str | None:
 
 
 def score(references: dict[str, list[str]], predictions: dict[str, str], spice: bool = False,
-          use_java: bool | None = None) -> Scores:
+          use_java: bool | None = None, meteor: bool = True) -> Scores:
     """Corpus and per-image scores for ``predictions`` against ``references`` (same keys)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -139,7 +139,7 @@ def score(references: dict[str, list[str]], predictions: dict[str, str], spice: 
         corpus[f"bleu_{n + 1}"] = float(bleu[n])
     for i, s in zip(ids, bleu_imgs[3], strict=True):
         per_image[i]["bleu_4"] = float(s)
-    if java:
+    if java and meteor:
         from pycocoevalcap.meteor.meteor import Meteor
 
         meteor = Meteor()

@@ -93,3 +93,69 @@ class SaveWeights(keras.callbacks.Callback):
     def _save(self, name):
         with atomic_path(self.dir / f"{name}.weights.h5") as tmp:
             self.model.save_weights(str(tmp))
+
+
+class ValidationCaptions(keras.callbacks.Callback):
+    """Every N epochs: caption a fixed validation subset with the configured decoding, score it
+    (BLEU-4 and CIDEr go into the epoch logs as ``val_bleu_4`` / ``val_cider``, so early
+    stopping and the best checkpoint can follow CIDEr), and write a Kangas grid.
+
+    Must come before EarlyStopping / SaveWeights in the callback list: they read the logs
+    this callback adds.
+    """
+
+    def __init__(self, data, cfg, run_dir: Path, tracker=None):
+        super().__init__()
+        from captioning.tracking.kangas_grids import pick_rows
+
+        self.data, self.cfg, self.run_dir, self.tracker = data, cfg, Path(run_dir), tracker
+        cb = cfg.callbacks
+        self.score_every = int(cb.val_captions.every_n_epochs)
+        self.grid_every = int(cb.kangas.every_n_epochs) if cb.kangas.enabled else 0
+        self.records = pick_rows(data.splits["val"], int(cb.val_captions.max_images), int(cfg.seed))
+        self.grid_rows = int(cb.kangas.max_rows)
+
+    def on_epoch_end(self, epoch, logs=None):
+        e = epoch + 1
+        due_score = self.score_every and e % self.score_every == 0
+        due_grid = self.grid_every and e % self.grid_every == 0
+        if not (due_score or due_grid):
+            return
+        from captioning.evaluation.metrics import score
+        from captioning.models.decoding import Generator, caption_records
+
+        generator = Generator.from_config(self.model, self.data.vocab, self.cfg.decode, seed=int(self.cfg.seed))
+        preds = caption_records(generator, self.data, self.records, int(self.cfg.evaluation.batch_size))
+        scores = score({r.id: list(r.captions) for r in self.records},
+                       {r.id: p for r, p in zip(self.records, preds, strict=True)}, meteor=False)
+        if logs is not None and due_score:
+            logs["val_bleu_4"], logs["val_cider"] = scores.corpus["bleu_4"], scores.corpus["cider"]
+        if due_grid:
+            write_grid(self.run_dir, f"epoch_{e:03d}", self.records[: self.grid_rows], preds[: self.grid_rows],
+                       scores.per_image, e, self.cfg, self.tracker)
+
+
+def write_grid(run_dir: Path, name: str, records, preds, per_image, epoch, cfg, tracker=None) -> Path | None:
+    """predictions/<name>.datagrid (and a Comet asset); a failure is a warning, not a crash."""
+    from captioning.tracking.kangas_grids import write_predictions_grid
+
+    try:
+        path = write_predictions_grid(Path(run_dir) / "predictions" / f"{name}.datagrid", records, preds,
+                                      per_image, epoch, cfg.logger.get("experiment_name") or Path(run_dir).name)
+    except Exception as e:  # noqa: BLE001 - a broken grid must not end the training
+        print(f"warning: could not write the Kangas grid {name}: {type(e).__name__}: {e}")
+        return None
+    if tracker is not None:
+        tracker.call("log_asset", str(path), file_name=f"predictions/{path.name}")
+    return path
+
+
+class CometEpochs(keras.callbacks.Callback):
+    """Per-epoch metrics to Comet, with the epoch (1-based) as the step."""
+
+    def __init__(self, tracker):
+        super().__init__()
+        self.tracker = tracker
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.tracker.log_epoch(epoch + 1, logs or {})

@@ -141,16 +141,15 @@ def train(cfg) -> dict:
     """Train, evaluate and write a run; returns ``{"val": {...}, "test": {...}}`` scores."""
     check_config(cfg)
     import keras
-    import tensorflow as tf
 
-    from captioning.console import console, print_data_report, print_samples, print_scores
+    keras.backend.clear_session()       # a fresh graph per run: sweeps run jobs in one process
+
+    from captioning.console import console, print_data_report
     from captioning.data.datamodule import build_data
     from captioning.models.build import build_model
-    from captioning.training.callbacks import History, SaveWeights
 
     run_dir = Path(cfg.paths.output_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     keras.utils.set_random_seed(int(cfg.seed))
     if cfg.trainer.precision != "float32":
@@ -158,7 +157,7 @@ def train(cfg) -> dict:
 
     t0 = time.perf_counter()
     data = build_data(cfg)
-    data.vocab.save(ckpt_dir / "vocab.json")
+    data.vocab.save(run_dir / "checkpoints" / "vocab.json")
     atomic_write_text(run_dir / "data.json", json.dumps({**data.report.as_dict(), "vocab_size": data.vocab.size},
                                                         indent=2))
     print_data_report(cfg, data)
@@ -169,15 +168,51 @@ def train(cfg) -> dict:
     steps = math.ceil(len(data.splits["train"]) / int(cfg.trainer.batch_size))
     model.compile(optimizer=make_optimizer(cfg, steps), jit_compile=bool(cfg.trainer.jit_compile))
 
+    tracker = None
+    if cfg.logger.name == "comet":
+        from captioning.tracking.comet import CometLogger
+
+        tracker = CometLogger(cfg, run_dir)
+        tracker.call("log_others", {"vocab_size": data.vocab.size,
+                                    **{f"images_{k}": v for k, v in data.report.counts.items()}})
+    try:
+        results = _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracker, t0)
+    finally:
+        if tracker is not None:
+            archive = tracker.end()
+            if archive is not None:
+                console.print(f"[bold]Comet offline archive:[/] {archive}\n  upload it with: comet upload {archive}")
+    return results
+
+
+def _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracker, t0) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from captioning.console import console, print_samples, print_scores
+    from captioning.tracking.kangas_grids import pick_rows
+    from captioning.training.callbacks import (
+        CometEpochs,
+        History,
+        SaveWeights,
+        ValidationCaptions,
+        write_grid,
+    )
+
+    ckpt_dir = run_dir / "checkpoints"
     es = cfg.callbacks.early_stopping
     saver = SaveWeights(ckpt_dir, es.monitor, es.mode)
+    history = History(run_dir)
     callbacks = [
-        History(run_dir),
+        ValidationCaptions(data, cfg, run_dir, tracker),      # first: it adds val_cider for the others
+        history,
         saver,
         keras.callbacks.EarlyStopping(monitor=es.monitor, patience=int(es.patience), mode=es.mode,
                                       min_delta=float(es.min_delta), restore_best_weights=True),
         keras.callbacks.TerminateOnNaN(),
     ]
+    if tracker is not None:
+        callbacks.append(CometEpochs(tracker))
     console.rule(f"Training ({len(data.splits['train'])} images, {steps} steps/epoch, up to "
                  f"{cfg.trainer.max_epochs} epochs)")
     verbose = 1 if sys.stdout.isatty() else 2      # a live bar in a terminal, a line per epoch in logs
@@ -203,13 +238,43 @@ def train(cfg) -> dict:
         _write_predictions(run_dir / name, records, preds, scores.per_image)
         if split == "val":
             print_samples(records, preds, n=int(cfg.evaluation.show))
+            if cfg.callbacks.kangas.enabled:
+                rows = set(r.id for r in pick_rows(records, int(cfg.callbacks.kangas.max_rows), int(cfg.seed)))
+                keep = [i for i, r in enumerate(records) if r.id in rows]
+                write_grid(run_dir, "final", [records[i] for i in keep], [preds[i] for i in keep],
+                           scores.per_image, saver.best_epoch, cfg, tracker)
+            if tracker is not None:
+                _log_samples(tracker, records, preds, int(cfg.logger.sample_images))
     results["meta"] = {
-        "best_epoch": saver.best_epoch, "epochs_run": len(callbacks[0].rows),
+        "best_epoch": saver.best_epoch, "epochs_run": len(history.rows),
         "train_seconds": round(train_seconds, 1), "decode": OmegaConf.to_container(cfg.decode, resolve=True),
         "selected_by": es.monitor, "notes": notes + data.report.notes,
         "tensorflow": tf.__version__, "keras": keras.__version__,
     }
     atomic_write_text(run_dir / "metrics.json", json.dumps(results, indent=2))
     print_scores(results, notes)
+    if tracker is not None:
+        for split in ("val", "test"):
+            for k, v in results.get(split, {}).items():
+                tracker.call("log_metric", f"{split}_{k}" if split == "test" else f"final_val_{k}", v)
+        for f in ("metrics.json", "history.csv", "predictions.csv", "data.json", "config.yaml"):
+            if (run_dir / f).exists():
+                tracker.call("log_asset", str(run_dir / f), file_name=f)
+        for png in sorted((run_dir / "plots").glob("*.png")):
+            tracker.call("log_image", str(png), name=f"plots/{png.stem}")
+        if cfg.logger.log_model and (ckpt_dir / "best.weights.h5").exists():
+            tracker.call("log_model", "captioner", str(ckpt_dir / "best.weights.h5"))
     console.print(f"[bold]Run directory:[/] {run_dir}")
     return results
+
+
+def _log_samples(tracker, records, preds, n: int) -> None:
+    """A few validation images with their generated and reference captions."""
+    from captioning.tracking.kangas_grids import pick_rows
+
+    chosen = {r.id for r in pick_rows(records, n)}
+    for r, p in zip(records, preds, strict=True):
+        if r.id in chosen:
+            tracker.call("log_image", r.image, name=f"val/{Path(r.id).stem}",
+                         metadata={"prediction": p, "references": list(r.captions)})
+            tracker.call("log_text", f"{r.id}: {p}", metadata={"references": list(r.captions)})

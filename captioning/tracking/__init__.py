@@ -1,0 +1,1 @@
+"""Tracking: Comet experiments (online or offline archives) and Kangas prediction grids."""

@@ -1,0 +1,107 @@
+"""Comet experiments that never cost a run: online with credentials, offline otherwise, and
+every call guarded so a network failure, a bad key or a Comet bug is a warning, not a crash.
+
+``comet_ml`` must be imported before TensorFlow/Keras for its auto-logging hooks; ``run.py``
+does that when ``logger=comet``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger("captioning")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+    return out
+
+
+def api_key_configured() -> bool:
+    """COMET_API_KEY or Comet's own config file (~/.comet.config)."""
+    try:
+        import comet_ml
+
+        return bool(comet_ml.get_config().get_string(None, "comet.api_key"))
+    except Exception:  # noqa: BLE001
+        return bool(os.environ.get("COMET_API_KEY"))
+
+
+class CometLogger:
+    """A thin, failure-proof wrapper over a Comet experiment."""
+
+    def __init__(self, cfg, run_dir: Path):
+        self.cfg, self.run_dir = cfg.logger, Path(run_dir)
+        self.exp, self.offline, self.archive = None, True, None
+        self._warned = False
+        self._start(cfg)
+
+    def _start(self, cfg):
+        try:
+            import comet_ml
+        except ImportError as e:
+            self._warn(f"comet_ml is not installed ({e}); logging only to the run directory")
+            return
+        c = self.cfg
+        common = dict(project_name=c.project, workspace=c.workspace, log_code=False, log_graph=False,
+                      auto_param_logging=False, auto_metric_logging=False, parse_args=False,
+                      log_git_metadata=False, log_git_patch=False, display_summary_level=0)
+        want_online = c.online is True or (c.online == "auto" and api_key_configured())
+        if want_online:
+            try:
+                self.exp, self.offline = comet_ml.Experiment(**common), False
+            except Exception as e:  # noqa: BLE001 - network, bad key, server errors
+                self._warn(f"Comet online logging failed ({type(e).__name__}: {e}); logging offline instead")
+        if self.exp is None:
+            directory = Path(c.offline_directory or self.run_dir / "comet")
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                self.exp = comet_ml.OfflineExperiment(offline_directory=str(directory), **common)
+            except Exception as e:  # noqa: BLE001
+                self._warn(f"Comet offline logging failed too ({e}); logging only to the run directory")
+                return
+        from omegaconf import OmegaConf
+
+        self.call("set_name", c.experiment_name or self.run_dir.name)
+        self.call("add_tags", list(c.tags or []))
+        self.call("log_parameters", flatten(OmegaConf.to_container(cfg, resolve=True)))
+        self.call("log_other", "run_dir", str(self.run_dir))
+
+    def _warn(self, message: str) -> None:
+        log.warning(message)
+        print(f"warning: {message}")
+
+    def call(self, method: str, *args, **kwargs):
+        """Call an Experiment method; any exception becomes one warning and logging goes on."""
+        if self.exp is None:
+            return None
+        try:
+            return getattr(self.exp, method)(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            if not self._warned:
+                self._warn(f"Comet {method} failed ({type(e).__name__}: {e}); the run continues")
+                self._warned = True
+            return None
+
+    def log_epoch(self, epoch: int, logs: dict) -> None:
+        self.call("log_metrics", {k: float(v) for k, v in logs.items()}, step=epoch, epoch=epoch)
+
+    def end(self) -> Path | None:
+        """Close the experiment; for offline runs return the archive to ``comet upload``."""
+        if self.exp is None:
+            return None
+        self.call("end")
+        if self.offline:
+            directory = Path(self.cfg.offline_directory or self.run_dir / "comet")
+            zips = sorted(directory.glob("*.zip"), key=lambda p: p.stat().st_mtime)
+            self.archive = zips[-1] if zips else None
+        self.exp = None
+        return self.archive

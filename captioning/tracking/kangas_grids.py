@@ -1,0 +1,65 @@
+"""Kangas DataGrids: validation predictions per epoch, and dataset browsing.
+
+A grid is written to a temporary file and renamed into place, so a run killed mid-write
+leaves the previous grid (or none), never a half-written one.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from captioning.io import atomic_path
+
+PREDICTION_COLUMNS = ["image", "id", "references", "prediction", "bleu_4", "cider", "length", "epoch", "run"]
+
+
+def pick_rows(records, max_rows: int | None, seed: int = 0):
+    """A deterministic subset of at most ``max_rows`` records (the same every epoch)."""
+    if not max_rows or len(records) <= max_rows:
+        return list(records)
+    idx = sorted(random.Random(seed).sample(range(len(records)), max_rows))
+    return [records[i] for i in idx]
+
+
+def _image(path: str, thumb: int = 256):
+    """A kangas.Image of the file, downsized so grids stay small."""
+    import kangas
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((thumb, thumb))
+        return kangas.Image(im.copy(), source=None)
+
+
+def write_predictions_grid(path: Path, records, predictions, per_image: dict, epoch, run_name: str) -> Path:
+    """One row per image: image, id, all references, prediction, BLEU-4, CIDEr, length, epoch, run."""
+    import kangas
+
+    rows = []
+    for r, p in zip(records, predictions, strict=True):
+        s = per_image.get(r.id, {})
+        rows.append([_image(r.image), r.id, " | ".join(r.captions), p, round(s.get("bleu_4", 0.0), 4),
+                     round(s.get("cider", 0.0), 4), len(p.split()), epoch, run_name])
+    dg = kangas.DataGrid(rows, columns=PREDICTION_COLUMNS, name=Path(path).stem)
+    return _save(dg, Path(path))
+
+
+def write_dataset_grid(path: Path, splits: dict, max_rows: int | None = None, seed: int = 0) -> Path:
+    """Recipe A's first step: browse (image, captions, split) before training."""
+    import kangas
+
+    rows = []
+    for split, records in splits.items():
+        for r in pick_rows(records, max_rows, seed):
+            rows.append([_image(r.image), r.id, split, " | ".join(r.captions), len(r.captions)])
+    dg = kangas.DataGrid(rows, columns=["image", "id", "split", "captions", "num_captions"], name=Path(path).stem)
+    return _save(dg, Path(path))
+
+
+def _save(dg, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.unlink()                      # kangas refuses to overwrite an existing file
+        dg.save(str(tmp))
+    return path
