@@ -174,3 +174,51 @@ def test_required_root_is_named():
     cfg = compose_config("dataset=flickr8k")
     with pytest.raises(DatasetError, match=r"dataset.root is required for dataset=flickr8k.*dataset.root=/data/flickr8k"):
         load_records(cfg.dataset, 0, progress=False)
+
+
+# ------------------------------------------------------------------ COCO through TFDS (mock data)
+def _mock_coco(per_split: int):
+    """``tfds.testing.mock_data`` with coco_captions' real structure (its random generator
+    cannot build the variable-length captions sequence, so we give the examples)."""
+    import io
+
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+    from PIL import Image
+
+    def as_dataset(self, split, decoders=None, **kwargs):
+        offset = {"train": 0, "restval": 100, "val": 200, "test": 300}[str(split)]
+        examples = {"image": [], "image/filename": [], "image/id": [], "captions": {"text": [], "id": []}}
+        for i in range(per_split):
+            buf = io.BytesIO()
+            Image.new("RGB", (48, 40), (i * 20 % 255, 80, 160)).save(buf, format="JPEG")
+            examples["image"].append(buf.getvalue())
+            examples["image/filename"].append(f"COCO_{split}2014_{offset + i:012d}.jpg")
+            examples["image/id"].append(offset + i)
+        ds = tf.data.Dataset.from_tensor_slices({k: v for k, v in examples.items() if k != "captions"})
+        n_caps = 6                                            # COCO has 5-7 captions per image
+        caps = tf.data.Dataset.from_tensor_slices({
+            "text": [[f"caption {k} of image {offset + i}, in {split}" for k in range(n_caps)] for i in range(per_split)],
+            "id": [[k for k in range(n_caps)] for _ in range(per_split)]})
+        return tf.data.Dataset.zip(ds, caps).map(lambda e, c: {**e, "captions": c})
+
+    return tfds.testing.mock_data(as_dataset_fn=as_dataset)
+
+
+def test_coco_via_tfds_keeps_every_caption_and_split(tmp_path):
+    cfg = compose_config("dataset=coco", f"dataset.cache_dir={tmp_path}")
+    with _mock_coco(per_split=3):
+        splits, _ = load_records(cfg.dataset, 0, progress=False)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [6, 3, 3]        # restval joined train
+    r = splits["val"][0]
+    assert len(r.captions) == 6 and r.captions[0].startswith("caption 0 of image 200")
+    assert (tmp_path / "tfds_coco_captions" / "val" / "captions.json").is_file()
+    # A second load reads the materialised index, without TFDS.
+    again, _ = load_records(cfg.dataset, 0, progress=False)
+    assert [r.id for r in again["test"]] == [r.id for r in splits["test"]]
+
+
+def test_coco_not_prepared_says_how_to_build_it(tmp_path):
+    cfg = compose_config("dataset=coco", f"dataset.cache_dir={tmp_path}", f"dataset.data_dir={tmp_path}/tfds")
+    with pytest.raises(DatasetError, match="tfds build coco_captions"):
+        load_records(cfg.dataset, 0, progress=False)

@@ -57,3 +57,63 @@ def test_missing_dataset_is_one_clear_error(tmp_path):
     cfg = compose_config("dataset=flickr8k", f"dataset.root={tmp_path}/absent", f"paths.output_dir={tmp_path}/run")
     with pytest.raises(DatasetError, match="does not exist"):
         train(cfg)
+
+
+def test_recipe_b_preset_runs_tiny_on_mock_tfds(tmp_path):
+    from tests.test_data import _mock_coco
+
+    cfg = compose_config("experiment=coco_gru", "debug=tiny", f"dataset.data_dir={tmp_path}/tfds",
+                         f"dataset.cache_dir={tmp_path}/cache", "trainer.max_epochs=1", "logger=none",
+                         f"paths.output_dir={tmp_path}/run")
+    assert (cfg.backbone.name, cfg.decoder.name, cfg.decode.method) == ("inceptionresnetv2", "gru", "top_k")
+    with _mock_coco(per_split=4):
+        result = train(cfg)
+    assert {"val", "test"} <= set(result) and math.isfinite(result["test"]["cider"])
+
+
+def test_two_job_sweep_runs_sequentially_in_one_process(tmp_path):
+    """`python run.py -m decoder=gru,transformer`: both jobs train, each in its own job folder."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    res = subprocess.run(
+        [sys.executable, "run.py", "-m", "debug=tiny", "decoder=gru,transformer", "trainer.max_epochs=1",
+         "logger=none", f"hydra.sweep.dir={tmp_path}/sweep"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for job in ("0", "1"):
+        assert json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())["val"]["cider"] >= 0
+    from omegaconf import OmegaConf
+
+    names = [OmegaConf.load(tmp_path / "sweep" / j / "config.yaml").decoder.name for j in ("0", "1")]
+    assert names == ["gru", "transformer"]
+
+
+def test_feature_cache_is_built_once_and_matches_the_image_path(tmp_path):
+    """A frozen backbone: the second run reuses the cache, and the loss curve equals the one
+    computed from images (features are stored in float16, hence the tolerance)."""
+    common = ["debug=tiny", "backbone=efficientnetb0", "backbone.image_size=32", "backbone.weights=null",
+              "logger=none", "callbacks.kangas.enabled=false"]
+    cache = tmp_path / "cache"
+    runs = {}
+    for name, extra in (("images", ["trainer.feature_cache=false"]), ("cached", []), ("again", [])):
+        cfg = compose_config(*common, *extra, f"paths.cache_dir={cache}", f"paths.output_dir={tmp_path}/{name}")
+        train(cfg)
+        runs[name] = list(csv.DictReader(open(tmp_path / name / "history.csv")))
+    folders = [p for p in (cache / "features").iterdir() if p.is_dir()]
+    assert len(folders) == 1                                      # built once, reused by the third run
+    for key in ("loss", "val_loss"):
+        a = [float(r[key]) for r in runs["images"]]
+        b = [float(r[key]) for r in runs["cached"]]
+        assert b == pytest.approx(a, rel=2e-3), key
+    assert [r["val_loss"] for r in runs["cached"]] == [r["val_loss"] for r in runs["again"]]
+
+
+def test_augmentation_bypasses_the_cache(tmp_path, capsys):
+    cfg = compose_config("debug=tiny", "backbone=efficientnetb0", "backbone.image_size=32", "backbone.weights=null",
+                         "augment.flip=horizontal", "logger=none", "trainer.max_epochs=1",
+                         f"paths.cache_dir={tmp_path}/cache", f"paths.output_dir={tmp_path}/run")
+    train(cfg)
+    assert "feature cache bypassed: augmentation is on" in capsys.readouterr().out
+    assert not (tmp_path / "cache" / "features").exists()

@@ -27,6 +27,21 @@ class CaptionData:
     report: DataReport
     captions_per_image: int
     image_size: int
+    features: tuple | None = None          # (array (N, S, C) float16, {image id: row}) from the feature cache
+
+    def use_features(self, feats, row_of) -> None:
+        """Feed cached backbone tokens instead of images (held in memory when they fit)."""
+        if feats.nbytes <= 4e9:
+            feats = np.asarray(feats)
+        self.features = (feats, row_of)
+
+    def _gather_features(self, rows):
+        """(B,) int64 rows -> (B, S, C) float32 tokens: one numpy gather per batch."""
+        import tensorflow as tf
+
+        feats, _ = self.features
+        out = tf.numpy_function(lambda r: np.asarray(feats[r], np.float32), [rows], tf.float32)
+        return tf.ensure_shape(out, (None, *feats.shape[1:]))
 
     def encode(self, records: list[Record]) -> np.ndarray:
         """(N, C, L) int32 ids: every image's captions, normalised, wrapped, padded to C rows."""
@@ -49,6 +64,13 @@ class CaptionData:
         records = self.splits[split]
         if not records:
             raise DatasetError(f"The {split} split is empty: nothing to train or validate on.")
+        if self.features is not None:
+            rows = np.array([self.features[1][r.id] for r in records], np.int64)
+            ds = tf.data.Dataset.from_tensor_slices((rows, self.encode(records)))
+            if shuffle:
+                ds = ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+            ds = ds.batch(batch_size).map(lambda r, c: (self._gather_features(r), c))
+            return ds.prefetch(tf.data.AUTOTUNE)
         paths = [r.image for r in records]
         ds = tf.data.Dataset.from_tensor_slices((paths, self.encode(records)))
         ds = ds.map(lambda p, c: (load_image(p, self.image_size), c),
@@ -63,10 +85,15 @@ class CaptionData:
         ds = ds.batch(batch_size).map(lambda x, c: (tf.cast(x, tf.float32), c))
         return ds.prefetch(tf.data.AUTOTUNE)
 
-    def image_dataset(self, records: list[Record], batch_size: int):
-        """Batches of images only, in ``records`` order (for captioning and scoring)."""
+    def image_dataset(self, records: list[Record], batch_size: int, use_features: bool = True):
+        """Batches of model inputs in ``records`` order (for captioning and scoring): cached
+        backbone tokens when the feature cache is on, else images."""
         import tensorflow as tf
 
+        if use_features and self.features is not None:
+            rows = np.array([self.features[1][r.id] for r in records], np.int64)
+            ds = tf.data.Dataset.from_tensor_slices(rows).batch(batch_size).map(self._gather_features)
+            return ds.prefetch(tf.data.AUTOTUNE)
         ds = tf.data.Dataset.from_tensor_slices([r.image for r in records])
         ds = ds.map(lambda p: tf.cast(load_image(p, self.image_size), tf.float32),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -125,7 +152,8 @@ def load_records(ds_cfg, seed: int, progress: bool = True) -> tuple[dict[str, li
         raise ConfigError(f"Unknown dataset {name!r}. Known: {sorted(READERS)}")
     from omegaconf import OmegaConf
 
-    for key, example in (("root", "/data/" + name), ("json", "/data/dataset_flickr8k.json"), ("images", "/data/Images")):
+    for key, example in (("root", "/data/" + name), ("json", "/data/dataset_flickr8k.json"), ("images", "/data/Images"),
+                         ("data_dir", "~/tensorflow_datasets")):
         if key in ds_cfg.keys() and OmegaConf.is_missing(ds_cfg, key):
             raise DatasetError(f"dataset.{key} is required for dataset={name}. Point it at your copy: "
                                f"python run.py dataset={name} dataset.{key}={example}")
@@ -140,7 +168,7 @@ def load_records(ds_cfg, seed: int, progress: bool = True) -> tuple[dict[str, li
     if not records:
         raise DatasetError(f"No usable images in dataset={name} ({ds_cfg.get('root') or ds_cfg.get('json')}).")
 
-    if ds_cfg.get("max_images"):    # a deterministic subset (debug runs, quick looks)
+    if ds_cfg.get("max_images") and name != "coco":    # a deterministic subset (debug runs, quick looks)
         records = sorted(records, key=lambda r: r.id)
         random.Random(seed).shuffle(records)
         records = records[: int(ds_cfg.max_images)]

@@ -290,7 +290,14 @@ def read_coco_json(cfg, report: DataReport) -> tuple[list[Record], None]:
     return records, None
 
 
+def read_coco(cfg, report: DataReport):
+    from captioning.data.tfds_coco import read_coco_tfds
+
+    return read_coco_tfds(cfg, report)
+
+
 READERS = {
+    "coco": read_coco,
     "flickr8k": read_flickr8k,
     "synthetic": read_flickr8k,     # written to disk in the Kaggle Flickr8k layout
     "flickr30k": read_flickr30k,

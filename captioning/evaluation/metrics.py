@@ -45,7 +45,7 @@ def java_available() -> bool:
 # PTB-style rules for the fallback: split off punctuation and English clitics the way
 # Stanford's PTBTokenizer does for caption-like text ("dog's" -> "dog 's", "don't" -> "do n't").
 _CLITICS = re.compile(r"(?i)\b(\w+)(n't)\b|(\w)('s|'re|'ve|'ll|'d|'m)\b")
-_PUNCT_SPLIT = re.compile(r"(\.\.\.|--|[.,!?;:()\[\]{}\"`]|'(?!\w)|(?<!\w)')")
+_PUNCT_SPLIT = re.compile(r"(\.\.\.|--|[.,!?;:()\[\]{}\"`]|'(?!(?:s|re|ve|ll|d|m|t)\b))")
 
 
 def python_tokenize(caption: str) -> str:

@@ -46,8 +46,11 @@ class Captioner(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.acc_tracker]
 
-    def encode(self, images, training=False):
-        """images (B, H, W, 3) float 0..255 -> memory (B, S, D)."""
+    def encode(self, inputs, training=False):
+        """images (B, H, W, 3) float 0..255, or cached backbone tokens (B, S, C) -> memory (B, S, D)."""
+        if len(inputs.shape) == 3:                   # features from the cache: the backbone already ran
+            return self.encoder(inputs, training=training)
+        images = inputs
         if training:
             for layer in self.augmentation:
                 images = layer(images, training=True)

@@ -137,6 +137,23 @@ def evaluate_split(model, data, records, cfg, seed: int | None = None):
     return scores, preds
 
 
+def _maybe_cache_features(cfg, data, model) -> None:
+    """Frozen backbone: compute each image's tokens once (shared across runs), train on them."""
+    from captioning.console import console
+    from captioning.data.features import bypass_reason, ensure_features
+
+    reason = bypass_reason(cfg)
+    if reason is not None:
+        if cfg.backbone.get("trainable", False) is False:      # only worth saying for frozen backbones
+            console.print(f"  feature cache bypassed: {reason}")
+        return
+    records = [r for split in ("train", "val", "test") for r in data.splits[split]]
+    feats, row_of, folder = ensure_features(cfg, model.backbone, data, records, int(cfg.evaluation.batch_size))
+    data.use_features(feats, row_of)
+    console.print(f"  feature cache: {folder} ({feats.shape[0]} images x {feats.shape[1]} tokens x "
+                  f"{feats.shape[2]}, float16, {feats.nbytes / feats.shape[0] / 1024:.1f} KiB/image)")
+
+
 def train(cfg) -> dict:
     """Train, evaluate and write a run; returns ``{"val": {...}, "test": {...}}`` scores."""
     check_config(cfg)
@@ -163,6 +180,7 @@ def train(cfg) -> dict:
     print_data_report(cfg, data)
 
     model = build_model(cfg, data.vocab.size)
+    _maybe_cache_features(cfg, data, model)
     train_ds = data.train_dataset(int(cfg.trainer.batch_size), int(cfg.seed))
     val_ds = data.train_dataset(int(cfg.evaluation.batch_size), int(cfg.seed), split="val", shuffle=False)
     steps = math.ceil(len(data.splits["train"]) / int(cfg.trainer.batch_size))

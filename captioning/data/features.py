@@ -1,0 +1,110 @@
+"""The backbone feature cache: a frozen backbone's image tokens computed once per (image set,
+backbone, weights, input size, preprocessing) and reused by every later run and sweep job.
+
+Stored as float16 ``(N, S, C)`` in ``<cache_dir>/features/<key>/features.npy`` with the image
+order in ``index.json``. Built under a file lock into a temporary folder that is renamed into
+place, so two jobs never build it twice or see it half-written. Any change of the inputs
+changes the key, which is how the cache is invalidated.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+VERSION = 1
+
+
+def bypass_reason(cfg) -> str | None:
+    """Why the cache cannot be used for this config (None: it can)."""
+    b = cfg.backbone
+    if not cfg.trainer.get("feature_cache", True):
+        return "trainer.feature_cache=false"
+    if b.get("trainable", False) is not False:
+        return "the backbone is trained (backbone.trainable), so its features change every step"
+    a = cfg.augment
+    if a.flip != "none" or a.rot90 or a.rotation or a.contrast:
+        return ("augmentation is on: a frozen CNN sees a different image every epoch, so its features "
+                "cannot be cached (set augment.* off to use the cache)")
+    if b.get("blind", False):
+        return "backbone.blind=true (image-blind baseline)"
+    return None
+
+
+def cache_key(cfg, records) -> str:
+    """Hash of everything the features depend on."""
+    b = cfg.backbone
+    h = hashlib.sha256()
+    spec = {k: b[k] for k in b if k not in ("trainable", "blind")}
+    weights = b.get("weights")
+    if weights not in (None, "imagenet"):                       # a file: its identity is its content stamp
+        st = os.stat(os.path.expanduser(str(weights)))
+        spec["weights_stamp"] = [st.st_size, st.st_mtime_ns]
+    if weights is None:
+        spec["init_seed"] = int(cfg.seed)                       # random init: depends on the run's seed
+    import keras
+
+    h.update(json.dumps({"v": VERSION, "backbone": spec, "keras": keras.__version__}, sort_keys=True,
+                        default=str).encode())
+    for r in sorted(records, key=lambda r: r.image):
+        st = os.stat(r.image)
+        h.update(f"{r.image}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+@contextmanager
+def _lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)               # a second job waits here while the first builds
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_features(cfg, backbone, data, records, batch_size: int, progress: bool = True):
+    """-> (features (N, S, C) float16 array, {image id: row}); built once, then loaded."""
+    root = Path(os.path.expanduser(str(cfg.paths.cache_dir))) / "features"
+    key = cache_key(cfg, records)
+    folder = root / key
+    with _lock(root / f"{key}.lock"):
+        if not (folder / "index.json").is_file():
+            _build(folder, backbone, data, records, batch_size, progress)
+    index = json.loads((folder / "index.json").read_text())
+    feats = np.load(folder / "features.npy", mmap_mode="r")
+    return feats, {i: n for n, i in enumerate(index["ids"])}, folder
+
+
+def _build(folder: Path, backbone, data, records, batch_size: int, progress: bool) -> None:
+    import keras
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        shape = (len(records), *backbone.output_shape[1:])
+        out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16, shape=shape)
+        batches = data.image_dataset(records, batch_size, use_features=False)
+        it = iter(batches)
+        if progress:
+            from rich.progress import track
+            it = track(it, total=-(-len(records) // batch_size),
+                       description=f"Caching {backbone.name} features of {len(records)} images")
+        row = 0
+        for images in it:
+            tokens = keras.ops.convert_to_numpy(backbone(images, training=False))
+            out[row:row + len(tokens)] = tokens.astype(np.float16)
+            row += len(tokens)
+        out.flush()
+        del out
+        (tmp / "index.json").write_text(json.dumps({"ids": [r.id for r in records], "shape": list(shape)}))
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

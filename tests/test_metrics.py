@@ -1,0 +1,79 @@
+"""The COCO caption metrics: same numbers as pycocoevalcap used directly, sane extremes,
+empty predictions, and the no-Java tokenizer against Stanford's on real captions."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from captioning.evaluation.metrics import java_available, python_tokenize, score, tokenize
+from tests.conftest import SHARED_DATA
+
+REFS = {
+    "1": ["A dog runs across the grass.", "a brown dog running on a lawn", "The dog is running outside."],
+    "2": ["Two people ride bikes down a street.", "cyclists on a city road", "two men riding bicycles"],
+    "3": ["A child's red ball sits on the floor.", "a red ball on a wooden floor", "a ball that is red"],
+}
+PREDS = {"1": "a dog running on the grass", "2": "two people riding bikes on a road", "3": "a red ball"}
+needs_java = pytest.mark.skipif(not java_available(), reason="Java is not installed")
+
+
+@needs_java
+def test_scores_equal_pycocoevalcap_run_directly():
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    ours = score(REFS, PREDS)
+    tok = PTBTokenizer()
+    gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in REFS.items()})
+    res = tok.tokenize({k: [{"caption": v}] for k, v in PREDS.items()})
+    bleu, _ = Bleu(4).compute_score(gts, res)
+    assert [ours.corpus[f"bleu_{n}"] for n in range(1, 5)] == pytest.approx(bleu, abs=1e-9)
+    assert ours.corpus["cider"] == pytest.approx(Cider().compute_score(gts, res)[0], abs=1e-9)
+    assert ours.corpus["rouge_l"] == pytest.approx(Rouge().compute_score(gts, res)[0], abs=1e-9)
+    assert ours.corpus["meteor"] == pytest.approx(Meteor().compute_score(gts, res)[0], abs=1e-6)
+    assert set(ours.per_image) == set(REFS) and {"bleu_4", "cider"} <= set(ours.per_image["1"])
+
+
+@pytest.mark.parametrize("use_java", [pytest.param(True, marks=needs_java), False])
+def test_perfect_beats_unrelated(use_java):
+    perfect = score(REFS, {k: v[0] for k, v in REFS.items()}, use_java=use_java)
+    unrelated = score(REFS, {k: "an airplane parked at the gate" for k in REFS}, use_java=use_java)
+    assert perfect.corpus["bleu_4"] == pytest.approx(1.0)
+    assert perfect.corpus["cider"] > 1.0 > unrelated.corpus["cider"]
+    if not use_java:
+        assert "meteor" not in perfect.corpus and any("Java not found" in n for n in perfect.notes)
+
+
+@pytest.mark.parametrize("use_java", [pytest.param(True, marks=needs_java), False])
+def test_empty_prediction_is_scored_not_a_crash(use_java):
+    s = score(REFS, {**PREDS, "2": ""}, use_java=use_java)
+    assert s.per_image["2"]["cider"] == 0.0 and s.per_image["2"]["bleu_4"] == pytest.approx(0.0, abs=1e-6)
+    assert s.per_image["1"]["cider"] > 0
+
+
+def test_mismatched_ids_are_an_error():
+    with pytest.raises(ValueError, match="same images"):
+        score(REFS, {"1": "a dog"})
+
+
+def test_python_tokenizer_rules():
+    assert python_tokenize("A child's red ball, on the floor.") == "a child 's red ball on the floor"
+    assert python_tokenize("Don't stop -- \"now\"!") == "do n't stop now"
+    assert python_tokenize("A man in a t-shirt") == "a man in a t-shirt"
+
+
+@needs_java
+@pytest.mark.skipif(not (SHARED_DATA / "flickr8k_sample").is_dir(), reason="../shared/data absent")
+def test_python_tokenizer_agrees_with_java_on_real_captions():
+    with open(SHARED_DATA / "flickr8k_sample" / "captions.txt", encoding="utf-8") as f:
+        captions = [row["caption"] for row in csv.DictReader(f)]
+    caps = {str(i): [c] for i, c in enumerate(captions)}
+    java, py = tokenize(caps, use_java=True), tokenize(caps, use_java=False)
+    differ = [(caps[k][0], java[k][0], py[k][0]) for k in caps if java[k] != py[k]]
+    # Report the disagreements (if any) so a regression names the caption.
+    assert len(differ) <= len(caps) * 0.01, differ[:10]
