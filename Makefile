@@ -30,6 +30,9 @@ sweep: $(STAMP)  ## a two-job sweep over decoders: outputs/multirun/<date>/<time
 kangas: $(STAMP)  ## serve every Kangas DataGrid under outputs/ on 127.0.0.1:4000
 	$(BIN)/python -m captioning.review outputs $(ARGS)
 
+bench: $(STAMP)  ## speed benchmark vs the recipe-A way (prints ratios; several minutes)
+	$(BIN)/python -m captioning.bench $(ARGS)
+
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check captioning tests run.py
 
@@ -37,4 +40,4 @@ clean:  ## remove caches and build files (keeps outputs/ and .venv)
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install train test sweep kangas lint clean
+.PHONY: help install train test sweep kangas bench lint clean

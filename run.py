@@ -14,7 +14,7 @@ import warnings
 import hydra
 from omegaconf import DictConfig
 
-from captioning import CaptioningError
+from captioning import CaptioningError, TrainingInterrupted
 
 # Quiet TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) unless asked for;
 # TensorFlow is imported later, inside train().
@@ -25,6 +25,7 @@ warnings.filterwarnings("ignore", message=".*input ran out of data.*")
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     if cfg.logger.name == "comet":
+        import captioning.tracking.comet  # noqa: F401 - sets Comet's environment first
         import comet_ml  # noqa: F401 - before TensorFlow/Keras, so Comet's hooks attach
 
         _name_the_run(cfg)
@@ -33,13 +34,39 @@ def main(cfg: DictConfig) -> float | None:
 
     print_config_tree(cfg)
     try:
+        _locate_resume(cfg)
         results = train(cfg)
+    except TrainingInterrupted as e:
+        sys.exit(128 + e.signum)                 # the conventional exit status of a signalled job
     except CaptioningError as e:
         # A problem with the user's input: one clear line, no traceback.
         logging.getLogger("captioning").error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     return results["val"].get(cfg.monitor)
+
+
+def _locate_resume(cfg: DictConfig) -> None:
+    """resume=true: the newest unfinished run with the same overrides; resume=DIR: that run."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from captioning.training.resume import find_resumable
+
+    if not cfg.resume:
+        return
+    if cfg.resume is True:
+        run = find_resumable(Path("outputs"), list(HydraConfig.get().overrides.task))
+        if run is None:
+            raise CaptioningError("resume=true: no unfinished run under outputs/ was started with the same "
+                                  "overrides. Give the run directory instead: resume=outputs/<date>/<time>")
+    else:
+        run = Path(str(cfg.resume))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run)
+    print(f"Resuming in {run}")
 
 
 def _name_the_run(cfg: DictConfig) -> None:

@@ -22,3 +22,14 @@ class DatasetError(CaptioningError):
 
 class ConfigError(CaptioningError):
     """A config value is out of its valid range or inconsistent with another one."""
+
+
+class TrainingInterrupted(Exception):
+    """A stop signal (Ctrl-C, SIGTERM) ended training after a completed batch; the run can be
+    resumed from its last completed epoch."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

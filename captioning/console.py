@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)   # long paths stay on one line (copy-pasteable)
 
 METRIC_ORDER = ("loss", "accuracy", "bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "spice")
 

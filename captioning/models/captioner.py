@@ -42,6 +42,10 @@ class Captioner(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.acc_tracker = keras.metrics.Mean(name="accuracy")
 
+    def build(self, input_shape=None):
+        # Sublayers build on the first call (build_model calls the model once on zeros).
+        self.built = True
+
     @property
     def metrics(self):
         return [self.loss_tracker, self.acc_tracker]

@@ -13,6 +13,10 @@ from pathlib import Path
 
 log = logging.getLogger("captioning")
 
+# Comet reports its own internal errors to a third-party service at import time; a run must
+# not phone anywhere it was not asked to (and offline machines would retry and log noise).
+os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
+
 
 def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
@@ -53,7 +57,8 @@ class CometLogger:
         c = self.cfg
         common = dict(project_name=c.project, workspace=c.workspace, log_code=False, log_graph=False,
                       auto_param_logging=False, auto_metric_logging=False, parse_args=False,
-                      log_git_metadata=False, log_git_patch=False, display_summary_level=0)
+                      log_git_metadata=False, log_git_patch=False, display_summary_level=0,
+                      log_env_network=False, log_env_host=False)
         want_online = c.online is True or (c.online == "auto" and api_key_configured())
         if want_online:
             try:
@@ -73,7 +78,9 @@ class CometLogger:
         self.call("set_name", c.experiment_name or self.run_dir.name)
         self.call("add_tags", list(c.tags or []))
         self.call("log_parameters", flatten(OmegaConf.to_container(cfg, resolve=True)))
-        self.call("log_other", "run_dir", str(self.run_dir))
+        import platform
+
+        self.call("log_others", {"run_dir": str(self.run_dir), "host": platform.node()})
 
     def _warn(self, message: str) -> None:
         log.warning(message)

@@ -66,6 +66,13 @@ def plot_history(rows: list[dict], out_dir: Path) -> None:
         plt.close(fig)
 
 
+def monitor_mode(monitor: str, mode: str = "auto") -> str:
+    """'max' for scores (accuracy, BLEU, CIDEr, ...), 'min' for losses, unless set explicitly."""
+    if mode != "auto":
+        return mode
+    return "max" if any(s in monitor for s in ("acc", "bleu", "cider", "meteor", "rouge", "spice")) else "min"
+
+
 class SaveWeights(keras.callbacks.Callback):
     """``checkpoints/last.weights.h5`` every epoch and ``best.weights.h5`` when ``monitor``
     improves, each written atomically (a kill mid-write leaves the previous file)."""
@@ -73,8 +80,7 @@ class SaveWeights(keras.callbacks.Callback):
     def __init__(self, ckpt_dir: Path, monitor: str, mode: str = "auto", best: float | None = None):
         super().__init__()
         self.dir, self.monitor = Path(ckpt_dir), monitor
-        self.mode = ("max" if any(s in monitor for s in ("acc", "bleu", "cider", "meteor", "rouge")) else "min") \
-            if mode == "auto" else mode
+        self.mode = monitor_mode(monitor, mode)
         self.best = best
         self.best_epoch = None
 
@@ -114,6 +120,7 @@ class ValidationCaptions(keras.callbacks.Callback):
         self.grid_every = int(cb.kangas.every_n_epochs) if cb.kangas.enabled else 0
         self.records = pick_rows(data.splits["val"], int(cb.val_captions.max_images), int(cfg.seed))
         self.grid_rows = int(cb.kangas.max_rows)
+        self.generator = None          # built once: a new one each epoch would retrace its graph
 
     def on_epoch_end(self, epoch, logs=None):
         e = epoch + 1
@@ -124,8 +131,10 @@ class ValidationCaptions(keras.callbacks.Callback):
         from captioning.evaluation.metrics import score
         from captioning.models.decoding import Generator, caption_records
 
-        generator = Generator.from_config(self.model, self.data.vocab, self.cfg.decode, seed=int(self.cfg.seed))
-        preds = caption_records(generator, self.data, self.records, int(self.cfg.evaluation.batch_size))
+        if self.generator is None:
+            self.generator = Generator.from_config(self.model, self.data.vocab, self.cfg.decode,
+                                                   seed=int(self.cfg.seed))
+        preds = caption_records(self.generator, self.data, self.records, int(self.cfg.evaluation.batch_size))
         scores = score({r.id: list(r.captions) for r in self.records},
                        {r.id: p for r, p in zip(self.records, preds, strict=True)}, meteor=False)
         if logs is not None and due_score:

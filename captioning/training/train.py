@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from captioning import ConfigError
+from captioning import ConfigError, TrainingInterrupted
 from captioning.io import atomic_write_text
 
 log = logging.getLogger("captioning")
@@ -173,7 +173,20 @@ def train(cfg) -> dict:
         keras.mixed_precision.set_dtype_policy(cfg.trainer.precision)
 
     t0 = time.perf_counter()
-    data = build_data(cfg)
+    state_path = run_dir / "checkpoints" / "last.state.npz"
+    resuming = bool(cfg.get("resume")) and state_path.is_file()
+    if cfg.get("resume") and not resuming:
+        raise ConfigError(f"resume: {run_dir} has no checkpoints/last.state.npz to resume from. Point "
+                          f"resume= at a run directory that was interrupted, or drop resume.")
+    if resuming and (run_dir / "metrics.json").is_file():
+        console.print(f"{run_dir} already finished; its scores are in metrics.json")
+        return json.loads((run_dir / "metrics.json").read_text())
+    vocab = None
+    if resuming:
+        from captioning.data.text import Vocabulary
+
+        vocab = Vocabulary.load(run_dir / "checkpoints" / "vocab.json")    # the run's own vocabulary
+    data = build_data(cfg, vocab=vocab)
     data.vocab.save(run_dir / "checkpoints" / "vocab.json")
     atomic_write_text(run_dir / "data.json", json.dumps({**data.report.as_dict(), "vocab_size": data.vocab.size},
                                                         indent=2))
@@ -185,6 +198,12 @@ def train(cfg) -> dict:
     val_ds = data.train_dataset(int(cfg.evaluation.batch_size), int(cfg.seed), split="val", shuffle=False)
     steps = math.ceil(len(data.splits["train"]) / int(cfg.trainer.batch_size))
     model.compile(optimizer=make_optimizer(cfg, steps), jit_compile=bool(cfg.trainer.jit_compile))
+    state = None
+    if resuming:
+        from captioning.training.resume import load_state
+
+        state = load_state(state_path, model)
+        console.print(f"[bold]Resuming[/] {run_dir} after epoch {state['epoch']}")
 
     tracker = None
     if cfg.logger.name == "comet":
@@ -194,7 +213,13 @@ def train(cfg) -> dict:
         tracker.call("log_others", {"vocab_size": data.vocab.size,
                                     **{f"images_{k}": v for k, v in data.report.counts.items()}})
     try:
-        results = _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracker, t0)
+        results = _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracker, t0, state)
+    except TrainingInterrupted as e:
+        done = len(_read_history(run_dir))
+        console.print(f"[bold yellow]Interrupted[/] ({e}) after {done} completed epoch(s); everything up to "
+                      f"epoch {done} is saved in {run_dir}.\nResume with the same command plus: "
+                      f"resume={run_dir}")
+        raise
     finally:
         if tracker is not None:
             archive = tracker.end()
@@ -203,7 +228,16 @@ def train(cfg) -> dict:
     return results
 
 
-def _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracker, t0) -> dict:
+def _read_history(run_dir: Path) -> list[dict]:
+    path = run_dir / "history.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(f)]
+
+
+def _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracker, t0, state=None) -> dict:
     import keras
     import tensorflow as tf
 
@@ -214,19 +248,28 @@ def _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracke
         History,
         SaveWeights,
         ValidationCaptions,
+        monitor_mode,
         write_grid,
     )
+    from captioning.training.resume import ResumableEarlyStopping, SaveState, StopOnSignal
 
     ckpt_dir = run_dir / "checkpoints"
     es = cfg.callbacks.early_stopping
-    saver = SaveWeights(ckpt_dir, es.monitor, es.mode)
-    history = History(run_dir)
+    initial_epoch = state["epoch"] if state else 0
+    saver = SaveWeights(ckpt_dir, es.monitor, es.mode, best=state["best"] if state else None)
+    saver.best_epoch = state["best_epoch"] if state else None
+    history = History(run_dir, rows=[r for r in _read_history(run_dir) if r["epoch"] <= initial_epoch])
+    early = ResumableEarlyStopping(monitor=es.monitor, patience=int(es.patience),
+                                   mode=monitor_mode(es.monitor, es.mode), min_delta=float(es.min_delta),
+                                   restore_best_weights=False,   # the best checkpoint is reloaded below
+                                   restored=state["es"] if state else None)
     callbacks = [
-        ValidationCaptions(data, cfg, run_dir, tracker),      # first: it adds val_cider for the others
+        StopOnSignal(),                                       # Ctrl-C / SIGTERM: stop after the batch
+        ValidationCaptions(data, cfg, run_dir, tracker),      # adds val_cider for the ones below
         history,
         saver,
-        keras.callbacks.EarlyStopping(monitor=es.monitor, patience=int(es.patience), mode=es.mode,
-                                      min_delta=float(es.min_delta), restore_best_weights=True),
+        early,
+        SaveState(ckpt_dir / "last.state.npz", saver, early),  # after the two it snapshots
         keras.callbacks.TerminateOnNaN(),
     ]
     if tracker is not None:
@@ -234,8 +277,9 @@ def _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracke
     console.rule(f"Training ({len(data.splits['train'])} images, {steps} steps/epoch, up to "
                  f"{cfg.trainer.max_epochs} epochs)")
     verbose = 1 if sys.stdout.isatty() else 2      # a live bar in a terminal, a line per epoch in logs
-    model.fit(train_ds, validation_data=val_ds, epochs=int(cfg.trainer.max_epochs), callbacks=callbacks,
-              verbose=verbose, shuffle=False)   # the pipeline shuffles, seeded
+    if initial_epoch < int(cfg.trainer.max_epochs) and not (state and early.wait >= early.patience):
+        model.fit(train_ds, validation_data=val_ds, epochs=int(cfg.trainer.max_epochs), callbacks=callbacks,
+                  verbose=verbose, shuffle=False, initial_epoch=initial_epoch)   # the pipeline shuffles, seeded
     train_seconds = time.perf_counter() - t0
     if (ckpt_dir / "best.weights.h5").exists():
         model.load_weights(str(ckpt_dir / "best.weights.h5"))   # the selected epoch, whatever stopped the run

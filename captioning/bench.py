@@ -1,0 +1,229 @@
+"""Speed benchmark: this framework vs the published recipe A's way, measured side by side in
+one process, on the same data and model sizes. Prints a table of ratios and absolute figures.
+
+    python -m captioning.bench [--images 256] [--image-size 299] [--vocab-size 10000] [--quick]
+
+What the recipe-A way does (``../shared/RECIPES.md``): the frozen CNN runs on every batch of
+every epoch; each batch takes five optimizer steps, one per caption, each re-running the
+encoder; generation re-runs the whole decoder over the padded sequence for every new token,
+one image at a time, re-tokenising the partial caption string at each step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import tensorflow as tf
+
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}, TF {tf.__version__}" + (f", GPUs {gpus}" if gpus else ", no GPU")
+
+
+def timed(fn, repeat: int = 1) -> float:
+    fn()                                   # warm-up: tracing and compilation are not steady state
+    t = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t) / repeat
+
+
+def build(args, overrides):
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose(config_name="config", overrides=[
+            "backbone=efficientnetb0", f"backbone.image_size={args.image_size}", "backbone.weights=null",
+            "decoder.dim=512", "decoder.num_heads=2", "decoder.ff_dim=512", "logger=none",
+            f"dataset.max_images={args.images}", f"dataset.image_size={min(args.image_size, 128)}",
+            f"dataset.num_images={max(args.images, 2000)}", "dataset.val_fraction=0.1", "dataset.test_fraction=0.0",
+            f"paths.cache_dir={args.cache_dir}", *overrides])
+
+
+def recipe_a_train_step(model):
+    """Recipe A's train_step: CNN once per batch, then per caption an encoder pass, a decoder
+    pass and an optimizer step (five per batch)."""
+    import tensorflow as tf
+
+    from captioning.models.captioner import masked_loss_and_accuracy
+
+    @tf.function
+    def step(images, captions):
+        feats = model.backbone(images, training=False)
+        for i in range(captions.shape[1]):
+            seq = captions[:, i]
+            with tf.GradientTape() as tape:
+                memory = model.encoder(feats, training=True)
+                logits = model.decoder.project(model.decoder(seq[:, :-1], memory, training=True))
+                loss, _, _ = masked_loss_and_accuracy(seq[:, 1:], logits)
+            variables = model.encoder.trainable_variables + model.decoder.trainable_variables
+            model.optimizer.apply(tape.gradient(loss, variables), variables)
+        return loss
+
+    return step
+
+
+def recipe_a_generate(model, vocab, features, max_len):
+    """Recipe A's greedy generation for one image: the whole decoder over the padded sequence
+    for each new token, the partial caption re-tokenised from its string every step."""
+    import numpy as np
+
+    memory = model.encoder(features[None], training=False)
+    caption = "<start>"
+    for i in range(max_len - 1):
+        tokens = vocab.encode([caption])[:, :-1]                       # string -> ids, every step
+        logits = model.decoder.project(model.decoder(tokens, memory, training=False))
+        token = int(np.argmax(np.asarray(logits)[0, i]))
+        caption += " " + vocab.tokens[token]                           # never stops early (as published)
+    return caption
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=256, help="training images (recipe A: 256-image epoch)")
+    p.add_argument("--image-size", type=int, default=299)
+    p.add_argument("--vocab-size", type=int, default=10000, help="decoder vocabulary (recipe A: 10,000)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--gen-images", type=int, default=8, help="images for the (slow) recipe-A generation timing")
+    p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/captioning"))
+    p.add_argument("--json", help="also write the results to this file")
+    args = p.parse_args(argv)
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from rich.console import Console
+    from rich.table import Table
+
+    from captioning.data.datamodule import build_data
+    from captioning.data.features import ensure_features
+    from captioning.models.build import build_model
+    from captioning.models.decoding import Generator
+
+    console = Console()
+    console.print(f"[bold]Machine:[/] {machine()}")
+    cfg = build(args, [])
+    keras.utils.set_random_seed(0)
+    data = build_data(cfg, progress=False)
+    vocab_size = max(args.vocab_size, data.vocab.size)
+    model = build_model(cfg, vocab_size)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4))
+    train_records = data.splits["train"]
+    rows, results = [], {"machine": machine(), "images": len(train_records), "image_size": args.image_size,
+                         "vocab_size": vocab_size}
+
+    # 1. Training epoch: recipe-A way vs cached features + one step per batch.
+    image_ds = data.train_dataset(args.batch_size, 0).cache()
+    for _ in image_ds:
+        pass                                                            # decode JPEGs before timing
+    step_a = recipe_a_train_step(model)
+    t_recipe = timed(lambda: [step_a(x, c) for x, c in image_ds])
+    t0 = time.perf_counter()
+    feats, row_of, _ = ensure_features(cfg, model.backbone, data, train_records + data.splits["val"],
+                                       args.batch_size, progress=False)
+    t_cache_build = time.perf_counter() - t0
+    data.use_features(feats, row_of)
+    feat_ds = data.train_dataset(args.batch_size, 0).cache()
+    t_ours = timed(lambda: model.fit(feat_ds, epochs=1, verbose=0, shuffle=False))
+    rows.append(("training epoch (s)", t_recipe, t_ours, "recipe A: CNN every batch, 5 steps/batch"))
+    results["epoch_seconds"] = {"recipe_a": t_recipe, "ours": t_ours, "cache_build": t_cache_build}
+
+    # 2. Captions/s from features, both to full length (no end token can stop them).
+    gen_feats = np.asarray(feats[: args.gen_images], np.float32)
+    max_len = data.vocab.seq_len
+    t_a = timed(lambda: [recipe_a_generate(model, data.vocab, f, max_len) for f in gen_feats]) / len(gen_feats)
+    all_feats = np.asarray(feats[: min(len(feats), 256)], np.float32)
+    greedy = Generator(model, data.vocab.start_id, -1, max_len, "greedy")
+    beam = Generator(model, data.vocab.start_id, -1, max_len, "beam", beam_size=5)
+    t_g = timed(lambda: greedy(all_feats), repeat=3) / len(all_feats)
+    t_b = timed(lambda: beam(all_feats), repeat=1) / len(all_feats)
+    rows.append(("captions/s from features, greedy", 1 / t_a, 1 / t_g, "recipe A: batch 1, full re-run per token"))
+    rows.append(("captions/s from features, beam 5", None, 1 / t_b, "beam-5 cost vs greedy: see ratio"))
+    results["captions_per_second"] = {"recipe_a": 1 / t_a, "greedy": 1 / t_g, "beam5": 1 / t_b}
+
+    # 3. End to end from JPEG files vs the backbone alone on the same files.
+    data.features = None
+    files = train_records[: min(len(train_records), 128)]
+    e2e = Generator(model, data.vocab.start_id, data.vocab.end_id, max_len, "greedy")
+    t_e2e = timed(lambda: [e2e(x) for x in data.image_dataset(files, args.batch_size)]) / len(files)
+    backbone_fn = tf.function(lambda x: model.backbone(x, training=False))
+    t_cnn = timed(lambda: [backbone_fn(x) for x in data.image_dataset(files, args.batch_size)]) / len(files)
+    rows.append(("captions/s end to end from JPEG", None, 1 / t_e2e, f"backbone alone: {1 / t_cnn:.1f} images/s"))
+    results["end_to_end"] = {"captions_per_second": 1 / t_e2e, "backbone_images_per_second": 1 / t_cnn}
+
+    # 4. Feature extraction per backbone, and the cache's size on disk.
+    extraction = {}
+    for name in ("efficientnetb0", "inceptionresnetv2"):
+        c = build(args, [f"backbone={name}", f"backbone.image_size={args.image_size}", "backbone.weights=null"])
+        from captioning.models.backbones import build_backbone
+
+        net = build_backbone(c)
+        fn = tf.function(lambda x, net=net: net(x, training=False))
+        t = timed(lambda fn=fn: [fn(x) for x in data.image_dataset(files, args.batch_size)]) / len(files)
+        s, ch = net.output_shape[1:]
+        extraction[name] = {"images_per_second": 1 / t, "kib_per_image_float16": s * ch * 2 / 1024}
+    results["extraction"] = extraction
+
+    # 5. Peak memory of a real training run (a separate process, the default config, 1 epoch).
+    root = Path(__file__).resolve().parents[1]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run([sys.executable, "run.py", "trainer.max_epochs=1", "logger=none", "callbacks.kangas.enabled=false",
+                    "hydra.run.dir=/tmp/captioning-bench-run", "evaluation.show=0"], cwd=root, check=True,
+                   capture_output=True)
+    peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    results["peak_rss_mib_default_run"] = peak
+
+    # Matrix-multiply reference: what this CPU reaches on a large float32 GEMM.
+    a = tf.random.normal((2048, 2048))
+    mm = tf.function(lambda a: tf.matmul(a, a))
+    t_mm = timed(lambda: mm(a).numpy(), repeat=5)
+    results["matmul_gflops"] = 2 * 2048 ** 3 / t_mm / 1e9
+
+    table = Table(title=f"captioning benchmark ({len(train_records)} images at {args.image_size} px, "
+                        f"EfficientNetB0 + Transformer 512, vocabulary {vocab_size})")
+    for col in ("measure", "recipe A", "captioning", "ratio", "note"):
+        table.add_column(col, justify="right" if col in ("recipe A", "captioning", "ratio") else "left")
+    for name, a_val, ours, note in rows:
+        if a_val is None:
+            ratio = ""
+        elif "epoch" in name:
+            ratio = f"{a_val / ours:.1f}x faster"
+        else:
+            ratio = f"{ours / a_val:.0f}x faster"
+        table.add_row(name, "" if a_val is None else f"{a_val:.2f}", f"{ours:.2f}", ratio, note)
+    console.print(table)
+    console.print(f"feature cache build: {t_cache_build:.1f} s for {len(feats)} images (once per image set and backbone)")
+    console.print(f"beam 5 costs {t_b / t_g:.1f}x greedy; end to end reaches "
+                  f"{t_cnn / t_e2e * 100:.0f}% of backbone-only throughput")
+    for name, e in extraction.items():
+        console.print(f"feature extraction {name}: {e['images_per_second']:.1f} images/s, cache "
+                      f"{e['kib_per_image_float16']:.0f} KiB/image (float16)")
+    console.print(f"peak RSS of a default training run: {peak:.0f} MiB; float32 GEMM 2048^3: "
+                  f"{results['matmul_gflops']:.0f} GFLOP/s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

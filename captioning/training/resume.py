@@ -1,0 +1,129 @@
+"""Stopping safely and resuming: Ctrl-C / SIGTERM end the run after the current batch, and
+``resume=`` continues from the last completed epoch.
+
+The resume state (model weights, optimizer variables, epoch, best score, early-stopping
+counters) lives in one file, ``checkpoints/last.state.npz``, written atomically at the end of
+every epoch, so a kill at any moment leaves a consistent state from the last completed epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from captioning import CaptioningError, TrainingInterrupted
+from captioning.io import atomic_path
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """First SIGINT/SIGTERM: stop after the current batch (nothing of the partial epoch is
+    recorded). A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.signum = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} received: stopping after this batch "
+              f"(Ctrl-C again to stop at once)", flush=True)
+
+    def on_train_begin(self, logs=None):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[s] = signal.signal(s, self._handle)
+            except ValueError:       # not the main thread (e.g. a launcher's worker): no handlers
+                pass
+
+    def on_train_end(self, logs=None):
+        self.restore()
+
+    def restore(self):
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous = {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.signum is not None:
+            self.restore()
+            raise TrainingInterrupted(self.signum)
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping whose counters survive a resume."""
+
+    def __init__(self, *args, restored: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.restored = restored or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.restored:
+            self.wait, self.best_epoch = self.restored["wait"], self.restored["best_epoch"]
+            if self.restored["best"] is not None:
+                self.best = self.restored["best"]
+
+
+class SaveState(keras.callbacks.Callback):
+    """Writes ``last.state.npz`` after every epoch (runs after SaveWeights and EarlyStopping)."""
+
+    def __init__(self, path: Path, saver, early_stopping):
+        super().__init__()
+        self.path, self.saver, self.es = Path(path), saver, early_stopping
+
+    def on_epoch_end(self, epoch, logs=None):
+        meta = {"epoch": epoch + 1, "best": self.saver.best, "best_epoch": self.saver.best_epoch,
+                "es": {"wait": int(self.es.wait), "best": _num(self.es.best), "best_epoch": int(self.es.best_epoch)}}
+        arrays = {f"w{i}": np.asarray(v) for i, v in enumerate(self.model.weights)}
+        arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(self.model.optimizer.variables)})
+        with atomic_path(self.path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def _num(x):
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def load_state(path: Path, model) -> dict:
+    """Restore weights and optimizer from ``last.state.npz``; returns the meta dict."""
+    with np.load(path) as z:
+        meta = json.loads(str(z["meta"]))
+        weights = [z[f"w{i}"] for i in range(len(model.weights))]
+        model.set_weights(weights)
+        opt = model.optimizer
+        opt.build(model.trainable_variables)
+        n = sum(1 for k in z.files if k.startswith("o"))
+        if n != len(opt.variables):
+            raise CaptioningError(f"{path} does not match this model's optimizer ({n} vs {len(opt.variables)} "
+                                  f"variables): was the config changed between the run and the resume?")
+        for i, v in enumerate(opt.variables):
+            v.assign(z[f"o{i}"])
+    return meta
+
+
+def find_resumable(outputs: Path, overrides: list[str]) -> Path | None:
+    """The newest unfinished run under ``outputs`` started with the same overrides."""
+    import yaml
+
+    wanted = sorted(o for o in overrides if not o.startswith(("resume=", "hydra.")))
+    candidates = sorted(outputs.glob("*/*/checkpoints/last.state.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates += sorted(outputs.glob("multirun/*/*/*/checkpoints/last.state.npz"),
+                         key=lambda p: p.stat().st_mtime, reverse=True)
+    for state in candidates:
+        run = state.parent.parent
+        ov = run / ".hydra" / "overrides.yaml"
+        if (run / "metrics.json").exists() or not ov.exists():
+            continue
+        theirs = sorted(o for o in (yaml.safe_load(ov.read_text()) or []) if not o.startswith(("resume=", "hydra.")))
+        if theirs == wanted:
+            return run
+    return None

@@ -1,0 +1,81 @@
+"""Interruption and resume with a real signal to a real process; seeds; atomic writes."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from captioning.io import atomic_write_text
+from tests.conftest import ROOT, compose_config
+
+
+def _epochs(run_dir):
+    with open(run_dir / "history.csv") as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_then_resume_to_the_end(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "run.py", "debug=tiny", "dataset.max_images=400", "trainer.max_epochs=4",
+            "trainer.batch_size=4", "logger=comet", "logger.online=false", "callbacks.early_stopping.patience=10",
+            f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run_dir / "history.csv").exists():
+        time.sleep(0.5)
+    assert (run_dir / "history.csv").exists(), "the first epoch never finished"
+    time.sleep(2)                                            # somewhere inside epoch 2
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
+    assert "Interrupted" in out and f"resume={run_dir}" in out
+    done = _epochs(run_dir)
+    assert done == list(range(1, len(done) + 1)) and len(done) < 4
+    assert list((run_dir / "comet").glob("*.zip"))           # the Comet experiment was closed
+    assert not (run_dir / "metrics.json").exists()
+
+    res = subprocess.run(args[:-1] + [f"hydra.run.dir={tmp_path}/second", f"resume={run_dir}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"after epoch {len(done)}" in res.stdout
+    assert _epochs(run_dir) == [1, 2, 3, 4]                   # no duplicate, no missing epoch
+    assert (run_dir / "metrics.json").exists()
+
+
+def test_resume_without_state_is_a_clear_error(tmp_path):
+    from captioning import ConfigError
+    from captioning.training import train
+
+    cfg = compose_config("debug=tiny", "logger=none", "resume=true", f"paths.output_dir={tmp_path}")
+    with pytest.raises(ConfigError, match="no checkpoints/last.state.npz"):
+        train(cfg)
+
+
+def test_same_seed_same_first_epoch_loss(tmp_path):
+    from captioning.training import train
+
+    losses = []
+    for name in ("a", "b"):
+        cfg = compose_config("debug=tiny", "logger=none", "trainer.max_epochs=1", "seed=7",
+                             "callbacks.kangas.enabled=false", f"paths.output_dir={tmp_path / name}")
+        train(cfg)
+        with open(tmp_path / name / "history.csv") as f:
+            losses.append(float(next(csv.DictReader(f))["loss"]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    from captioning.io import atomic_path
+
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half-writ")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
