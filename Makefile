@@ -24,8 +24,12 @@ train: $(STAMP)  ## train on the default config (embedded synthetic data); extra
 test: $(STAMP)  ## run the test suite (what CI runs)
 	$(BIN)/python -m pytest -q tests
 
-sweep: $(STAMP)  ## a two-job sweep over decoders: outputs/multirun/<date>/<time>/
+sweep: $(STAMP)  ## a two-job sweep over decoders, then the comparison table
 	$(BIN)/python run.py -m decoder=gru,transformer $(ARGS)
+	$(BIN)/python -m captioning.compare $$(ls -d outputs/multirun/*/* | sort | tail -1)
+
+compare: $(STAMP)  ## rank the jobs of a sweep: make compare SWEEP=outputs/multirun/<date>/<time>
+	$(BIN)/python -m captioning.compare $(SWEEP)
 
 kangas: $(STAMP)  ## serve every Kangas DataGrid under outputs/ on 127.0.0.1:4000
 	$(BIN)/python -m captioning.review outputs $(ARGS)
@@ -40,4 +44,4 @@ clean:  ## remove caches and build files (keeps outputs/ and .venv)
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install train test sweep kangas bench lint clean
+.PHONY: help install train test sweep compare kangas bench lint clean

@@ -42,8 +42,17 @@ def main(cfg: DictConfig) -> float | None:
         # A problem with the user's input: one clear line, no traceback.
         logging.getLogger("captioning").error("%s", e)
         print(f"error: {e}", file=sys.stderr)
+        if _in_sweep():
+            raise                                # Hydra marks this job failed; the others go on
         sys.exit(2)
     return results["val"].get(cfg.monitor)
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _locate_resume(cfg: DictConfig) -> None:
@@ -53,10 +62,10 @@ def _locate_resume(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from captioning.training.resume import find_resumable
-
     if not cfg.resume:
         return
+    from captioning.training.resume import find_resumable
+
     if cfg.resume is True:
         run = find_resumable(Path("outputs"), list(HydraConfig.get().overrides.task))
         if run is None:

@@ -71,25 +71,6 @@ def test_recipe_b_preset_runs_tiny_on_mock_tfds(tmp_path):
     assert {"val", "test"} <= set(result) and math.isfinite(result["test"]["cider"])
 
 
-def test_two_job_sweep_runs_sequentially_in_one_process(tmp_path):
-    """`python run.py -m decoder=gru,transformer`: both jobs train, each in its own job folder."""
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    res = subprocess.run(
-        [sys.executable, "run.py", "-m", "debug=tiny", "decoder=gru,transformer", "trainer.max_epochs=1",
-         "logger=none", f"hydra.sweep.dir={tmp_path}/sweep"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    for job in ("0", "1"):
-        assert json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())["val"]["cider"] >= 0
-    from omegaconf import OmegaConf
-
-    names = [OmegaConf.load(tmp_path / "sweep" / j / "config.yaml").decoder.name for j in ("0", "1")]
-    assert names == ["gru", "transformer"]
-
-
 def test_feature_cache_is_built_once_and_matches_the_image_path(tmp_path):
     """A frozen backbone: the second run reuses the cache, and the loss curve equals the one
     computed from images (features are stored in float16, hence the tolerance)."""

@@ -91,7 +91,16 @@ class Captioner(keras.Model):
         images, captions = data
         with tf.GradientTape() as tape:
             loss, acc, n = self.caption_loss(images, captions, training=True)
-            scaled = self.optimizer.scale_loss(loss)                    # mixed precision
+            # Under tf.distribute each replica sees part of the batch and gradients are summed:
+            # weight this replica's token mean by its share of all tokens, so the summed gradient
+            # is the gradient of the global per-token mean (what one device computes).
+            ctx = tf.distribute.get_replica_context()
+            if ctx is not None and ctx.num_replicas_in_sync > 1:
+                total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, n)
+                objective = loss * n / tf.maximum(total, 1.0)
+            else:
+                objective = loss
+            scaled = self.optimizer.scale_loss(objective)               # mixed precision
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
         self.loss_tracker.update_state(loss, sample_weight=n)          # token-weighted epoch means

@@ -74,6 +74,23 @@ def check_config(cfg) -> None:
                           f"Received: val_fraction={d.val_fraction}, test_fraction={d.test_fraction}")
 
 
+def make_strategy(t):
+    """``trainer.strategy``: auto (mirrored over all GPUs when there are several, else the default
+    device) | mirrored (over ``trainer.devices`` or all GPUs) | multi_worker (TF_CONFIG cluster)."""
+    import tensorflow as tf
+
+    name = t.get("strategy", "auto")
+    devices = list(t.devices) if t.get("devices") else None
+    if name == "auto":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ConfigError(f"trainer.strategy must be auto, mirrored or multi_worker. Received: {name!r}")
+
+
 def make_optimizer(cfg, steps_per_epoch: int):
     import keras
 
@@ -137,6 +154,17 @@ def evaluate_split(model, data, records, cfg, seed: int | None = None):
     return scores, preds
 
 
+def _gpu_memory_growth() -> None:
+    """Parallel sweep jobs share GPUs: allocate memory as needed instead of all at once."""
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:             # already initialised (a second run in one process)
+            pass
+
+
 def _maybe_cache_features(cfg, data, model) -> None:
     """Frozen backbone: compute each image's tokens once (shared across runs), train on them."""
     from captioning.console import console
@@ -160,6 +188,7 @@ def train(cfg) -> dict:
     import keras
 
     keras.backend.clear_session()       # a fresh graph per run: sweeps run jobs in one process
+    _gpu_memory_growth()
 
     from captioning.console import console, print_data_report
     from captioning.data.datamodule import build_data
@@ -192,12 +221,17 @@ def train(cfg) -> dict:
                                                         indent=2))
     print_data_report(cfg, data)
 
-    model = build_model(cfg, data.vocab.size)
+    strategy = make_strategy(cfg.trainer)
+    steps = math.ceil(len(data.splits["train"]) / int(cfg.trainer.batch_size))
+    with strategy.scope():                 # variables are mirrored when the strategy has several devices
+        model = build_model(cfg, data.vocab.size)
+        model.compile(optimizer=make_optimizer(cfg, steps), jit_compile=bool(cfg.trainer.jit_compile))
+    if strategy.num_replicas_in_sync > 1:
+        console.print(f"  training on {strategy.num_replicas_in_sync} replicas ({type(strategy).__name__}); "
+                      f"trainer.batch_size={cfg.trainer.batch_size} is the global batch")
     _maybe_cache_features(cfg, data, model)
     train_ds = data.train_dataset(int(cfg.trainer.batch_size), int(cfg.seed))
     val_ds = data.train_dataset(int(cfg.evaluation.batch_size), int(cfg.seed), split="val", shuffle=False)
-    steps = math.ceil(len(data.splits["train"]) / int(cfg.trainer.batch_size))
-    model.compile(optimizer=make_optimizer(cfg, steps), jit_compile=bool(cfg.trainer.jit_compile))
     state = None
     if resuming:
         from captioning.training.resume import load_state
