@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from captioning import CaptioningError  # noqa: E402
+from captioning import CaptioningError, run_cli  # noqa: E402
 
 OWN_KEYS = ("run_dir", "split", "which")
 
@@ -72,8 +71,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except CaptioningError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

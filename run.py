@@ -25,7 +25,8 @@ warnings.filterwarnings("ignore", message=".*input ran out of data.*")
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     if cfg.logger.name == "comet":
-        import captioning.tracking.comet  # noqa: F401 - sets Comet's environment first
+        # No third-party error reports from Comet's import (see captioning/tracking/comet.py).
+        os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
         import comet_ml  # noqa: F401 - before TensorFlow/Keras, so Comet's hooks attach
 
         _name_the_run(cfg)

@@ -33,3 +33,14 @@ class TrainingInterrupted(Exception):
 
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+def run_cli(main) -> None:
+    """Entry-point wrapper for the scripts: a user error becomes one line on stderr, exit 2."""
+    import sys
+
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except CaptioningError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

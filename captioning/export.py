@@ -11,10 +11,9 @@ TensorFlow (and keras-hub's ops are plain TF ops once traced):
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-from captioning import CaptioningError
+from captioning import run_cli
 
 
 def export(run_dir, out=None, overrides=()) -> Path:
@@ -73,8 +72,4 @@ def main(argv):
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except CaptioningError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

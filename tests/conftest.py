@@ -78,3 +78,52 @@ def flickr8k_original(tmp_path) -> Path:
     (text / "Flickr_8k.devImages.txt").write_text("c.jpg\n")
     (text / "Flickr_8k.testImages.txt").write_text("d.jpg\n")
     return root
+
+
+@pytest.fixture
+def flickr30k_kaggle(tmp_path) -> Path:
+    """Kaggle Flickr30k: results.csv with '| ' separators and stray spaces + flickr30k_images/."""
+    root = tmp_path / "flickr30k"
+    lines = ["image_name| comment_number| comment"]
+    for name, caps in CAPTIONS.items():
+        write_image(root / "flickr30k_images" / name)
+        lines += [f"{name}| {k}|  {c} " for k, c in enumerate(caps)]
+    (root / "results.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def karpathy_json(tmp_path) -> tuple[Path, Path]:
+    """A Karpathy split file (COCO-style, with filepath and restval) + its image folders."""
+    import json
+
+    images = tmp_path / "coco_images"
+    entries = []
+    for i, (name, caps) in enumerate(CAPTIONS.items()):
+        folder = "train2014" if i < 2 else "val2014"
+        write_image(images / folder / name)
+        entries.append({"filepath": folder, "filename": name, "imgid": i,
+                        "split": ["train", "restval", "val", "test"][i],
+                        "sentences": [{"raw": c, "tokens": c.split()} for c in caps]})
+    path = tmp_path / "dataset_coco.json"
+    path.write_text(json.dumps({"dataset": "coco", "images": entries}), encoding="utf-8")
+    return path, images
+
+
+@pytest.fixture
+def coco_raw(tmp_path) -> Path:
+    """Raw COCO: annotations/captions_{train,val}2017.json + train2017/, val2017/."""
+    import json
+
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    names = list(CAPTIONS)
+    for part, chosen in (("train", names[:3]), ("val", names[3:])):
+        images, anns = [], []
+        for i, name in enumerate(chosen):
+            write_image(root / f"{part}2017" / name)
+            images.append({"id": 100 + i, "file_name": name})
+            anns += [{"id": 1000 + 10 * i + k, "image_id": 100 + i, "caption": c} for k, c in enumerate(CAPTIONS[name])]
+        (root / "annotations" / f"captions_{part}2017.json").write_text(
+            json.dumps({"images": images, "annotations": anns}), encoding="utf-8")
+    return root

@@ -222,3 +222,42 @@ def test_coco_not_prepared_says_how_to_build_it(tmp_path):
     cfg = compose_config("dataset=coco", f"dataset.cache_dir={tmp_path}", f"dataset.data_dir={tmp_path}/tfds")
     with pytest.raises(DatasetError, match="tfds build coco_captions"):
         load_records(cfg.dataset, 0, progress=False)
+
+
+def test_flickr30k_pipe_layout(flickr30k_kaggle):
+    cfg = compose_config("dataset=flickr30k", f"dataset.root={flickr30k_kaggle}", "dataset.val_fraction=0.25")
+    splits, _ = load_records(cfg.dataset, 0, progress=False)
+    records = {r.id: r for s in splits.values() for r in s}
+    assert set(records) == set(CAPTIONS)
+    assert records["a.jpg"].captions[0] == "A red square, on grey."             # stray spaces stripped
+
+
+def test_karpathy_json_with_filepath_and_restval(karpathy_json):
+    path, images = karpathy_json
+    cfg = compose_config("dataset=karpathy", f"dataset.json={path}", f"dataset.images={images}")
+    splits, _ = load_records(cfg.dataset, 0, progress=False)
+    assert [r.id for r in splits["train"]] == ["a.jpg", "b.jpg"]                 # restval joined train
+    assert [r.id for r in splits["val"]] == ["c.jpg"] and [r.id for r in splits["test"]] == ["d.jpg"]
+    assert splits["val"][0].image.endswith("val2014/c.jpg")
+    cfg = compose_config("dataset=karpathy", f"dataset.json={path}", f"dataset.images={images}", "dataset.restval=false")
+    splits, report = load_records(cfg.dataset, 0, progress=False)
+    assert [r.id for r in splits["train"]] == ["a.jpg"]
+
+
+def test_coco_raw_json_layout(coco_raw):
+    cfg = compose_config("dataset=coco_json", f"dataset.root={coco_raw}")
+    splits, report = load_records(cfg.dataset, 0, progress=False)
+    assert len(splits["train"]) == 3 and len(splits["val"]) == 1 and not splits["test"]
+    assert any("no public test captions" in n for n in report.notes)
+
+
+def test_browse_writes_a_dataset_grid(flickr8k_kaggle, tmp_path):
+    import kangas
+
+    from captioning.browse import main
+
+    out = tmp_path / "browse.datagrid"
+    assert main(["dataset=flickr8k", f"dataset.root={flickr8k_kaggle}", f"out={out}"]) == 0
+    rows = list(kangas.read_datagrid(str(out)).to_dicts())
+    assert len(rows) == 4 and {r["split"] for r in rows} == {"train", "val"}
+    assert main(["dataset=flickr8k", f"dataset.root={tmp_path}/missing"]) == 2

@@ -79,7 +79,7 @@ def test_prediction_grids_have_the_columns(comet_run):
     assert grids == ["epoch_001.datagrid", "epoch_002.datagrid", "final.datagrid"]
     dg = kangas.read_datagrid(str(out / "predictions" / "final.datagrid"))
     assert dg.get_columns() == PREDICTION_COLUMNS
-    rows = dg.to_dicts()
+    rows = list(dg.to_dicts())
     assert len(rows) == 4 and all(" | " in r["references"] for r in rows)
     assert all(isinstance(r["cider"], float) and r["run"] for r in rows)
 

@@ -98,3 +98,19 @@ def test_augmentation_bypasses_the_cache(tmp_path, capsys):
     train(cfg)
     assert "feature cache bypassed: augmentation is on" in capsys.readouterr().out
     assert not (tmp_path / "cache" / "features").exists()
+
+
+@pytest.mark.parametrize("layout", ["flickr8k_original", "flickr30k_kaggle", "karpathy_json", "coco_raw"])
+def test_one_tiny_epoch_on_each_layout(layout, request, tmp_path):
+    fixture = request.getfixturevalue(layout)
+    data_args = {
+        "flickr8k_original": ["dataset=flickr8k", f"dataset.root={fixture}", "dataset.split=karpathy"],
+        "flickr30k_kaggle": ["dataset=flickr30k", f"dataset.root={fixture}", "dataset.val_fraction=0.25"],
+        "karpathy_json": ["dataset=karpathy", f"dataset.json={fixture[0]}" if isinstance(fixture, tuple) else "",
+                          f"dataset.images={fixture[1]}" if isinstance(fixture, tuple) else ""],
+        "coco_raw": ["dataset=coco_json", f"dataset.root={fixture}"],
+    }[layout]
+    cfg = compose_config("debug=tiny", *data_args, "backbone.image_size=32", "trainer.max_epochs=1", "logger=none",
+                         "callbacks.kangas.enabled=false", "text.min_tokens=2", f"paths.output_dir={tmp_path}")
+    result = train(cfg)
+    assert math.isfinite(result["val"]["loss"]) and (tmp_path / "predictions.csv").is_file()

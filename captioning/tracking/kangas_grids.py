@@ -59,7 +59,12 @@ def write_dataset_grid(path: Path, splits: dict, max_rows: int | None = None, se
 
 
 def _save(dg, path: Path) -> Path:
+    import contextlib
+    import io
+
     with atomic_path(path) as tmp:
         tmp.unlink()                      # kangas refuses to overwrite an existing file
-        dg.save(str(tmp))
+        # Kangas prints progress bars and status lines; a training log does not need them.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            dg.save(str(tmp))
     return path

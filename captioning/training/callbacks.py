@@ -49,6 +49,7 @@ def plot_history(rows: list[dict], out_dir: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
     for metric in ("loss", "accuracy"):
@@ -57,6 +58,7 @@ def plot_history(rows: list[dict], out_dir: Path) -> None:
             if any(key in r for r in rows):
                 ax.plot(epochs, [r.get(key) for r in rows], marker="o", label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"masked token {metric}" if metric == "accuracy" else "masked cross-entropy")
         ax.grid(alpha=0.3)
         ax.legend()

@@ -25,6 +25,7 @@ def load_run(run_dir, which: str = "best"):
     vocab = Vocabulary.load(vocab_path)
     model = build_model(cfg, vocab.size)
     model.load_weights(str(weights))
+    model.compile()          # evaluate() needs a compiled model; the loss lives in test_step
     return cfg, vocab, model
 
 

@@ -141,13 +141,13 @@ def _write_predictions(path: Path, records, predictions: list[str], per_image: d
     atomic_write_text(path, buf.getvalue())
 
 
-def evaluate_split(model, data, records, cfg, seed: int | None = None):
-    """Caption ``records`` with the configured decoding and score them. Returns
-    (corpus scores, per-image scores, predictions, notes)."""
+def evaluate_split(model, data, records, cfg, seed: int | None = None, generator=None):
+    """Caption ``records`` with the configured decoding and score them; returns (scores,
+    predictions). Pass one ``generator`` for several splits: its compiled graph is reused."""
     from captioning.evaluation.metrics import score
     from captioning.models.decoding import Generator, caption_records
 
-    generator = Generator.from_config(model, data.vocab, cfg.decode, seed=seed)
+    generator = generator or Generator.from_config(model, data.vocab, cfg.decode, seed=seed)
     preds = caption_records(generator, data, records, int(cfg.evaluation.batch_size))
     scores = score({r.id: list(r.captions) for r in records}, {r.id: p for r, p in zip(records, preds, strict=True)},
                    spice=bool(cfg.evaluation.spice))
@@ -319,6 +319,9 @@ def _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracke
         model.load_weights(str(ckpt_dir / "best.weights.h5"))   # the selected epoch, whatever stopped the run
 
     console.rule("Evaluation")
+    from captioning.models.decoding import Generator
+
+    generator = Generator.from_config(model, data.vocab, cfg.decode, seed=int(cfg.seed))
     results: dict = {}
     notes: list[str] = []
     for split in ("val", "test"):
@@ -327,7 +330,7 @@ def _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracke
             continue
         ds = data.train_dataset(int(cfg.evaluation.batch_size), int(cfg.seed), split=split, shuffle=False)
         loss = model.evaluate(ds, verbose=0, return_dict=True)
-        scores, preds = evaluate_split(model, data, records, cfg, seed=int(cfg.seed))
+        scores, preds = evaluate_split(model, data, records, cfg, generator=generator)
         results[split] = {"loss": float(loss["loss"]), "accuracy": float(loss["accuracy"]), **scores.corpus}
         notes += [n for n in scores.notes if n not in notes]
         name = "predictions.csv" if split == "val" else f"predictions_{split}.csv"
