@@ -68,6 +68,19 @@ def test_nonsense_hyperparameters_fail_early(override, message):
         check_config(compose_config(override))
 
 
+def test_mixed_precision_without_gpu_is_refused(tmp_path):
+    """TensorFlow's CPU bfloat16 kernels can die with SIGILL; say so before that can happen."""
+    import tensorflow as tf
+
+    from captioning.training import train
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is visible: mixed precision is allowed")
+    cfg = compose_config("debug=tiny", "logger=none", "trainer.precision=mixed_bfloat16", f"paths.output_dir={tmp_path}")
+    with pytest.raises(ConfigError, match="needs a GPU"):
+        train(cfg)
+
+
 def test_cfg_and_help_do_not_import_tensorflow():
     code = ("import sys, runpy; sys.argv = ['run.py', '--cfg', 'job']; "
             "runpy.run_path('run.py', run_name='__main__'); "

@@ -224,7 +224,7 @@ def read_flickr30k(cfg, report: DataReport) -> tuple[list[Record], None]:
 
 
 # --------------------------------------------------------------------------- Karpathy JSON
-def read_karpathy(cfg, report: DataReport) -> tuple[list[Record], dict[str, str]]:
+def read_karpathy(cfg, report: DataReport) -> tuple[list[Record], None]:
     """Any Karpathy split file: ``images[].filename``, optional ``filepath``, ``split``,
     ``sentences[].raw``. ``restval`` joins train unless ``dataset.restval=false``."""
     if cfg.json in (None, "", "???"):
@@ -243,6 +243,7 @@ def read_karpathy(cfg, report: DataReport) -> tuple[list[Record], dict[str, str]
         raise DatasetError(f"{path} is not a Karpathy split file (expected a JSON object with "
                            f"'images'): {e}") from None
     captions, split_of, subdir_of = {}, {}, {}
+    folder_exists: dict[str, bool] = {}          # one stat per distinct filepath, not per image
     for i, img in enumerate(images):
         try:
             name = img["filename"]
@@ -256,7 +257,9 @@ def read_karpathy(cfg, report: DataReport) -> tuple[list[Record], dict[str, str]
         captions[name], split_of[name] = sents, split
         # Files live at images/filepath/filename (COCO: train2014/...), or flat in images/.
         filepath = img.get("filepath") or ""
-        subdir_of[name] = filepath if filepath and (image_dir / filepath).is_dir() else ""
+        if filepath not in folder_exists:
+            folder_exists[filepath] = bool(filepath) and (image_dir / filepath).is_dir()
+        subdir_of[name] = filepath if folder_exists[filepath] else ""
     records = _assemble(_dedupe(captions, report), image_dir, split_of, cfg.on_missing, report,
                         subdir_of=subdir_of)
     return records, None

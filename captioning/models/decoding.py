@@ -19,6 +19,7 @@ from keras import ops
 from captioning import ConfigError
 
 METHODS = ("greedy", "beam", "top_k", "top_p")
+STEP_STATE = ("self", "state")   # cache entries that differ between the beams of one image
 
 
 def _check(method: str, beam_size: int, k: int, p: float, temperature: float) -> None:
@@ -108,7 +109,11 @@ class Generator:
             beam = idx // v + ops.arange(b)[:, None] * k                                # flat source beam
             token = ops.reshape(idx % v, (-1,))
             gather = lambda x: ops.take(x, ops.reshape(beam, (-1,)), axis=0)  # noqa: E731
-            seqs, cache, finished = gather(seqs), tf.nest.map_structure(gather, cache), gather(finished)
+            seqs, finished = gather(seqs), gather(finished)
+            # Beams are only reordered within their image, and an image's memory and cross-
+            # attention keys/values are the same for all its beams: gather only what each beam
+            # accumulates (self-attention keys/values, the GRU state).
+            cache = {k: tf.nest.map_structure(gather, v) if k in STEP_STATE else v for k, v in cache.items()}
             seqs = seqs + ops.cast(ops.one_hot(index, length), "int32")[None, :] * token[:, None]
             finished = finished | (token == self.end_id) | (token == 0)
             return index + 1, seqs, cache, ops.reshape(top, (-1,)), finished

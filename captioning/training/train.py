@@ -199,6 +199,13 @@ def train(cfg) -> dict:
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     keras.utils.set_random_seed(int(cfg.seed))
     if cfg.trainer.precision != "float32":
+        import tensorflow as tf
+
+        if not tf.config.list_physical_devices("GPU"):
+            # TensorFlow's oneDNN bfloat16/float16 kernels kill the process with SIGILL on some CPUs
+            # (seen on this project's 2-core CI machines), which would lose the run without a word.
+            raise ConfigError(f"trainer.precision={cfg.trainer.precision} needs a GPU; no GPU is visible. "
+                              f"Use trainer.precision=float32 on a CPU.")
         keras.mixed_precision.set_dtype_policy(cfg.trainer.precision)
 
     t0 = time.perf_counter()
