@@ -98,8 +98,11 @@ def _build(folder: Path, backbone, data, records, batch_size: int, progress: boo
             it = track(it, total=-(-len(records) // batch_size),
                        description=f"Caching {backbone.name} features of {len(records)} images")
         row = 0
+        import tensorflow as tf
+
+        extract = tf.function(lambda x: backbone(x, training=False), reduce_retracing=True)   # graph, not eager
         for images in it:
-            tokens = keras.ops.convert_to_numpy(backbone(images, training=False))
+            tokens = keras.ops.convert_to_numpy(extract(images))
             out[row:row + len(tokens)] = tokens.astype(np.float16)
             row += len(tokens)
         out.flush()
