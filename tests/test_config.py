@@ -91,4 +91,4 @@ def test_cfg_and_help_do_not_import_tensorflow():
     help_out = subprocess.run([sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                               timeout=60)
     assert help_out.returncode == 0 and "python run.py -m decoder=gru,transformer" in help_out.stdout
-    assert "dataset: coco_json, flickr30k, flickr8k, karpathy, synthetic" in help_out.stdout
+    assert "dataset: coco, coco_json, flickr30k, flickr8k, karpathy, synthetic" in help_out.stdout

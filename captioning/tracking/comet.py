@@ -67,8 +67,8 @@ class CometLogger:
                 self._warn(f"Comet online logging failed ({type(e).__name__}: {e}); logging offline instead")
         if self.exp is None:
             directory = Path(c.offline_directory or self.run_dir / "comet")
-            directory.mkdir(parents=True, exist_ok=True)
             try:
+                directory.mkdir(parents=True, exist_ok=True)
                 self.exp = comet_ml.OfflineExperiment(offline_directory=str(directory), **common)
             except Exception as e:  # noqa: BLE001
                 self._warn(f"Comet offline logging failed too ({e}); logging only to the run directory")
