@@ -96,22 +96,30 @@ data = build_data(cfg, progress=False)
 batch = next(iter(data.train_dataset(8, 0, shuffle=False)))
 ds = tf.data.Dataset.from_tensors(batch)
 single = build_model(cfg, data.vocab.size)
-single.compile(optimizer=keras.optimizers.SGD(1.0))   # SGD: a gradient-scale bug shows (Adam would hide it)
+single.compile(optimizer=keras.optimizers.SGD(1.0))   # SGD: the update is the gradient (Adam would hide its scale)
 strategy = make_strategy(cfg.trainer)
 with strategy.scope():
     mirrored = build_model(cfg, data.vocab.size)
     mirrored.compile(optimizer=keras.optimizers.SGD(1.0))
 mirrored.set_weights(single.get_weights())               # same starting point
-a = single.fit(ds, epochs=4, verbose=0).history["loss"]
-b = mirrored.fit(ds, epochs=4, verbose=0).history["loss"]
-print("LOSSES", json.dumps({"single": a, "mirrored": b, "replicas": strategy.num_replicas_in_sync}))
+import numpy as np
+trainable = lambda m: [np.array(v) for v in m.trainable_variables]   # not RNG counters etc.
+start = trainable(single)
+a = single.fit(ds, epochs=1, verbose=0).history["loss"]
+b = mirrored.fit(ds, epochs=1, verbose=0).history["loss"]
+# One SGD step: the update is the gradient; compare the two updates as whole vectors.
+du = np.concatenate([(w - s).ravel() for w, s in zip(trainable(single), start)])
+dm = np.concatenate([(w - s).ravel() for w, s in zip(trainable(mirrored), start)])
+print("LOSSES", json.dumps({"single": a, "mirrored": b, "replicas": strategy.num_replicas_in_sync,
+                            "norm_ratio": float(np.linalg.norm(dm) / np.linalg.norm(du)),
+                            "cosine": float(du @ dm / np.linalg.norm(du) / np.linalg.norm(dm))}))
 """
 
 
 @pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path):
-    """Four optimizer steps on one batch, split over two logical CPUs vs one device: the same
-    losses (the per-token mean is weighted across replicas, not averaged per replica)."""
+    """One SGD step on one batch, split over two logical CPUs vs one device: the same loss, and
+    an update of the same direction and size (the per-token mean is weighted across replicas)."""
     import json
     import os
 
@@ -120,7 +128,9 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     losses = json.loads(next(x for x in res.stdout.splitlines() if x.startswith("LOSSES"))[len("LOSSES "):])
     assert losses["replicas"] == 2
-    assert losses["single"][-1] < losses["single"][0]                      # it did learn
-    # oneDNN picks different kernels for half batches, so agreement is to ~1e-3; a wrong gradient
-    # aggregation (twice the gradient, or a mean of replica means) is off by far more with SGD.
-    assert losses["mirrored"] == pytest.approx(losses["single"], rel=1e-2)
+    assert losses["mirrored"] == pytest.approx(losses["single"], rel=1e-3)
+    # The update points the same way with the same size. Summing per-replica means instead
+    # (no token weighting) doubles it (norm ratio ~2). A residual ~9% difference in the update
+    # vector remains unexplained (see the issue note), hence the loose bounds.
+    assert losses["cosine"] > 0.99
+    assert 0.85 < losses["norm_ratio"] < 1.15
