@@ -221,12 +221,13 @@ def build_data(cfg, progress: bool = True, vocab: Vocabulary | None = None) -> C
     # The length rule cleans the training captions only: val/test keep every reference, as the
     # metrics of the literature are computed against all of them.
     train = splits["train"]
-    kept, removed = filter_captions([[normalize(c) for c in r.captions] for r in train],
-                                    text.filter, text.min_tokens, text.seq_len)
+    normalised = [[normalize(c) for c in r.captions] for r in train]      # once per caption
+    kept, removed = filter_captions(normalised, text.filter, text.min_tokens, text.seq_len)
     report.removed.update(removed)
     cleaned = []
-    for r, caps in zip(train, kept, strict=True):
-        raw = [c for c in r.captions if normalize(c) in set(caps)]
+    for r, norm, caps in zip(train, normalised, kept, strict=True):
+        keep = set(caps)
+        raw = [c for c, n in zip(r.captions, norm, strict=True) if n in keep]
         if raw:
             cleaned.append(replace(r, captions=tuple(raw)))
     splits["train"] = cleaned
