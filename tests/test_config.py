@@ -62,6 +62,9 @@ def test_unknown_key_fails():
     ("text.seq_len=2", "text.seq_len must be >= 3"),
     ("trainer.lr_schedule=linear", "trainer.lr_schedule must be constant or cosine"),
     ("dataset.val_fraction=1.5", "dataset.val_fraction"),
+    ("trainer.word_loss=-1.0", "trainer.word_loss must be >= 0"),
+    ("trainer.max_minutes=0", "trainer.max_minutes must be a number of minutes > 0"),
+    ("callbacks.val_captions.method=gready", "callbacks.val_captions.method must be null"),
 ])
 def test_nonsense_hyperparameters_fail_early(override, message):
     with pytest.raises(ConfigError, match=message):

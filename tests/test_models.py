@@ -57,6 +57,18 @@ def test_cached_step_reproduces_full_pass(decoder):
 
 
 @pytest.mark.parametrize("decoder", _decoders(), ids=["transformer", "gru"])
+def test_shared_memory_equals_repeated_memory(decoder):
+    # Training decodes an image's C captions against one memory row (repeats=C); it must be
+    # the same function as repeating the memory C times.
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(1, V, (3 * 4, T)).astype("int32")
+    memory = rng.normal(size=(3, S, D)).astype("float32")
+    shared = keras.ops.convert_to_numpy(decoder(tokens, memory, repeats=4))
+    repeated = keras.ops.convert_to_numpy(decoder(tokens, np.repeat(memory, 4, axis=0)))
+    np.testing.assert_allclose(shared, repeated, atol=1e-5)
+
+
+@pytest.mark.parametrize("decoder", _decoders(), ids=["transformer", "gru"])
 def test_get_config_round_trips(decoder):
     config = decoder.get_config()
     clone = type(decoder).from_config(config)
@@ -136,6 +148,21 @@ def test_backbones_build_with_declared_token_shape(name, size, tokens, width):
     assert spec.feature_dim in (None, width)
 
 
+@pytest.mark.parametrize("options,convs", [
+    ([], 4),
+    (["backbone.stem=8", "backbone.convs_per_stage=[1,2,2,1]"], 6),     # stride-2 stem + residual convs
+])
+def test_small_cnn_variants_keep_a_sixteenth_of_the_side(options, convs):
+    cfg = compose_config("backbone.image_size=64", "backbone.filters=[8,16,16,24]", *options)
+    net = build_backbone(cfg)
+    assert tuple(net(np.zeros((2, 64, 64, 3), "float32")).shape) == (2, 16, 24)
+    cnn = net.get_layer("small_cnn")
+    assert sum(isinstance(layer, keras.layers.Conv2D) for layer in cnn.layers) == convs + ("backbone.stem=8" in options)
+    assert sum(isinstance(layer, keras.layers.Add) for layer in cnn.layers) == convs - 4
+    with pytest.raises(ConfigError, match="backbone.convs_per_stage must be >= 1, one number or one per stage"):
+        build_backbone(compose_config("backbone.convs_per_stage=[1,2]"))
+
+
 def test_frozen_backbone_has_no_trainable_weights():
     cfg = compose_config("backbone=efficientnetb0", "backbone.image_size=32", "backbone.weights=null")
     assert build_backbone(cfg).trainable_weights == []
@@ -148,3 +175,57 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
     cfg = compose_config("backbone=efficientnetb0", "backbone.image_size=32", f"backbone.weights={tmp_path}/x.h5")
     with pytest.raises(ConfigError, match="no such file"):
         build_backbone(cfg)
+
+
+def test_word_loss_matches_hand_computation_and_trains_the_image_side():
+    cfg = compose_config("debug=tiny", "trainer.word_loss=2.0", "augment.flip=none")
+    model = build_model(cfg, vocab_size=V)
+    rng = np.random.default_rng(3)
+    memory = rng.normal(size=(2, S, int(cfg.decoder.dim))).astype("float32")
+    captions = np.zeros((2, 2, T), "int32")
+    captions[0, 0, :4] = [2, 5, 6, 3]
+    captions[0, 1, :3] = [2, 5, 3]           # repeated words count once
+    captions[1, 0, :3] = [2, 9, 3]           # second caption of image 1 is padding
+    # By hand: sigmoid cross-entropy against the set of words present, summed over the
+    # vocabulary, divided by the number of words present, averaged over images.
+    logits = keras.ops.convert_to_numpy(model.word_head(memory.mean(1)))
+    expected = []
+    for i, words in enumerate([{2, 3, 5, 6}, {2, 3, 9}]):
+        y = np.isin(np.arange(V), list(words)).astype("float64")
+        z = logits[i].astype("float64")
+        bce = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+        expected.append(bce.sum() / len(words))
+    got = float(model.word_loss(memory, captions))
+    assert got == pytest.approx(np.mean(expected), rel=1e-5)
+
+    # It reaches the backbone on its own (the image-level signal it exists for) and is logged
+    # beside the caption loss in training.
+    import tensorflow as tf
+
+    images = rng.uniform(0, 255, (2, int(cfg.backbone.image_size), int(cfg.backbone.image_size), 3)).astype("float32")
+    with tf.GradientTape() as tape:
+        words = model.word_loss(model.encode(images, training=True), captions)
+    grads = tape.gradient(words, model.backbone.trainable_weights)
+    assert all(g is not None for g in grads) and sum(float(tf.reduce_sum(tf.abs(g))) for g in grads) > 0
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    logs = model.train_step((images, captions))
+    assert float(logs["word_loss"]) > 0 and float(logs["loss"]) > 0
+
+
+
+def test_augmentation_layers_transform_training_batches_only():
+    from captioning.models.augment import build_augmentation
+
+    cfg = compose_config("augment.flip=both", "augment.rot90=true", "augment.zoom=0.25", "augment.translate=0.1")
+    layers = {layer.name: layer for layer in build_augmentation(cfg, seed=0)}
+    assert set(layers) == {"aug_flip", "aug_rot90", "aug_zoom", "aug_translate"}
+    x = np.random.default_rng(0).uniform(0, 255, (16, 12, 12, 3)).astype("float32")
+    for layer in layers.values():
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
+        y = keras.ops.convert_to_numpy(layer(x, training=True))
+        assert y.shape == x.shape and not np.allclose(y, x)
+    # 90-degree rotations permute pixels exactly: every image is one of its four rotations.
+    y = keras.ops.convert_to_numpy(layers["aug_rot90"](x, training=True))
+    assert all(any(np.array_equal(y[i], np.rot90(x[i], k)) for k in range(4)) for i in range(len(x)))
+    with pytest.raises(ConfigError, match="augment.zoom and augment.translate"):
+        build_augmentation(compose_config("augment.zoom=1.5"), seed=0)

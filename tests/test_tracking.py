@@ -27,6 +27,7 @@ def comet_run(tmp_path_factory):
     try:
         cfg = compose_config("debug=tiny", "logger=comet", "logger.online=false", "callbacks.kangas.every_n_epochs=1",
                              "callbacks.val_captions.every_n_epochs=1", "logger.tags=[sweep:test]",
+                             "trainer.word_loss=0.5", "decode.method=beam", "callbacks.val_captions.method=greedy",
                              f"paths.output_dir={out}")
         result = train(cfg)
     finally:
@@ -54,6 +55,7 @@ def test_offline_archive_holds_params_metrics_images_and_grid(comet_run):
     assert val_loss_steps == [1, 2]                                    # per epoch, epoch as step
     assert any(m["metricName"] == "val_cider" for m in metrics)
     assert any(m["metricName"] == "final_val_cider" for m in metrics)
+    assert any(m["metricName"] == "word_loss" for m in metrics)          # trainer.word_loss > 0
     uploads = [m["payload"]["additional_params"] for m in messages if m["type"] == "file_upload"]
     names = {u.get("fileName") or u.get("figName") for u in uploads}
     assert {"metrics.json", "predictions/final.datagrid", "predictions/epoch_001.datagrid", "plots/loss"} <= names

@@ -39,6 +39,15 @@ def test_one_tiny_run_writes_a_complete_run_dir(tmp_path):
     assert "meteor" in result["val"]                        # Java is on the CI machine
 
 
+def test_time_budget_stops_after_the_epoch_that_fills_it(tmp_path):
+    cfg = compose_config("debug=tiny", "trainer.max_epochs=5", "trainer.max_minutes=0.0001",
+                         f"paths.output_dir={tmp_path}")
+    result = train(cfg)
+    _check_run_dir(tmp_path, result)                       # still evaluated, every file written
+    meta = json.loads((tmp_path / "metrics.json").read_text())["meta"]
+    assert meta["epochs_run"] == 1 and meta["stopped_by"] == "time budget"
+
+
 def test_tiny_gru_run(tmp_path):
     cfg = compose_config("debug=tiny", "decoder=gru", "trainer.max_epochs=1", "decode.method=beam",
                          f"paths.output_dir={tmp_path}")
@@ -114,3 +123,22 @@ def test_one_tiny_epoch_on_each_layout(layout, request, tmp_path):
                          "callbacks.kangas.enabled=false", "text.min_tokens=2", f"paths.output_dir={tmp_path}")
     result = train(cfg)
     assert math.isfinite(result["val"]["loss"]) and (tmp_path / "predictions.csv").is_file()
+
+
+def test_cosine_schedule_follows_the_clock_under_a_time_budget():
+    import keras
+
+    from captioning.training.train import make_schedule
+
+    cfg = compose_config("trainer.lr_schedule=cosine", "trainer.learning_rate=0.01", "trainer.warmup_steps=0",
+                         "trainer.max_epochs=10", "trainer.max_minutes=5")
+    clock = keras.Variable(0.0, trainable=False)
+    schedule = make_schedule(cfg, steps_per_epoch=10, clock=clock)
+    plain = make_schedule(cfg, steps_per_epoch=10)
+    lr = lambda s, step: float(s(step))                               # noqa: E731
+    assert lr(schedule, 30) == pytest.approx(lr(plain, 30))           # steps ahead of the clock: unchanged
+    clock.assign(0.5)                                                 # half the time gone at step 10
+    assert lr(schedule, 10) == pytest.approx(lr(plain, 50))
+    assert lr(plain, 50) < lr(plain, 10)
+    clock.assign(1.0)
+    assert lr(schedule, 10) == pytest.approx(0.01 * 0.01)             # the floor (alpha = 1%)

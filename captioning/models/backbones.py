@@ -24,22 +24,47 @@ class Backbone:
     default_size: int
 
 
-def _small_cnn(filters=(32, 64, 128, 192), dropout=0.0, convs=1):
-    """A from-scratch CNN for the synthetic data and small real datasets: per stage ``convs``
-    3x3 conv + BatchNorm + ReLU, then 2x2 max-pool (each stage halves the resolution)."""
+def _small_cnn(filters=(32, 64, 128, 192), dropout=0.0, convs=1, stem=0):
+    """A from-scratch CNN for the synthetic data and small real datasets. With n stages the
+    output is 1/2^n of the input side (1/16 with the default four).
+
+    ``stem=0``: stages of ``convs`` x (3x3 conv + BatchNorm + ReLU), each followed by a 2x2
+    max-pool. ``stem=N``: a stride-2 3x3 conv with N channels first (ResNet-style: the
+    full-resolution layer is the costliest on a CPU), then the stages, pooling between them.
+    A stage's convs after its first are residual (x + BN(conv(x)), then ReLU), so depth does
+    not make it harder to train. ``convs`` is one count for every stage or one per stage.
+    """
+    per_stage = [int(convs)] * len(filters) if isinstance(convs, int) else [int(c) for c in convs]
+    if len(per_stage) != len(filters) or min(per_stage) < 1:
+        raise ConfigError(f"backbone.convs_per_stage must be >= 1, one number or one per stage "
+                          f"(backbone.filters has {len(filters)}). Received: {convs}")
 
     def build(input_shape, weights=None):
         import keras
         from keras import layers
 
+        def conv_bn(x, f, name, stride=1):
+            x = layers.Conv2D(f, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+            return layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)   # short runs: fast-moving stats
+
         inputs = keras.Input(input_shape)
         x = inputs
-        for i, f in enumerate(filters):
-            for j in range(convs):
-                x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"stage{i}_conv{j}")(x)
-                x = layers.BatchNormalization(momentum=0.9, name=f"stage{i}_bn{j}")(x)  # short runs: fast-moving stats
-                x = layers.ReLU(name=f"stage{i}_relu{j}")(x)
-            x = layers.MaxPooling2D(2, name=f"stage{i}_pool")(x)
+        if stem:
+            x = layers.ReLU(name="stem_relu")(conv_bn(x, stem, "stem", stride=2))
+        for i, (f, k) in enumerate(zip(filters, per_stage, strict=True)):
+            if stem and i > 0:
+                x = layers.MaxPooling2D(2, name=f"stage{i}_pool_in")(x)
+            for j in range(k):
+                # Layer names keep the original stage{i}_conv0/bn0 pattern for the first conv.
+                y = conv_bn(x, f, f"stage{i}_{j}") if j else None
+                if j == 0:
+                    x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"stage{i}_conv0")(x)
+                    x = layers.BatchNormalization(momentum=0.9, name=f"stage{i}_bn0")(x)
+                    x = layers.ReLU(name=f"stage{i}_relu0")(x)
+                else:
+                    x = layers.ReLU(name=f"stage{i}_relu{j}")(layers.Add(name=f"stage{i}_add{j}")([x, y]))
+            if not stem:
+                x = layers.MaxPooling2D(2, name=f"stage{i}_pool")(x)
             if dropout:
                 x = layers.SpatialDropout2D(dropout, name=f"stage{i}_drop")(x)
         return keras.Model(inputs, x, name="small_cnn")
@@ -83,8 +108,10 @@ def get_backbone(name: str, **options) -> Backbone:
     """``small_cnn`` or any keras.applications model by lower-cased name."""
     name = str(name).lower()
     if name == "small_cnn":
+        convs = options.get("convs_per_stage", 1)
+        convs = convs if isinstance(convs, int) else list(convs)
         return Backbone("small_cnn", _small_cnn(tuple(options.get("filters") or (32, 64, 128, 192)),
-                                                options.get("dropout", 0.0), options.get("convs_per_stage", 1)),
+                                                options.get("dropout", 0.0), convs, int(options.get("stem") or 0)),
                         _scale_pm1, (options.get("filters") or [192])[-1], 64)
     known = APPLICATIONS()
     if name not in known:
@@ -103,7 +130,7 @@ def build_backbone(cfg):
 
     b = cfg.backbone
     spec = get_backbone(b.name, filters=b.get("filters"), dropout=b.get("dropout", 0.0),
-                        convs_per_stage=b.get("convs_per_stage", 1))
+                        convs_per_stage=b.get("convs_per_stage", 1), stem=b.get("stem", 0))
     size = int(b.image_size)
     if size < 16:
         raise ConfigError(f"backbone.image_size must be at least 16 pixels. Received: {size}")

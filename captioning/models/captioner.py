@@ -4,6 +4,12 @@
 each image goes through the backbone and encoder once, and all C of its captions are decoded
 against that one result in a single optimizer step (recipe A took C steps and C encoder
 passes per batch). Loss and accuracy are masked: padding never counts.
+
+With ``word_loss > 0`` the image memory also predicts, through a linear head on its spatial
+mean, which vocabulary words occur in any of the image's captions (multi-label, binary
+cross-entropy): the "visual concepts" objective of Fang et al. (2015) and Yao et al. (2017).
+It gives the image encoder a direct, image-level training signal, which is what a backbone
+trained from scratch on a small dataset lacks; the decoder is unchanged.
 """
 
 from __future__ import annotations
@@ -33,14 +39,22 @@ def masked_loss_and_accuracy(targets, logits, label_smoothing=0.0):
 
 @keras.saving.register_keras_serializable("captioning")
 class Captioner(keras.Model):
-    def __init__(self, backbone, encoder, decoder, augmentation=(), blind=False, label_smoothing=0.0, **kwargs):
+    def __init__(self, backbone, encoder, decoder, augmentation=(), blind=False, label_smoothing=0.0,
+                 word_loss=0.0, **kwargs):
         super().__init__(**kwargs)
         self.backbone, self.encoder, self.decoder = backbone, encoder, decoder
         self.augmentation = list(augmentation)
         self.blind = blind                     # feed zeros instead of the image: the image-blind baseline
         self.label_smoothing = label_smoothing
+        self.word_loss_weight = float(word_loss)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.acc_tracker = keras.metrics.Mean(name="accuracy")
+        self.word_tracker = keras.metrics.Mean(name="word_loss") if self.word_loss_weight else None
+        # Vocabulary-sized multi-label head on the pooled image memory (only with word_loss > 0).
+        self.word_head = None
+        if self.word_loss_weight:
+            self.word_head = keras.layers.Dense(decoder.vocab_size, name="word_head")
+            self.word_head.build((None, encoder.dim))
 
     def build(self, input_shape=None):
         # Sublayers build on the first call (build_model calls the model once on zeros).
@@ -48,7 +62,8 @@ class Captioner(keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.acc_tracker]
+        extra = [self.word_tracker] if self.word_tracker is not None else []
+        return [self.loss_tracker, self.acc_tracker, *extra]
 
     def encode(self, inputs, training=False):
         """images (B, H, W, 3) float 0..255, or cached backbone tokens (B, S, C) -> memory (B, S, D)."""
@@ -70,17 +85,33 @@ class Captioner(keras.Model):
 
     def caption_loss(self, images, captions, training=False):
         """Loss, accuracy and token count for (B, H, W, 3) images and (B, C, L) captions."""
-        memory = self.encode(images, training)                           # (B, S, D), once per image
-        c, length = ops.shape(captions)[1], ops.shape(captions)[2]
-        memory = ops.repeat(memory, c, axis=0)                           # (B*C, S, D)
-        captions = ops.reshape(captions, (-1, length))                   # (B*C, L)
-        present = captions[:, 0] > 0                                     # images with < C captions pad rows
-        memory, captions = tf.boolean_mask(memory, present), tf.boolean_mask(captions, present)
-        # Cut the batch to its longest caption: positions past it are padding everywhere.
+        return self.decode_loss(self.encode(images, training), captions, training)
+
+    def word_loss(self, memory, captions):
+        """Multi-label cross-entropy of the words in each image's captions, (B, S, D) memory and
+        (B, C, L) ids -> scalar. Per image: summed over the vocabulary, divided by the number of
+        words present, so it is on the scale of a per-token cross-entropy."""
+        logits = ops.cast(self.word_head(ops.mean(memory, axis=1)), "float32")       # (B, V)
+        v = ops.shape(logits)[-1]
+        present = ops.max(ops.one_hot(ops.reshape(captions, (ops.shape(captions)[0], -1)), v), axis=1)
+        present = ops.concatenate([ops.zeros_like(present[:, :1]), present[:, 1:]], axis=1)   # id 0 is padding
+        bce = ops.sum(ops.binary_crossentropy(present, logits, from_logits=True), axis=-1)
+        return ops.mean(bce / ops.maximum(ops.sum(present, axis=-1), 1.0))
+
+    def decode_loss(self, memory, captions, training=False):
+        """Teacher-forced loss, accuracy and token count of (B, C, L) captions on (B, S, D) memory."""
+        c, length = captions.shape[1], ops.shape(captions)[2]
+        if c is None:                                                    # C unknown while tracing
+            memory, c = ops.repeat(memory, ops.shape(captions)[1], axis=0), 1
+        captions = ops.reshape(captions, (-1, length))                   # (B*C, L), an image's rows together
+        # Cut the batch to its longest caption: positions past it are padding everywhere. Rows of
+        # images with fewer than C captions are all padding: they cost a little compute and
+        # nothing else (their targets are masked), and keep the (B, C) layout the decoder
+        # uses to share each image's memory between its captions.
         longest = ops.max(ops.sum(ops.cast(captions > 0, "int32"), axis=1))
         captions = captions[:, :longest]
         inputs, targets = captions[:, :-1], captions[:, 1:]              # teacher forcing
-        hidden = self.decoder(inputs, memory, training=training)         # (N, T, D)
+        hidden = self.decoder(inputs, memory, training=training, repeats=c)   # (B*C, T, D)
         # Project onto the vocabulary only where there is a real target token: padding is most
         # positions, and the (D x V) projection is the largest matmul of the decoder.
         real = targets > 0
@@ -90,26 +121,34 @@ class Captioner(keras.Model):
     def train_step(self, data):
         images, captions = data
         with tf.GradientTape() as tape:
-            loss, acc, n = self.caption_loss(images, captions, training=True)
+            memory = self.encode(images, training=True)                  # (B, S, D), once per image
+            loss, acc, n = self.decode_loss(memory, captions, training=True)
+            objective = loss
+            if self.word_head is not None:
+                words = self.word_loss(memory, captions)
+                objective = loss + self.word_loss_weight * words
             # Under tf.distribute each replica sees part of the batch and gradients are summed:
             # weight this replica's token mean by its share of all tokens, so the summed gradient
             # is the gradient of the global per-token mean (what one device computes).
             ctx = tf.distribute.get_replica_context()
             if ctx is not None and ctx.num_replicas_in_sync > 1:
                 total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, n)
-                objective = loss * n / tf.maximum(total, 1.0)
-            else:
-                objective = loss
+                objective = objective * n / tf.maximum(total, 1.0)
             scaled = self.optimizer.scale_loss(objective)               # mixed precision
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
         self.loss_tracker.update_state(loss, sample_weight=n)          # token-weighted epoch means
         self.acc_tracker.update_state(acc, sample_weight=n)
+        if self.word_head is not None:
+            self.word_tracker.update_state(words)
         return {m.name: m.result() for m in self.metrics}
 
     def test_step(self, data):
         images, captions = data
-        loss, acc, n = self.caption_loss(images, captions, training=False)
+        memory = self.encode(images, training=False)
+        loss, acc, n = self.decode_loss(memory, captions, training=False)
         self.loss_tracker.update_state(loss, sample_weight=n)
         self.acc_tracker.update_state(acc, sample_weight=n)
+        if self.word_head is not None:
+            self.word_tracker.update_state(self.word_loss(memory, captions))
         return {m.name: m.result() for m in self.metrics}

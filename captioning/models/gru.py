@@ -28,16 +28,24 @@ class GRUDecoder(layers.Layer):
         self.head.build((None, self.dim))
         self.built = True
 
-    def _decode(self, tokens, memory, state, training=None):
-        x = self.embed(tokens)                                   # (B, T, D)
+    def _decode(self, tokens, memory, state, training=None, repeats=1):
+        x = self.embed(tokens)                                   # (N, T, D)
         out, state = self.gru(x, initial_state=state, training=training)
-        context = self.attention([out, memory])                  # (B, T, D): query = GRU output
+        if repeats == 1:
+            context = self.attention([out, memory])              # (N, T, D): query = GRU output
+        else:
+            # Queries attend independently: an image's C captions can share one attention call
+            # over its memory, as (B, C*T, D) queries, instead of repeating the memory C times.
+            n, t = ops.shape(out)[0], ops.shape(out)[1]
+            queries = ops.reshape(out, (n // repeats, repeats * t, self.dim))
+            context = ops.reshape(self.attention([queries, memory]), (n, t, self.dim))
         return self.drop(self.norm(out + context), training=training), state
 
-    def call(self, tokens, memory, training=None):
-        """tokens (B, T), memory (B, S, D) -> hidden (B, T, D), from a zero state."""
+    def call(self, tokens, memory, training=None, repeats=1):
+        """tokens (N, T), memory (N / repeats, S, D) -> hidden (N, T, D), from a zero state. With
+        ``repeats=C``, memory row i serves token rows i*C .. i*C+C-1 (an image's C captions)."""
         state = ops.zeros((ops.shape(tokens)[0], self.dim), self.compute_dtype)
-        return self._decode(tokens, memory, state, training)[0]
+        return self._decode(tokens, memory, state, training, repeats)[0]
 
     def project(self, hidden):
         return self.head(hidden)

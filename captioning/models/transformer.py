@@ -49,12 +49,44 @@ class TransformerDecoder(layers.Layer):
         x = self.embed(tokens) * ops.cast(math.sqrt(self.dim), self.compute_dtype)
         return x + self.positions(x, start_index=start_index)
 
-    def call(self, tokens, memory, training=None):
-        """tokens (B, T) ids, memory (B, S, D) -> hidden states (B, T, D) (before the vocabulary head)."""
+    def call(self, tokens, memory, training=None, repeats=1):
+        """tokens (N, T) ids, memory (N / repeats, S, D) -> hidden states (N, T, D) (before the
+        vocabulary head). With ``repeats=C``, memory row i serves token rows i*C .. i*C+C-1 (an
+        image's C captions)."""
         x = self._embed(tokens)
+        if repeats == 1:
+            for block in self.blocks:
+                x = block(x, memory, training=training)       # causal mask is the default
+            return self.out_dropout(x, training=training)
+        # Cross-attention keys/values depend on the image only, and repeating the memory C times
+        # projects them C times: most of a one-block decoder's FLOPs. Instead an image's C
+        # captions go through the blocks as one (C*T)-long row against its one memory row, with a
+        # block-diagonal mask (intersected with the blocks' causal mask) so that each caption's
+        # self-attention sees only its own earlier tokens: the same function, K/V projected once.
+        n, t = ops.shape(tokens)[0], ops.shape(tokens)[1]
+        x = ops.reshape(x, (n // repeats, repeats * t, self.dim))
+        caption = ops.repeat(ops.arange(repeats), t)                       # (C*T,) which caption
+        same = ops.expand_dims(caption, 1) == ops.expand_dims(caption, 0)  # (C*T, C*T)
+        mask = ops.broadcast_to(same[None], (n // repeats, repeats * t, repeats * t))
         for block in self.blocks:
-            x = block(x, memory, training=training)           # causal mask is the default
-        return self.out_dropout(x, training=training)
+            x = block(x, memory, decoder_attention_mask=mask, training=training)
+        return self.out_dropout(ops.reshape(x, (n, t, self.dim)), training=training)
+
+    def _cross_caches(self, memory):
+        """Per block, the cross-attention keys/values of ``memory``: (B, 2, S, heads, head_dim)."""
+        b = ops.shape(memory)[0]
+        head_dim = self.dim // self.num_heads
+        dummy = ops.zeros((b, 1, self.dim), self.compute_dtype)
+        out = []
+        for block in self.blocks:
+            self_cache = ops.zeros((b, 2, 1, self.num_heads, head_dim), self.compute_dtype)
+            cross = ops.zeros((b, 2, ops.shape(memory)[1], self.num_heads, head_dim), self.compute_dtype)
+            # Index 0 asks the block to compute the cross-attention keys/values from memory.
+            _, _, cross = block(dummy, memory, self_attention_cache=self_cache,
+                                self_attention_cache_update_index=0, cross_attention_cache=cross,
+                                cross_attention_cache_update_index=0)
+            out.append(cross)
+        return out
 
     def project(self, hidden):
         """(..., D) -> (..., V) logits."""
@@ -64,18 +96,9 @@ class TransformerDecoder(layers.Layer):
         """Self-attention caches (empty) and cross-attention caches (computed once from memory)."""
         b = ops.shape(memory)[0]
         head_dim = self.dim // self.num_heads
-        dummy = ops.zeros((b, 1, self.dim), self.compute_dtype)
-        self_caches, cross_caches = [], []
-        for block in self.blocks:
-            self_cache = ops.zeros((b, 2, max_len, self.num_heads, head_dim), self.compute_dtype)
-            cross = ops.zeros((b, 2, ops.shape(memory)[1], self.num_heads, head_dim), self.compute_dtype)
-            # Index 0 asks the block to compute the cross-attention keys/values from memory.
-            _, _, cross = block(dummy, memory, self_attention_cache=self_cache,
-                                self_attention_cache_update_index=0, cross_attention_cache=cross,
-                                cross_attention_cache_update_index=0)
-            self_caches.append(self_cache)
-            cross_caches.append(cross)
-        return {"memory": memory, "self": self_caches, "cross": cross_caches}
+        self_caches = [ops.zeros((b, 2, max_len, self.num_heads, head_dim), self.compute_dtype)
+                       for _ in self.blocks]
+        return {"memory": memory, "self": self_caches, "cross": self._cross_caches(memory)}
 
     def step(self, token, cache, index):
         """token (B,) at position ``index`` -> logits (B, V) for position index + 1, new cache."""

@@ -134,8 +134,12 @@ class ValidationCaptions(keras.callbacks.Callback):
         from captioning.models.decoding import Generator, caption_records
 
         if self.generator is None:
-            self.generator = Generator.from_config(self.model, self.data.vocab, self.cfg.decode,
-                                                   seed=int(self.cfg.seed))
+            decode = self.cfg.decode
+            method = self.cfg.callbacks.val_captions.get("method")
+            if method:          # e.g. greedy while training, the configured beam for the final scores
+                from omegaconf import OmegaConf
+                decode = OmegaConf.merge(decode, {"method": str(method)})
+            self.generator = Generator.from_config(self.model, self.data.vocab, decode, seed=int(self.cfg.seed))
         preds = caption_records(self.generator, self.data, self.records, int(self.cfg.evaluation.batch_size))
         scores = score({r.id: list(r.captions) for r in self.records},
                        {r.id: p for r, p in zip(self.records, preds, strict=True)}, meteor=False)
@@ -159,6 +163,36 @@ def write_grid(run_dir: Path, name: str, records, preds, per_image, epoch, cfg, 
     if tracker is not None:
         tracker.call("log_asset", str(path), file_name=f"predictions/{path.name}")
     return path
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """``trainer.max_minutes``: end training after the epoch that the next one would carry past
+    the budget (counted from ``t0``, the start of the run; the final evaluation comes after).
+    Like Lightning's ``max_time``, but it never cuts an epoch in half: the estimate is the
+    slowest epoch so far. ``clock``, when given, is kept at the fraction of the budget used
+    (after every batch), for a learning-rate schedule that follows the time."""
+
+    def __init__(self, minutes: float, t0: float, clock=None):
+        super().__init__()
+        self.budget, self.t0, self.clock = 60.0 * float(minutes), t0, clock
+        self.slowest, self.started, self.stopped_epoch = 0.0, None, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.clock is not None:
+            self.clock.assign(min(1.0, (time.perf_counter() - self.t0) / self.budget))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        self.slowest = max(self.slowest, now - self.started)
+        if now - self.t0 + self.slowest > self.budget:
+            self.model.stop_training = True
+            self.stopped_epoch = epoch + 1
+            print(f"Time budget: stopping after epoch {epoch + 1} ({(now - self.t0) / 60:.1f} of "
+                  f"trainer.max_minutes={self.budget / 60:g} minutes used; an epoch takes up to "
+                  f"{self.slowest:.0f} s).")
 
 
 class CometEpochs(keras.callbacks.Callback):

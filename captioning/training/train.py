@@ -28,6 +28,7 @@ log = logging.getLogger("captioning")
 TYPES = {
     "seed": int, "trainer.max_epochs": int, "trainer.batch_size": int, "trainer.learning_rate": float,
     "trainer.warmup_steps": int, "trainer.weight_decay": float, "trainer.label_smoothing": float,
+    "trainer.word_loss": float,
     "text.vocab_size": int, "text.seq_len": int, "text.min_tokens": int, "decoder.dim": int,
     "backbone.image_size": int, "dataset.captions_per_image": int, "evaluation.batch_size": int,
     "decode.beam_size": int, "decode.k": int, "decode.p": float, "decode.temperature": float,
@@ -52,6 +53,9 @@ def check_config(cfg) -> None:
         (t.warmup_steps >= 0, f"trainer.warmup_steps must be >= 0. Received: {t.warmup_steps}"),
         (0 <= t.label_smoothing < 1, f"trainer.label_smoothing must be in [0, 1). Received: {t.label_smoothing}"),
         (t.weight_decay >= 0, f"trainer.weight_decay must be >= 0. Received: {t.weight_decay}"),
+        (t.word_loss >= 0, f"trainer.word_loss must be >= 0 (0 turns it off). Received: {t.word_loss}"),
+        (t.get("max_minutes") is None or (isinstance(t.max_minutes, int | float) and t.max_minutes > 0),
+         f"trainer.max_minutes must be a number of minutes > 0, or null. Received: {t.get('max_minutes')!r}"),
         (t.lr_schedule in ("constant", "cosine"),
          f"trainer.lr_schedule must be constant or cosine. Received: {t.lr_schedule!r}"),
         (t.precision in ("float32", "mixed_float16", "mixed_bfloat16"),
@@ -67,6 +71,10 @@ def check_config(cfg) -> None:
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
+    method = cfg.callbacks.val_captions.get("method")
+    if method is not None and method not in ("greedy", "beam", "top_k", "top_p"):   # decoding.METHODS (no TF import here)
+        raise ConfigError(f"callbacks.val_captions.method must be null (use decode.method) or one of "
+                          f"['greedy', 'beam', 'top_k', 'top_p']. Received: {method!r}")
     d = cfg.dataset
     if d.get("split") == "random" and not (0 < d.val_fraction < 1 and 0 <= d.test_fraction < 1
                                            and d.val_fraction + d.test_fraction < 1):
@@ -91,7 +99,22 @@ def make_strategy(t):
     raise ConfigError(f"trainer.strategy must be auto, mirrored or multi_worker. Received: {name!r}")
 
 
-def make_optimizer(cfg, steps_per_epoch: int):
+def make_optimizer(cfg, steps_per_epoch: int, clock=None):
+    """Adam(W) with the configured learning-rate schedule."""
+    import keras
+
+    t = cfg.trainer
+    schedule = make_schedule(cfg, steps_per_epoch, clock)
+    if t.weight_decay:
+        return keras.optimizers.AdamW(schedule, weight_decay=float(t.weight_decay), clipnorm=t.get("clipnorm"))
+    return keras.optimizers.Adam(schedule, clipnorm=t.get("clipnorm"))
+
+
+def make_schedule(cfg, steps_per_epoch: int, clock=None):
+    """``trainer.lr_schedule`` / ``warmup_steps`` -> a float or a Keras schedule. ``clock``: a
+    scalar variable holding the fraction of ``trainer.max_minutes`` used (the TimeBudget
+    callback keeps it up to date); a cosine schedule then follows whichever runs out first,
+    the steps or the time."""
     import keras
 
     t = cfg.trainer
@@ -102,13 +125,32 @@ def make_optimizer(cfg, steps_per_epoch: int):
         schedule = keras.optimizers.schedules.CosineDecay(
             0.0 if warm else lr, decay_steps=max(1, total - warm), alpha=0.01,
             warmup_target=lr if warm else None, warmup_steps=warm)
+        if clock is not None:
+            schedule = _ClockAware(schedule, total, clock)
     elif t.warmup_steps:
         schedule = _Warmup(lr, int(t.warmup_steps))
     else:
         schedule = lr
-    if t.weight_decay:
-        return keras.optimizers.AdamW(schedule, weight_decay=float(t.weight_decay), clipnorm=t.get("clipnorm"))
-    return keras.optimizers.Adam(schedule, clipnorm=t.get("clipnorm"))
+    return schedule
+
+
+class _ClockAware:
+    """A schedule evaluated at max(step, time used / time budget x total steps): on a machine
+    slower than planned the decay still ends when the budget does, instead of training being
+    cut at a high learning rate ("budgeted training", Li et al., ICLR 2020). Keras has none."""
+
+    def __new__(cls, inner, total_steps, clock):
+        import keras
+
+        class ClockAware(keras.optimizers.schedules.LearningRateSchedule):
+            def __call__(self, step):
+                step = keras.ops.cast(step, "float32")
+                return inner(keras.ops.maximum(step, keras.ops.cast(clock, "float32") * float(total_steps)))
+
+            def get_config(self):
+                return {"inner": keras.optimizers.schedules.serialize(inner), "total_steps": total_steps}
+
+        return ClockAware()
 
 
 def _Warmup(lr, steps):
@@ -232,7 +274,8 @@ def train(cfg) -> dict:
     steps = math.ceil(len(data.splits["train"]) / int(cfg.trainer.batch_size))
     with strategy.scope():                 # variables are mirrored when the strategy has several devices
         model = build_model(cfg, data.vocab.size)
-        model.compile(optimizer=make_optimizer(cfg, steps), jit_compile=bool(cfg.trainer.jit_compile))
+        clock = keras.Variable(0.0, trainable=False, name="time_used") if cfg.trainer.get("max_minutes") else None
+        model.compile(optimizer=make_optimizer(cfg, steps, clock), jit_compile=bool(cfg.trainer.jit_compile))
     if strategy.num_replicas_in_sync > 1:
         console.print(f"  training on {strategy.num_replicas_in_sync} replicas ({type(strategy).__name__}); "
                       f"trainer.batch_size={cfg.trainer.batch_size} is the global batch")
@@ -254,7 +297,7 @@ def train(cfg) -> dict:
         tracker.call("log_others", {"vocab_size": data.vocab.size,
                                     **{f"images_{k}": v for k, v in data.report.counts.items()}})
     try:
-        results = _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracker, t0, state)
+        results = _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracker, t0, state, clock)
     except TrainingInterrupted as e:
         done = len(_read_history(run_dir))
         console.print(f"[bold yellow]Interrupted[/] ({e}) after {done} completed epoch(s); everything up to "
@@ -278,7 +321,8 @@ def _read_history(run_dir: Path) -> list[dict]:
                 for row in csv.DictReader(f)]
 
 
-def _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracker, t0, state=None) -> dict:
+def _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracker, t0, state=None,
+                      clock=None) -> dict:
     import keras
     import tensorflow as tf
 
@@ -288,6 +332,7 @@ def _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracke
         CometEpochs,
         History,
         SaveWeights,
+        TimeBudget,
         ValidationCaptions,
         monitor_mode,
         write_grid,
@@ -313,6 +358,9 @@ def _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracke
         SaveState(ckpt_dir / "last.state.npz", saver, early),  # after the two it snapshots
         keras.callbacks.TerminateOnNaN(),
     ]
+    budget = TimeBudget(cfg.trainer.max_minutes, t0, clock) if cfg.trainer.get("max_minutes") else None
+    if budget is not None:
+        callbacks.append(budget)
     if tracker is not None:
         callbacks.append(CometEpochs(tracker))
     console.rule(f"Training ({len(data.splits['train'])} images, {steps} steps/epoch, up to "
@@ -354,7 +402,10 @@ def _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracke
     results["meta"] = {
         "best_epoch": saver.best_epoch, "epochs_run": len(history.rows),
         "train_seconds": round(train_seconds, 1), "decode": OmegaConf.to_container(cfg.decode, resolve=True),
-        "selected_by": es.monitor, "notes": notes + data.report.notes,
+        "selected_by": es.monitor,
+        "stopped_by": ("time budget" if budget is not None and budget.stopped_epoch
+                       else "early stopping" if early.stopped_epoch else "max_epochs"),
+        "notes": notes + data.report.notes,
         "tensorflow": tf.__version__, "keras": keras.__version__,
     }
     atomic_write_text(run_dir / "metrics.json", json.dumps(results, indent=2))
