@@ -79,7 +79,9 @@ class TransformerDecoder(layers.Layer):
         dummy = ops.zeros((b, 1, self.dim), self.compute_dtype)
         out = []
         for block in self.blocks:
-            self_cache = ops.zeros((b, 2, 1, self.num_heads, head_dim), self.compute_dtype)
+            # A 2-long self-attention cache for the dummy token: with length 1 Keras warns about
+            # a softmax over a size-1 axis (the dummy's output is discarded anyway).
+            self_cache = ops.zeros((b, 2, 2, self.num_heads, head_dim), self.compute_dtype)
             cross = ops.zeros((b, 2, ops.shape(memory)[1], self.num_heads, head_dim), self.compute_dtype)
             # Index 0 asks the block to compute the cross-attention keys/values from memory.
             _, _, cross = block(dummy, memory, self_attention_cache=self_cache,

@@ -89,6 +89,8 @@ class SaveState(keras.callbacks.Callback):
 
 
 def _num(x):
+    if x is None:
+        return None
     x = float(x)
     return x if np.isfinite(x) else None
 

@@ -71,6 +71,11 @@ def check_config(cfg) -> None:
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
+    monitor = str(cfg.callbacks.early_stopping.monitor)
+    if monitor in ("val_cider", "val_bleu_4") and int(cfg.callbacks.val_captions.every_n_epochs) < 1:
+        raise ConfigError(f"callbacks.early_stopping.monitor={monitor} is computed by captioning the validation "
+                          f"images during training: set callbacks.val_captions.every_n_epochs=1 (or N), or "
+                          f"monitor val_loss.")
     method = cfg.callbacks.val_captions.get("method")
     if method is not None and method not in ("greedy", "beam", "top_k", "top_p"):   # decoding.METHODS (no TF import here)
         raise ConfigError(f"callbacks.val_captions.method must be null (use decode.method) or one of "
