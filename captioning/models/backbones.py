@@ -43,26 +43,22 @@ def _small_cnn(filters=(32, 64, 128, 192), dropout=0.0, convs=1, stem=0):
         import keras
         from keras import layers
 
-        def conv_bn(x, f, name, stride=1):
-            x = layers.Conv2D(f, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
-            return layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)   # short runs: fast-moving stats
+        def conv_bn(x, f, conv_name, bn_name, stride=1):
+            x = layers.Conv2D(f, 3, strides=stride, padding="same", use_bias=False, name=conv_name)(x)
+            return layers.BatchNormalization(momentum=0.9, name=bn_name)(x)   # short runs: fast-moving stats
 
         inputs = keras.Input(input_shape)
         x = inputs
         if stem:
-            x = layers.ReLU(name="stem_relu")(conv_bn(x, stem, "stem", stride=2))
+            x = layers.ReLU(name="stem_relu")(conv_bn(x, stem, "stem_conv", "stem_bn", stride=2))
         for i, (f, k) in enumerate(zip(filters, per_stage, strict=True)):
             if stem and i > 0:
                 x = layers.MaxPooling2D(2, name=f"stage{i}_pool_in")(x)
-            for j in range(k):
-                # Layer names keep the original stage{i}_conv0/bn0 pattern for the first conv.
-                y = conv_bn(x, f, f"stage{i}_{j}") if j else None
-                if j == 0:
-                    x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"stage{i}_conv0")(x)
-                    x = layers.BatchNormalization(momentum=0.9, name=f"stage{i}_bn0")(x)
-                    x = layers.ReLU(name=f"stage{i}_relu0")(x)
-                else:
-                    x = layers.ReLU(name=f"stage{i}_relu{j}")(layers.Add(name=f"stage{i}_add{j}")([x, y]))
+            # The first conv keeps the original stage{i}_conv0/bn0 names (saved small_cnn weights load).
+            x = layers.ReLU(name=f"stage{i}_relu0")(conv_bn(x, f, f"stage{i}_conv0", f"stage{i}_bn0"))
+            for j in range(1, k):
+                y = conv_bn(x, f, f"stage{i}_{j}_conv", f"stage{i}_{j}_bn")
+                x = layers.ReLU(name=f"stage{i}_relu{j}")(layers.Add(name=f"stage{i}_add{j}")([x, y]))
             if not stem:
                 x = layers.MaxPooling2D(2, name=f"stage{i}_pool")(x)
             if dropout:

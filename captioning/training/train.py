@@ -131,7 +131,7 @@ def make_schedule(cfg, steps_per_epoch: int, clock=None):
             0.0 if warm else lr, decay_steps=max(1, total - warm), alpha=0.01,
             warmup_target=lr if warm else None, warmup_steps=warm)
         if clock is not None:
-            schedule = _ClockAware(schedule, total, clock)
+            schedule = _clock_aware(schedule, total, clock)
     elif t.warmup_steps:
         schedule = _Warmup(lr, int(t.warmup_steps))
     else:
@@ -139,23 +139,21 @@ def make_schedule(cfg, steps_per_epoch: int, clock=None):
     return schedule
 
 
-class _ClockAware:
+def _clock_aware(inner, total_steps, clock):
     """A schedule evaluated at max(step, time used / time budget x total steps): on a machine
     slower than planned the decay still ends when the budget does, instead of training being
     cut at a high learning rate ("budgeted training", Li et al., ICLR 2020). Keras has none."""
+    import keras
 
-    def __new__(cls, inner, total_steps, clock):
-        import keras
+    class ClockAware(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            step = keras.ops.cast(step, "float32")
+            return inner(keras.ops.maximum(step, keras.ops.cast(clock, "float32") * float(total_steps)))
 
-        class ClockAware(keras.optimizers.schedules.LearningRateSchedule):
-            def __call__(self, step):
-                step = keras.ops.cast(step, "float32")
-                return inner(keras.ops.maximum(step, keras.ops.cast(clock, "float32") * float(total_steps)))
+        def get_config(self):
+            return {"inner": keras.optimizers.schedules.serialize(inner), "total_steps": total_steps}
 
-            def get_config(self):
-                return {"inner": keras.optimizers.schedules.serialize(inner), "total_steps": total_steps}
-
-        return ClockAware()
+    return ClockAware()
 
 
 def _Warmup(lr, steps):
