@@ -45,7 +45,7 @@ def check_config(cfg) -> None:
         if not ok:
             raise ConfigError(f"{key} must be {'an integer' if kind is int else 'a number'}. "
                               f"Received: {key}={value!r}")
-    t = cfg.trainer
+    t, monitor = cfg.trainer, cfg.callbacks.early_stopping.monitor
     rules = [
         (t.batch_size >= 1, f"trainer.batch_size must be >= 1. Received: {t.batch_size}"),
         (t.max_epochs >= 1, f"trainer.max_epochs must be >= 1. Received: {t.max_epochs}"),
@@ -67,15 +67,13 @@ def check_config(cfg) -> None:
         (cfg.text.vocab_size >= 4, f"text.vocab_size must be >= 4. Received: {cfg.text.vocab_size}"),
         (cfg.text.seq_len >= 3, f"text.seq_len must be >= 3 (it counts <start> and <end>). Received: {cfg.text.seq_len}"),
         (cfg.evaluation.batch_size >= 1, f"evaluation.batch_size must be >= 1. Received: {cfg.evaluation.batch_size}"),
+        (str(monitor) not in ("val_cider", "val_bleu_4") or int(cfg.callbacks.val_captions.every_n_epochs) >= 1,
+         f"callbacks.early_stopping.monitor={monitor} is computed by captioning the validation images during "
+         f"training: set callbacks.val_captions.every_n_epochs=1 (or N), or monitor val_loss."),
     ]
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
-    monitor = str(cfg.callbacks.early_stopping.monitor)
-    if monitor in ("val_cider", "val_bleu_4") and int(cfg.callbacks.val_captions.every_n_epochs) < 1:
-        raise ConfigError(f"callbacks.early_stopping.monitor={monitor} is computed by captioning the validation "
-                          f"images during training: set callbacks.val_captions.every_n_epochs=1 (or N), or "
-                          f"monitor val_loss.")
     method = cfg.callbacks.val_captions.get("method")
     if method is not None and method not in ("greedy", "beam", "top_k", "top_p"):   # decoding.METHODS (no TF import here)
         raise ConfigError(f"callbacks.val_captions.method must be null (use decode.method) or one of "
