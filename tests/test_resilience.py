@@ -23,7 +23,8 @@ def _epochs(run_dir):
 def test_sigterm_mid_epoch_then_resume_to_the_end(tmp_path):
     run_dir = tmp_path / "run"
     args = [sys.executable, "run.py", "debug=tiny", "dataset.max_images=400", "trainer.max_epochs=4",
-            "trainer.batch_size=4", "logger=comet", "logger.online=false", "callbacks.early_stopping.patience=10",
+            "trainer.batch_size=4", "trainer.ema=0.9", "trainer.backbone_lr_multiplier=2", "logger=comet", "logger.online=false",
+            "callbacks.early_stopping.patience=10",
             f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
@@ -135,3 +136,67 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path):
     # update difference) on this CPU: TensorFlow's CPU kernels are not deterministic.
     assert losses["cosine"] > 0.95
     assert 0.7 < losses["norm_ratio"] < 1.3
+
+
+def _ema_fit(tmp_path, model, epochs, initial_epoch=0, restored_in_model=False, stop_after=None, probe=None):
+    import keras
+    import numpy as np
+
+    from captioning.training.callbacks import EMAWeights, SaveWeights
+    from captioning.training.resume import ResumableEarlyStopping, SaveState
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = epoch + 1 == stop_after
+
+    ema = EMAWeights(restored_in_model=restored_in_model)
+    saver = SaveWeights(tmp_path, "loss", "min")
+    es = ResumableEarlyStopping(monitor="loss", patience=10)
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    model.fit(x, x @ np.ones((4, 1), "float32"), batch_size=8, epochs=epochs, initial_epoch=initial_epoch, verbose=0,
+              shuffle=False, callbacks=[ema, *([probe] if probe else []), saver, es,
+                                        SaveState(tmp_path / "last.state.npz", saver, es, ema), Stop()])
+    return ema
+
+
+def _ema_model(compile=True):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    if compile:
+        model.compile(keras.optimizers.Adam(0.1, use_ema=True, ema_momentum=0.5), "mse")
+    return model
+
+
+def test_ema_weights_are_checkpointed_and_a_resumed_run_trains_on_the_raw_weights(tmp_path):
+    """trainer.ema: between epochs the model holds the average (checkpoints, resume state); a
+    resumed run must swap back to the raw weights before training on."""
+    import keras
+    import numpy as np
+
+    from captioning.training.resume import load_state
+
+    _ema_fit(tmp_path, _ema_model(), epochs=5, stop_after=2)    # stopped after epoch 2 of 5
+    state = _ema_model()
+    load_state(tmp_path / "last.state.npz", state)
+    averaged = [np.array(w) for w in state.get_weights()]
+    raw = [np.array(v) for v in state.optimizer._model_variables_moving_average]   # swapped out
+    assert not np.allclose(averaged[0], raw[0])                 # the two really differ
+    best = _ema_model(compile=False)
+    best.load_weights(str(tmp_path / "last.weights.h5"))
+    assert np.allclose(best.get_weights()[0], averaged[0])      # the checkpoint holds the average
+
+    seen = {}
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.setdefault(epoch, [np.array(w) for w in self.model.get_weights()])
+
+    for restored, expect in ((True, raw), (False, averaged)):   # False: what a resume must not do
+        seen.clear()
+        resumed = _ema_model()
+        meta = load_state(tmp_path / "last.state.npz", resumed)
+        assert meta["ema_in_model"] is True and meta["epoch"] == 2
+        _ema_fit(tmp_path / "again", resumed, epochs=3, initial_epoch=2, restored_in_model=restored, probe=Probe())
+        assert np.allclose(seen[2][0], expect[0]), restored

@@ -142,3 +142,20 @@ def test_cosine_schedule_follows_the_clock_under_a_time_budget():
     assert lr(plain, 50) < lr(plain, 10)
     clock.assign(1.0)
     assert lr(schedule, 10) == pytest.approx(0.01 * 0.01)             # the floor (alpha = 1%)
+
+
+def test_backbone_lr_multiplier_scales_only_the_backbone_step():
+    import keras
+    import numpy as np
+
+    from captioning.training.train import make_optimizer
+
+    cfg = compose_config("trainer.backbone_lr_multiplier=3", "trainer.learning_rate=0.01", "trainer.weight_decay=0.1",
+                         "trainer.ema=0.5")
+    backbone, head = keras.Variable(np.ones(3, "float32")), keras.Variable(np.ones(3, "float32"))
+    opt = make_optimizer(cfg, steps_per_epoch=10, backbone_variables=[backbone])
+    opt.apply([np.full(3, 0.5, "float32"), np.full(3, -2.0, "float32")], [backbone, head])
+    step_b, step_h = 1 - np.array(backbone), np.array(head) - 1        # Adam's first step: about lr each way
+    assert step_b == pytest.approx(np.full(3, 0.03 + 0.001), rel=1e-3)   # 3 x lr, plus decoupled decay lr x wd
+    assert step_h == pytest.approx(np.full(3, 0.01 - 0.001), rel=1e-3)
+    assert opt.use_ema and isinstance(opt, keras.optimizers.AdamW)

@@ -68,6 +68,22 @@ def plot_history(rows: list[dict], out_dir: Path) -> None:
         plt.close(fig)
 
 
+class EMAWeights(keras.callbacks.SwapEMAWeights):
+    """``trainer.ema``: Polyak averaging of the weights, kept by the optimizer (``use_ema``).
+    Between epochs the model holds the averaged weights, so the validation loss, the validation
+    captions, both checkpoints and the resume state all see them; each epoch trains on the raw
+    weights. Must come before every epoch-end callback that reads the weights. A resume state is
+    written with the average in the model (``in_model``); a resumed run swaps back first."""
+
+    def __init__(self, restored_in_model: bool = False):
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = bool(restored_in_model)
+
+    @property
+    def in_model(self) -> bool:
+        return bool(self._ema_weights_in_model)
+
+
 def monitor_mode(monitor: str, mode: str = "auto") -> str:
     """'max' for scores (accuracy, BLEU, CIDEr, ...), 'min' for losses, unless set explicitly."""
     if mode != "auto":

@@ -74,13 +74,14 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 class SaveState(keras.callbacks.Callback):
     """Writes ``last.state.npz`` after every epoch (runs after SaveWeights and EarlyStopping)."""
 
-    def __init__(self, path: Path, saver, early_stopping):
+    def __init__(self, path: Path, saver, early_stopping, ema=None):
         super().__init__()
-        self.path, self.saver, self.es = Path(path), saver, early_stopping
+        self.path, self.saver, self.es, self.ema = Path(path), saver, early_stopping, ema
 
     def on_epoch_end(self, epoch, logs=None):
         meta = {"epoch": epoch + 1, "best": self.saver.best, "best_epoch": self.saver.best_epoch,
-                "es": {"wait": int(self.es.wait), "best": _num(self.es.best), "best_epoch": int(self.es.best_epoch)}}
+                "es": {"wait": int(self.es.wait), "best": _num(self.es.best), "best_epoch": int(self.es.best_epoch)},
+                "ema_in_model": self.ema is not None and self.ema.in_model}
         arrays = {f"w{i}": np.asarray(v) for i, v in enumerate(self.model.weights)}
         arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(self.model.optimizer.variables)})
         with atomic_path(self.path) as tmp:

@@ -28,7 +28,7 @@ log = logging.getLogger("captioning")
 TYPES = {
     "seed": int, "trainer.max_epochs": int, "trainer.batch_size": int, "trainer.learning_rate": float,
     "trainer.warmup_steps": int, "trainer.weight_decay": float, "trainer.label_smoothing": float,
-    "trainer.word_loss": float,
+    "trainer.word_loss": float, "trainer.ema": float, "trainer.backbone_lr_multiplier": float,
     "text.vocab_size": int, "text.seq_len": int, "text.min_tokens": int, "decoder.dim": int,
     "backbone.image_size": int, "dataset.captions_per_image": int, "evaluation.batch_size": int,
     "decode.beam_size": int, "decode.k": int, "decode.p": float, "decode.temperature": float,
@@ -54,6 +54,10 @@ def check_config(cfg) -> None:
         (0 <= t.label_smoothing < 1, f"trainer.label_smoothing must be in [0, 1). Received: {t.label_smoothing}"),
         (t.weight_decay >= 0, f"trainer.weight_decay must be >= 0. Received: {t.weight_decay}"),
         (t.word_loss >= 0, f"trainer.word_loss must be >= 0 (0 turns it off). Received: {t.word_loss}"),
+        (t.backbone_lr_multiplier > 0, f"trainer.backbone_lr_multiplier must be > 0 (1 = the same learning rate "
+                                       f"as the rest). Received: {t.backbone_lr_multiplier}"),
+        (0 <= t.ema < 1, f"trainer.ema must be in [0, 1): the averaging momentum, e.g. 0.99 (0 turns it off). "
+                         f"Received: {t.ema}"),
         (t.get("max_minutes") is None or (isinstance(t.max_minutes, int | float) and t.max_minutes > 0),
          f"trainer.max_minutes must be a number of minutes > 0, or null. Received: {t.get('max_minutes')!r}"),
         (t.lr_schedule in ("constant", "cosine"),
@@ -102,15 +106,44 @@ def make_strategy(t):
     raise ConfigError(f"trainer.strategy must be auto, mirrored or multi_worker. Received: {name!r}")
 
 
-def make_optimizer(cfg, steps_per_epoch: int, clock=None):
-    """Adam(W) with the configured learning-rate schedule."""
+def make_optimizer(cfg, steps_per_epoch: int, clock=None, backbone_variables=()):
+    """Adam(W) with the configured learning-rate schedule; ``trainer.ema`` > 0 makes it keep a
+    moving average of the weights (the EMAWeights callback puts it in the model between epochs);
+    ``trainer.backbone_lr_multiplier`` scales the step of ``backbone_variables``."""
     import keras
 
     t = cfg.trainer
     schedule = make_schedule(cfg, steps_per_epoch, clock)
-    if t.weight_decay:
-        return keras.optimizers.AdamW(schedule, weight_decay=float(t.weight_decay), clipnorm=t.get("clipnorm"))
-    return keras.optimizers.Adam(schedule, clipnorm=t.get("clipnorm"))
+    ema = float(t.get("ema", 0.0))
+    common = {"clipnorm": t.get("clipnorm"), "use_ema": ema > 0, "ema_momentum": ema or 0.99}
+    base, extra = (keras.optimizers.AdamW, {"weight_decay": float(t.weight_decay)}) if t.weight_decay else \
+        (keras.optimizers.Adam, {})
+    factor = float(t.get("backbone_lr_multiplier", 1.0))
+    if factor != 1.0 and backbone_variables:
+        return _lr_multiplied(base)(schedule, multiplied=backbone_variables, factor=factor, **extra, **common)
+    return base(schedule, **extra, **common)
+
+
+def _lr_multiplied(base):
+    """``base`` optimizer whose step is ``factor`` x the learning rate for some variables.
+    Keras 3 optimizers have no parameter groups; this is the smallest override that gives one
+    (the per-variable ``update_step``), and it keeps use_ema, weight decay and clipping as they
+    are. (Scaling gradients would not do it: Adam's step ignores the gradient's scale.)"""
+    import keras
+
+    class LRMultiplied(base):
+        def __init__(self, *args, multiplied=(), factor=1.0, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.factor = float(factor)
+            self._multiplied = {self._var_key(v) for v in multiplied}
+
+        def update_step(self, gradient, variable, learning_rate):
+            if self._var_key(variable) in self._multiplied:        # decided while tracing, once
+                learning_rate = keras.ops.multiply(learning_rate, self.factor)
+            return super().update_step(gradient, variable, learning_rate)
+
+    LRMultiplied.__name__ = f"{base.__name__}LRMultiplied"
+    return LRMultiplied
 
 
 def make_schedule(cfg, steps_per_epoch: int, clock=None):
@@ -276,7 +309,8 @@ def train(cfg) -> dict:
     with strategy.scope():                 # variables are mirrored when the strategy has several devices
         model = build_model(cfg, data.vocab.size)
         clock = keras.Variable(0.0, trainable=False, name="time_used") if cfg.trainer.get("max_minutes") else None
-        model.compile(optimizer=make_optimizer(cfg, steps, clock), jit_compile=bool(cfg.trainer.jit_compile))
+        model.compile(optimizer=make_optimizer(cfg, steps, clock, model.backbone.trainable_variables),
+                      jit_compile=bool(cfg.trainer.jit_compile))
     if strategy.num_replicas_in_sync > 1:
         console.print(f"  training on {strategy.num_replicas_in_sync} replicas ({type(strategy).__name__}); "
                       f"trainer.batch_size={cfg.trainer.batch_size} is the global batch")
@@ -331,6 +365,7 @@ def _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracke
     from captioning.tracking.kangas_grids import pick_rows
     from captioning.training.callbacks import (
         CometEpochs,
+        EMAWeights,
         History,
         SaveWeights,
         TimeBudget,
@@ -350,13 +385,15 @@ def _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracke
                                    mode=monitor_mode(es.monitor, es.mode), min_delta=float(es.min_delta),
                                    restore_best_weights=False,   # the best checkpoint is reloaded below
                                    restored=state["es"] if state else None)
+    ema = EMAWeights(restored_in_model=bool(state and state.get("ema_in_model"))) if cfg.trainer.get("ema") else None
     callbacks = [
         StopOnSignal(),                                       # Ctrl-C / SIGTERM: stop after the batch
+        *([ema] if ema is not None else []),                  # averaged weights in for everything below
         ValidationCaptions(data, cfg, run_dir, tracker),      # adds val_cider for the ones below
         history,
         saver,
         early,
-        SaveState(ckpt_dir / "last.state.npz", saver, early),  # after the two it snapshots
+        SaveState(ckpt_dir / "last.state.npz", saver, early, ema),  # after the two it snapshots
         keras.callbacks.TerminateOnNaN(),
     ]
     budget = TimeBudget(cfg.trainer.max_minutes, t0, clock) if cfg.trainer.get("max_minutes") else None
