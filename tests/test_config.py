@@ -65,6 +65,7 @@ def test_unknown_key_fails():
     ("trainer.word_loss=-1.0", "trainer.word_loss must be >= 0"),
     ("trainer.ema=1.0", "trainer.ema must be in \\[0, 1\\)"),
     ("trainer.backbone_lr_multiplier=0", "trainer.backbone_lr_multiplier must be > 0"),
+    ("trainer.sample_captions=0", "trainer.sample_captions must be null"),
     ("callbacks.early_stopping.monitor=val_cider", "set callbacks.val_captions.every_n_epochs=1"),
     ("trainer.max_minutes=0", "trainer.max_minutes must be a number of minutes > 0"),
     ("callbacks.val_captions.method=gready", "callbacks.val_captions.method must be null"),

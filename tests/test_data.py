@@ -133,6 +133,26 @@ def test_build_data_vectorises_train_captions_only(flickr8k_kaggle):
     assert float(images.numpy().max()) <= 255.0 and float(images.numpy().max()) > 1.0   # 0..255, not rescaled
 
 
+
+def test_sample_captions_draws_k_distinct_captions_afresh_each_epoch(flickr8k_kaggle):
+    cfg = compose_config("dataset=flickr8k", f"dataset.root={flickr8k_kaggle}", "dataset.val_fraction=0.25",
+                         "backbone.image_size=32", "text.seq_len=12")
+    data = build_data(cfg, progress=False)
+    full = data.encode(data.splits["train"])                                   # (3, 5, 12)
+    ds = data.train_dataset(batch_size=3, seed=0, shuffle=False, sample=2)
+    seen = [set() for _ in full]
+    for _ in range(6):                                                         # six epochs
+        _, caps = next(iter(ds))
+        assert caps.shape == (3, 2, 12)
+        for i, rows in enumerate(caps.numpy()):
+            picked = [next(j for j in range(5) if (full[i, j] == row).all()) for row in rows]
+            assert len(set(picked)) == 2                                       # without replacement
+            seen[i].update(picked)
+    assert all(len(s) > 2 for s in seen)                                       # a new draw each epoch
+    first = [next(iter(data.train_dataset(batch_size=3, seed=0, shuffle=False, sample=2)))[1].numpy()
+             for _ in range(2)]
+    assert (first[0] == first[1]).all()                                        # same seed, same draws
+
 # ------------------------------------------------------------------ real samples (skipped in a user's clone)
 needs_shared = pytest.mark.skipif(not (SHARED_DATA / "flickr8k_sample").is_dir(), reason="../shared/data absent")
 

@@ -57,9 +57,15 @@ class CaptionData:
             ids[rows, cols] = self.vocab.encode(flat)     # one vectorised call for the corpus
         return ids
 
-    def train_dataset(self, batch_size: int, seed: int, split: str = "train", shuffle: bool = True):
-        """Batches of ``(images (B, H, W, 3) float32 0..255, captions (B, C, L) int32)``."""
+    def train_dataset(self, batch_size: int, seed: int, split: str = "train", shuffle: bool = True,
+                      sample: int | None = None):
+        """Batches of ``(images (B, H, W, 3) float32 0..255, captions (B, C, L) int32)``. With
+        ``sample=k`` (``trainer.sample_captions``) each image brings k of its captions, drawn
+        afresh every epoch (C = k): the decoder's work per step shrinks by C/k, the image's."""
         import tensorflow as tf
+
+        if sample is not None and sample >= self.captions_per_image:
+            sample = None
 
         records = self.splits[split]
         if not records:
@@ -69,6 +75,8 @@ class CaptionData:
             ds = tf.data.Dataset.from_tensor_slices((rows, self.encode(records)))
             if shuffle:
                 ds = ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+            if sample:
+                ds = ds.map(_sampler(sample, seed))
             ds = ds.batch(batch_size).map(lambda r, c: (self._gather_features(r), c))
             return ds.prefetch(tf.data.AUTOTUNE)
         paths = [r.image for r in records]
@@ -82,6 +90,8 @@ class CaptionData:
             ds = ds.cache()                                      # decode + resize once per run
         if shuffle:
             ds = ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+        if sample:
+            ds = ds.map(_sampler(sample, seed))
         ds = ds.batch(batch_size).map(lambda x, c: (tf.cast(x, tf.float32), c))
         return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -98,6 +108,21 @@ class CaptionData:
         ds = ds.map(lambda p: tf.cast(load_image(p, self.image_size), tf.float32),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _sampler(k: int, seed: int):
+    """(x, captions (C, L)) -> (x, k of the captions (k, L)), drawn without replacement, real
+    captions before empty rows (an image with fewer than k keeps all it has)."""
+    import tensorflow as tf
+
+    rng = tf.random.Generator.from_seed(seed)          # one stream: epochs differ, runs repeat
+
+    def pick(x, captions):
+        empty = tf.cast(tf.reduce_all(captions == 0, axis=-1), tf.float32)        # (C,)
+        order = tf.argsort(rng.uniform(tf.shape(empty)) + 2.0 * empty)[:k]
+        return x, tf.gather(captions, order)
+
+    return pick
 
 
 def _fits_in_memory(n: int, size: int, budget_bytes: float = 2e9) -> bool:

@@ -54,6 +54,9 @@ def check_config(cfg) -> None:
         (0 <= t.label_smoothing < 1, f"trainer.label_smoothing must be in [0, 1). Received: {t.label_smoothing}"),
         (t.weight_decay >= 0, f"trainer.weight_decay must be >= 0. Received: {t.weight_decay}"),
         (t.word_loss >= 0, f"trainer.word_loss must be >= 0 (0 turns it off). Received: {t.word_loss}"),
+        (t.get("sample_captions") is None or (isinstance(t.sample_captions, int) and t.sample_captions >= 1),
+         f"trainer.sample_captions must be null (all of an image's captions every step) or an integer >= 1. "
+         f"Received: {t.get('sample_captions')!r}"),
         (t.backbone_lr_multiplier > 0, f"trainer.backbone_lr_multiplier must be > 0 (1 = the same learning rate "
                                        f"as the rest). Received: {t.backbone_lr_multiplier}"),
         (0 <= t.ema < 1, f"trainer.ema must be in [0, 1): the averaging momentum, e.g. 0.99 (0 turns it off). "
@@ -315,7 +318,8 @@ def train(cfg) -> dict:
         console.print(f"  training on {strategy.num_replicas_in_sync} replicas ({type(strategy).__name__}); "
                       f"trainer.batch_size={cfg.trainer.batch_size} is the global batch")
     _maybe_cache_features(cfg, data, model)
-    train_ds = data.train_dataset(int(cfg.trainer.batch_size), int(cfg.seed))
+    sample = cfg.trainer.get("sample_captions")
+    train_ds = data.train_dataset(int(cfg.trainer.batch_size), int(cfg.seed), sample=int(sample) if sample else None)
     val_ds = data.train_dataset(int(cfg.evaluation.batch_size), int(cfg.seed), split="val", shuffle=False)
     state = None
     if resuming:
