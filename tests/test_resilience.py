@@ -200,3 +200,20 @@ def test_ema_weights_are_checkpointed_and_a_resumed_run_trains_on_the_raw_weight
         assert meta["ema_in_model"] is True and meta["epoch"] == 2
         _ema_fit(tmp_path / "again", resumed, epochs=3, initial_epoch=2, restored_in_model=restored, probe=Probe())
         assert np.allclose(seen[2][0], expect[0]), restored
+
+
+def test_early_stopping_skips_epochs_without_validation_captions_quietly():
+    import warnings
+
+    from captioning.training.resume import ResumableEarlyStopping
+
+    es = ResumableEarlyStopping(monitor="val_cider", mode="max", patience=3)
+    es.on_train_begin()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                         # Keras warns on a missing monitor
+        es.on_epoch_end(0, {"loss": 1.0, "val_cider": 0.5})
+        for epoch in (1, 3, 5):                                # not scored: neither counted nor warned
+            es.on_epoch_end(epoch, {"loss": 1.0})
+        assert es.wait == 0 and es.best == 0.5
+        es.on_epoch_end(2, {"loss": 1.0, "val_cider": 0.4})    # scored and worse: counts
+    assert es.wait == 1

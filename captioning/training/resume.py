@@ -57,7 +57,10 @@ class StopOnSignal(keras.callbacks.Callback):
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping whose counters survive a resume."""
+    """EarlyStopping whose counters survive a resume. A score from the validation captions
+    (``val_cider``, ``val_bleu_4``) exists only on the epochs they run
+    (``callbacks.val_captions.every_n_epochs``): the epochs between are skipped without Keras's
+    missing-metric warning, and ``patience`` counts the epochs that were scored."""
 
     def __init__(self, *args, restored: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -69,6 +72,11 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
             self.wait, self.best_epoch = self.restored["wait"], self.restored["best_epoch"]
             if self.restored["best"] is not None:
                 self.best = self.restored["best"]
+
+    def get_monitor_value(self, logs):
+        if self.monitor in ("val_cider", "val_bleu_4") and self.monitor not in (logs or {}):
+            return None
+        return super().get_monitor_value(logs)
 
 
 class SaveState(keras.callbacks.Callback):
