@@ -61,7 +61,7 @@ class CaptionData:
                       sample: int | None = None):
         """Batches of ``(images (B, H, W, 3) float32 0..255, captions (B, C, L) int32)``. With
         ``sample=k`` (``trainer.sample_captions``) each image brings k of its captions, drawn
-        afresh every epoch (C = k): the decoder's work per step shrinks by C/k, the image's."""
+        afresh every epoch (C = k): the decoder's work per step shrinks to k/C, the backbone's stays."""
         import tensorflow as tf
 
         if sample is not None and sample >= self.captions_per_image:
