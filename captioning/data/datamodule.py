@@ -70,13 +70,15 @@ class CaptionData:
         records = self.splits[split]
         if not records:
             raise DatasetError(f"The {split} split is empty: nothing to train or validate on.")
-        if self.features is not None:
-            rows = np.array([self.features[1][r.id] for r in records], np.int64)
-            ds = tf.data.Dataset.from_tensor_slices((rows, self.encode(records)))
+
+        def per_epoch(ds):                                    # a new order (and caption draw) each epoch
             if shuffle:
                 ds = ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
-            if sample:
-                ds = ds.map(_sampler(sample, seed))
+            return ds.map(_sampler(sample, seed)) if sample else ds
+
+        if self.features is not None:
+            rows = np.array([self.features[1][r.id] for r in records], np.int64)
+            ds = per_epoch(tf.data.Dataset.from_tensor_slices((rows, self.encode(records))))
             ds = ds.batch(batch_size).map(lambda r, c: (self._gather_features(r), c))
             return ds.prefetch(tf.data.AUTOTUNE)
         paths = [r.image for r in records]
@@ -88,11 +90,7 @@ class CaptionData:
         ds = ds.ignore_errors(log_warning=True)
         if _fits_in_memory(len(records), self.image_size):
             ds = ds.cache()                                      # decode + resize once per run
-        if shuffle:
-            ds = ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
-        if sample:
-            ds = ds.map(_sampler(sample, seed))
-        ds = ds.batch(batch_size).map(lambda x, c: (tf.cast(x, tf.float32), c))
+        ds = per_epoch(ds).batch(batch_size).map(lambda x, c: (tf.cast(x, tf.float32), c))
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def image_dataset(self, records: list[Record], batch_size: int, use_features: bool = True):

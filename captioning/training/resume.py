@@ -17,6 +17,7 @@ import numpy as np
 
 from captioning import CaptioningError, TrainingInterrupted
 from captioning.io import atomic_path
+from captioning.training.train import CAPTION_SCORES
 
 
 class StopOnSignal(keras.callbacks.Callback):
@@ -74,7 +75,7 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
                 self.best = self.restored["best"]
 
     def get_monitor_value(self, logs):
-        if self.monitor in ("val_cider", "val_bleu_4") and self.monitor not in (logs or {}):
+        if self.monitor in CAPTION_SCORES and self.monitor not in (logs or {}):
             return None
         return super().get_monitor_value(logs)
 

@@ -24,6 +24,9 @@ from captioning.io import atomic_write_text
 log = logging.getLogger("captioning")
 
 
+# The epoch scores ValidationCaptions adds to the logs (only on the epochs it runs).
+CAPTION_SCORES = ("val_cider", "val_bleu_4")
+
 # Keys whose type YAML cannot pin down: checked before anything is imported or read.
 TYPES = {
     "seed": int, "trainer.max_epochs": int, "trainer.batch_size": int, "trainer.learning_rate": float,
@@ -74,7 +77,7 @@ def check_config(cfg) -> None:
         (cfg.text.vocab_size >= 4, f"text.vocab_size must be >= 4. Received: {cfg.text.vocab_size}"),
         (cfg.text.seq_len >= 3, f"text.seq_len must be >= 3 (it counts <start> and <end>). Received: {cfg.text.seq_len}"),
         (cfg.evaluation.batch_size >= 1, f"evaluation.batch_size must be >= 1. Received: {cfg.evaluation.batch_size}"),
-        (str(monitor) not in ("val_cider", "val_bleu_4") or int(cfg.callbacks.val_captions.every_n_epochs) >= 1,
+        (str(monitor) not in CAPTION_SCORES or int(cfg.callbacks.val_captions.every_n_epochs) >= 1,
          f"callbacks.early_stopping.monitor={monitor} is computed by captioning the validation images during "
          f"training: set callbacks.val_captions.every_n_epochs=1 (or N), or monitor val_loss."),
     ]
