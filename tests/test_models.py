@@ -163,6 +163,18 @@ def test_small_cnn_variants_keep_a_sixteenth_of_the_side(options, convs):
         build_backbone(compose_config("backbone.convs_per_stage=[1,2]"))
 
 
+def test_patchify_stem_sees_twice_the_side_for_the_same_tokens():
+    base = ["backbone.filters=[8,16,16,24]", "backbone.stem=8"]
+    small = build_backbone(compose_config("backbone.image_size=64", *base))
+    patch = build_backbone(compose_config("backbone.image_size=128", "backbone.stem_stride=4", *base))
+    assert tuple(patch(np.zeros((2, 128, 128, 3), "float32")).shape) == (2, 16, 24)
+    assert tuple(small(np.zeros((2, 64, 64, 3), "float32")).shape) == (2, 16, 24)
+    stem = patch.get_layer("small_cnn").get_layer("stem_conv")
+    assert stem.kernel_size == (4, 4) and stem.strides == (4, 4)          # non-overlapping patches
+    with pytest.raises(ConfigError, match="backbone.stem_stride must be 1, 2, 3 or 4"):
+        build_backbone(compose_config("backbone.stem_stride=8", *base))
+
+
 def test_frozen_backbone_has_no_trainable_weights():
     cfg = compose_config("backbone=efficientnetb0", "backbone.image_size=32", "backbone.weights=null")
     assert build_backbone(cfg).trainable_weights == []

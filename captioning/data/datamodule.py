@@ -80,7 +80,7 @@ class CaptionData:
             rows = np.array([self.features[1][r.id] for r in records], np.int64)
             ds = per_epoch(tf.data.Dataset.from_tensor_slices((rows, self.encode(records))))
             ds = ds.batch(batch_size).map(lambda r, c: (self._gather_features(r), c))
-            return ds.prefetch(tf.data.AUTOTUNE)
+            return _finish(ds)
         paths = [r.image for r in records]
         ds = tf.data.Dataset.from_tensor_slices((paths, self.encode(records)))
         ds = ds.map(lambda p, c: (load_image(p, self.image_size), c),
@@ -91,7 +91,7 @@ class CaptionData:
         if _fits_in_memory(len(records), self.image_size):
             ds = ds.cache()                                      # decode + resize once per run
         ds = per_epoch(ds).batch(batch_size).map(lambda x, c: (tf.cast(x, tf.float32), c))
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return _finish(ds)
 
     def image_dataset(self, records: list[Record], batch_size: int, use_features: bool = True):
         """Batches of model inputs in ``records`` order (for captioning and scoring): cached
@@ -101,11 +101,27 @@ class CaptionData:
         if use_features and self.features is not None:
             rows = np.array([self.features[1][r.id] for r in records], np.int64)
             ds = tf.data.Dataset.from_tensor_slices(rows).batch(batch_size).map(self._gather_features)
-            return ds.prefetch(tf.data.AUTOTUNE)
+            return _finish(ds)
         ds = tf.data.Dataset.from_tensor_slices([r.image for r in records])
         ds = ds.map(lambda p: tf.cast(load_image(p, self.image_size), tf.float32),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return _finish(ds.batch(batch_size))
+
+
+def _finish(ds, buffer: int = 2):
+    """Prefetch ``buffer`` batches, with tf.data's autotuner off.
+
+    Keras deletes the train and val iterators every epoch. With the autotuner on, deleting one
+    waited (idle CPU, blocked in ``RootDataset::Iterator``'s destructor on its background thread)
+    for up to ~40 s: on the 2-core CPU about one UCM epoch in three took 80 s instead of 40
+    (py-spy: 23% of a run's wall time in ``EpochIterator.reset``). Off, ``AUTOTUNE`` map
+    parallelism keeps tf.data's starting value instead of being tuned; decoding is cached or
+    cheap next to a training step here."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(buffer).with_options(options)
 
 
 def _sampler(k: int, seed: int):

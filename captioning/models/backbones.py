@@ -24,17 +24,22 @@ class Backbone:
     default_size: int
 
 
-def _small_cnn(filters=(32, 64, 128, 192), dropout=0.0, convs=1, stem=0):
+def _small_cnn(filters=(32, 64, 128, 192), dropout=0.0, convs=1, stem=0, stem_stride=2):
     """A from-scratch CNN for the synthetic data and small real datasets. With n stages the
-    output is 1/2^n of the input side (1/16 with the default four).
+    output is 1/2^n of the input side (1/16 with the default four); a stem with
+    ``stem_stride=s`` makes it 1/(s * 2^(n-1)).
 
     ``stem=0``: stages of ``convs`` x (3x3 conv + BatchNorm + ReLU), each followed by a 2x2
     max-pool. ``stem=N``: a stride-2 3x3 conv with N channels first (ResNet-style: the
     full-resolution layer is the costliest on a CPU), then the stages, pooling between them.
+    ``stem_stride=4``: the stem is a 4x4 stride-4 "patchify" conv (ConvNeXt-style, non-overlapping
+    patches) -- twice the input side for the same stage cost, so fine detail reaches the stages.
     A stage's convs after its first are residual (x + BN(conv(x)), then ReLU), so depth does
     not make it harder to train. ``convs`` is one count for every stage or one per stage.
     """
     per_stage = [int(convs)] * len(filters) if isinstance(convs, int) else [int(c) for c in convs]
+    if stem and stem_stride not in (1, 2, 3, 4):
+        raise ConfigError(f"backbone.stem_stride must be 1, 2, 3 or 4 (4: a patchify stem). Received: {stem_stride}")
     if len(per_stage) != len(filters) or min(per_stage) < 1:
         raise ConfigError(f"backbone.convs_per_stage must be >= 1, one number or one per stage "
                           f"(backbone.filters has {len(filters)}). Received: {convs}")
@@ -43,14 +48,15 @@ def _small_cnn(filters=(32, 64, 128, 192), dropout=0.0, convs=1, stem=0):
         import keras
         from keras import layers
 
-        def conv_bn(x, f, conv_name, bn_name, stride=1):
-            x = layers.Conv2D(f, 3, strides=stride, padding="same", use_bias=False, name=conv_name)(x)
+        def conv_bn(x, f, conv_name, bn_name, stride=1, kernel=3):
+            x = layers.Conv2D(f, kernel, strides=stride, padding="same", use_bias=False, name=conv_name)(x)
             return layers.BatchNormalization(momentum=0.9, name=bn_name)(x)   # short runs: fast-moving stats
 
         inputs = keras.Input(input_shape)
         x = inputs
         if stem:
-            x = layers.ReLU(name="stem_relu")(conv_bn(x, stem, "stem_conv", "stem_bn", stride=2))
+            kernel = 3 if stem_stride <= 2 else stem_stride           # larger strides: non-overlapping patches
+            x = layers.ReLU(name="stem_relu")(conv_bn(x, stem, "stem_conv", "stem_bn", stem_stride, kernel))
         for i, (f, k) in enumerate(zip(filters, per_stage, strict=True)):
             if stem and i > 0:
                 x = layers.MaxPooling2D(2, name=f"stage{i}_pool_in")(x)
@@ -107,7 +113,8 @@ def get_backbone(name: str, **options) -> Backbone:
         convs = options.get("convs_per_stage", 1)
         convs = convs if isinstance(convs, int) else list(convs)
         return Backbone("small_cnn", _small_cnn(tuple(options.get("filters") or (32, 64, 128, 192)),
-                                                options.get("dropout", 0.0), convs, int(options.get("stem") or 0)),
+                                                options.get("dropout", 0.0), convs, int(options.get("stem") or 0),
+                                                int(options.get("stem_stride") or 2)),
                         _scale_pm1, (options.get("filters") or [192])[-1], 64)
     known = APPLICATIONS()
     if name not in known:
@@ -126,7 +133,8 @@ def build_backbone(cfg):
 
     b = cfg.backbone
     spec = get_backbone(b.name, filters=b.get("filters"), dropout=b.get("dropout", 0.0),
-                        convs_per_stage=b.get("convs_per_stage", 1), stem=b.get("stem", 0))
+                        convs_per_stage=b.get("convs_per_stage", 1), stem=b.get("stem", 0),
+                        stem_stride=b.get("stem_stride", 2))
     size = int(b.image_size)
     if size < 16:
         raise ConfigError(f"backbone.image_size must be at least 16 pixels. Received: {size}")
