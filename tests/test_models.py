@@ -173,6 +173,10 @@ def test_patchify_stem_sees_twice_the_side_for_the_same_tokens():
     assert stem.kernel_size == (4, 4) and stem.strides == (4, 4)          # non-overlapping patches
     with pytest.raises(ConfigError, match="backbone.stem_stride must be 1, 2, 3 or 4"):
         build_backbone(compose_config("backbone.stem_stride=8", *base))
+    with pytest.raises(ConfigError, match="backbone.stem_stride must be 1, 2, 3 or 4"):
+        build_backbone(compose_config("backbone.stem_stride=four", *base))
+    with pytest.raises(ConfigError, match="backbone.stem_stride=4 needs a stem: set backbone.stem"):
+        build_backbone(compose_config("backbone.stem_stride=4"))              # stem is 0 by default
 
 
 def test_frozen_backbone_has_no_trainable_weights():

@@ -38,8 +38,11 @@ def _small_cnn(filters=(32, 64, 128, 192), dropout=0.0, convs=1, stem=0, stem_st
     not make it harder to train. ``convs`` is one count for every stage or one per stage.
     """
     per_stage = [int(convs)] * len(filters) if isinstance(convs, int) else [int(c) for c in convs]
-    if stem and stem_stride not in (1, 2, 3, 4):
-        raise ConfigError(f"backbone.stem_stride must be 1, 2, 3 or 4 (4: a patchify stem). Received: {stem_stride}")
+    if isinstance(stem_stride, bool) or stem_stride not in (1, 2, 3, 4):
+        raise ConfigError(f"backbone.stem_stride must be 1, 2, 3 or 4 (4: a patchify stem). Received: {stem_stride!r}")
+    if not stem and stem_stride != 2:
+        raise ConfigError(f"backbone.stem_stride={stem_stride} needs a stem: set backbone.stem to its channels "
+                          f"(e.g. backbone.stem=32), or leave stem_stride at 2.")
     if len(per_stage) != len(filters) or min(per_stage) < 1:
         raise ConfigError(f"backbone.convs_per_stage must be >= 1, one number or one per stage "
                           f"(backbone.filters has {len(filters)}). Received: {convs}")
@@ -114,7 +117,7 @@ def get_backbone(name: str, **options) -> Backbone:
         convs = convs if isinstance(convs, int) else list(convs)
         return Backbone("small_cnn", _small_cnn(tuple(options.get("filters") or (32, 64, 128, 192)),
                                                 options.get("dropout", 0.0), convs, int(options.get("stem") or 0),
-                                                int(options.get("stem_stride") or 2)),
+                                                options.get("stem_stride", 2)),
                         _scale_pm1, (options.get("filters") or [192])[-1], 64)
     known = APPLICATIONS()
     if name not in known:
