@@ -77,3 +77,37 @@ def test_python_tokenizer_agrees_with_java_on_real_captions():
     differ = [(caps[k][0], java[k][0], py[k][0]) for k in caps if java[k] != py[k]]
     # Report the disagreements (if any) so a regression names the caption.
     assert len(differ) <= len(caps) * 0.01, differ[:10]
+
+
+def test_cider_reward_equals_pycocoevalcap_cider():
+    """The self-critical reward (CIDEr-D on ids, document frequencies from given references)
+    is the toolkit's Cider when both count document frequencies over the same references."""
+    import numpy as np
+    from pycocoevalcap.cider.cider import Cider
+
+    from captioning.evaluation.cider_reward import CiderD, leave_one_out_advantage, strip
+
+    gts = {"a": ["a man rides a horse on the beach", "a person riding a horse", "horse and rider near the sea"],
+           "b": ["two dogs play in the snow", "dogs running through snow", "two brown dogs in a snowy field"],
+           "c": ["a plane on a runway", "an airplane parked at the airport", "a white plane on the tarmac"]}
+    res = {"a": ["a man riding a horse on a beach"], "b": ["a dog in the snow"], "c": ["a plane on a runway"]}
+    corpus, per_image = Cider().compute_score(gts, res)
+    words = sorted({w for caps in [*gts.values(), *res.values()] for c in caps for w in c.split()})
+    ids = {w: i + 4 for i, w in enumerate(words)}           # 0 pad, 1 unk, 2 start, 3 end
+    enc = lambda c: tuple(ids[w] for w in c.split())  # noqa: E731
+    reward = CiderD([[enc(c) for c in gts[k]] for k in gts])
+    ours = [reward.score(enc(res[k][0]), [enc(c) for c in gts[k]]) for k in gts]
+    np.testing.assert_allclose(ours, per_image, rtol=1e-6)
+    assert ours[2] > ours[1] > 0                               # a near copy beats a partial match
+
+    # batch(): rows with start/end/padding, an image's samples together, absent captions skipped.
+    row = lambda c, n=12: np.array([2, *enc(c), 3] + [0] * (n - len(c.split()) - 2), np.int32)  # noqa: E731
+    captions = np.stack([np.stack([row(c) for c in gts[k]] + [np.zeros(12, np.int32)]) for k in ("a", "c")])
+    samples = np.stack([row(res["a"][0]), row("horse"), row(res["c"][0]), row("two dogs")])
+    got = reward.batch(samples, captions, start_id=2, end_id=3)
+    assert got.shape == (4,) and got.dtype == np.float32
+    assert got[0] == pytest.approx(ours[0], rel=1e-6) and got[2] == pytest.approx(ours[2], rel=1e-6)
+    assert got[3] == 0.0 and strip([2, 5, 6, 3, 7, 0], 2, 3) == (5, 6)
+    # Leave-one-out baseline: each sample against the mean of its image's other samples.
+    adv = leave_one_out_advantage(np.array([1.0, 3.0, 2.0, 2.0, 2.0, 5.0], np.float32), k=3)
+    np.testing.assert_allclose(adv, [1 - 2.5, 3 - 1.5, 2 - 2.0, 2 - 3.5, 2 - 3.5, 5 - 2.0])

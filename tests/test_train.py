@@ -159,3 +159,31 @@ def test_backbone_lr_multiplier_scales_only_the_backbone_step():
     assert step_b == pytest.approx(np.full(3, 0.03 + 0.001), rel=1e-3)   # 3 x lr, plus decoupled decay lr x wd
     assert step_h == pytest.approx(np.full(3, 0.01 - 0.001), rel=1e-3)
     assert opt.use_ema and isinstance(opt, keras.optimizers.AdamW)
+
+
+def test_self_critical_epochs_follow_and_resume_inside_the_phase(tmp_path):
+    """trainer.scst_epochs: after the cross-entropy epochs, self-critical epochs log the mean
+    sampled CIDEr-D as `reward`; a resume inside the phase stays in it."""
+    overrides = ["debug=tiny", "trainer.max_epochs=1", "trainer.scst_samples=3", f"paths.output_dir={tmp_path}"]
+    result = train(compose_config(*overrides, "trainer.scst_epochs=1"))
+    _check_run_dir(tmp_path, result)
+    history = list(csv.DictReader(open(tmp_path / "history.csv")))
+    assert len(history) == 2 and history[0]["reward"] == "" and float(history[1]["reward"]) >= 0
+    meta = json.loads((tmp_path / "metrics.json").read_text())["meta"]
+    assert meta["self_critical_from_epoch"] == 2 and meta["stopped_by"] == "scst_epochs"
+    # One more self-critical epoch through resume= (the run's state says where the phase began).
+    (tmp_path / "metrics.json").unlink()
+    train(compose_config(*overrides, "trainer.scst_epochs=2", "resume=true"))
+    history = list(csv.DictReader(open(tmp_path / "history.csv")))
+    assert [h["reward"] != "" for h in history] == [False, True, True]
+    assert json.loads((tmp_path / "metrics.json").read_text())["meta"]["self_critical_from_epoch"] == 2
+
+
+def test_self_critical_bad_settings_are_one_clear_error():
+    from captioning import ConfigError
+    from captioning.training.train import check_config
+
+    with pytest.raises(ConfigError, match="trainer.scst_samples must be >= 2"):
+        check_config(compose_config("trainer.scst_samples=1"))
+    with pytest.raises(ConfigError, match="trainer.scst_epochs must be >= 0"):
+        check_config(compose_config("trainer.scst_epochs=-1"))

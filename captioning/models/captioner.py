@@ -10,6 +10,12 @@ mean, which vocabulary words occur in any of the image's captions (multi-label, 
 cross-entropy): the "visual concepts" objective of Fang et al. (2015) and Yao et al. (2017).
 It gives the image encoder a direct, image-level training signal, which is what a backbone
 trained from scratch on a small dataset lacks; the decoder is unchanged.
+
+After ``enable_self_critical`` the training step is self-critical sequence training (Rennie
+et al., 2017): K captions are sampled per image, each is rewarded with its CIDEr-D against the
+image's references, and the gradient raises the log-likelihood of samples that beat the mean of
+the image's other samples (Luo, 2020). ``loss``/``accuracy`` stay the teacher-forced figures on
+the references, for continuity in ``history.csv``; ``reward`` is the mean sampled CIDEr-D.
 """
 
 from __future__ import annotations
@@ -55,6 +61,20 @@ class Captioner(keras.Model):
         if self.word_loss_weight:
             self.word_head = keras.layers.Dense(decoder.vocab_size, name="word_head")
             self.word_head.build((None, encoder.dim))
+        self.self_critical = None                  # set by enable_self_critical
+        self.reward_tracker = keras.metrics.Mean(name="reward")   # reported only then
+
+    def enable_self_critical(self, reward, samples: int, start_id: int, end_id: int, max_len: int, seed=None):
+        """Switch ``fit`` to self-critical training. ``reward(samples (B*K, L), captions (B, C, L))``
+        -> (B*K,) float32 (``CiderD.batch``); ``samples``: K captions drawn per image."""
+        from captioning.models.decoding import Generator
+
+        if samples < 2:
+            raise ValueError(f"self-critical training needs >= 2 samples per image (the baseline is the "
+                             f"mean of the others). Received: {samples}")
+        sampler = Generator(self, start_id, end_id, max_len, method="top_k", k=self.decoder.vocab_size, seed=seed)
+        self.self_critical = {"reward": reward, "k": int(samples), "end_id": int(end_id), "sampler": sampler}
+        self.train_function = None           # the next fit traces the new train_step
 
     def build(self, input_shape=None):
         # Sublayers build on the first call (build_model calls the model once on zeros).
@@ -63,6 +83,8 @@ class Captioner(keras.Model):
     @property
     def metrics(self):
         extra = [self.word_tracker] if self.word_tracker is not None else []
+        if self.self_critical is not None:
+            extra.append(self.reward_tracker)
         return [self.loss_tracker, self.acc_tracker, *extra]
 
     def encode(self, inputs, training=False):
@@ -119,6 +141,8 @@ class Captioner(keras.Model):
         return masked_loss_and_accuracy(tf.boolean_mask(targets, real), logits, self.label_smoothing)
 
     def train_step(self, data):
+        if self.self_critical is not None:
+            return self._self_critical_step(data)
         images, captions = data
         with tf.GradientTape() as tape:
             memory = self.encode(images, training=True)                  # (B, S, D), once per image
@@ -143,6 +167,37 @@ class Captioner(keras.Model):
             self.word_tracker.update_state(words)
         return {m.name: m.result() for m in self.metrics}
 
+    def _self_critical_step(self, data):
+        images, captions = data
+        sc = self.self_critical
+        k, end_id = sc["k"], sc["end_id"]
+        with tf.GradientTape() as tape:
+            memory = self.encode(images, training=True)                  # (B, S, D)
+            with tape.stop_recording():
+                # K samples per image, an image's rows together (what repeats=K expects below).
+                ids = sc["sampler"].generate(ops.repeat(tf.stop_gradient(memory), k, axis=0))   # (B*K, L)
+                rewards = tf.numpy_function(sc["reward"], [ids, captions], tf.float32, stateful=False)
+                rewards = tf.reshape(rewards, (-1, k))
+                baseline = (tf.reduce_sum(rewards, 1, keepdims=True) - rewards) / float(k - 1)
+                advantage = tf.reshape(rewards - baseline, (-1, 1))
+                loss, acc, n = self.decode_loss(memory, captions, training=False)   # for the logs
+            inputs, targets = ids[:, :-1], ids[:, 1:]
+            hidden = self.decoder(inputs, memory, training=True, repeats=k)           # (B*K, T, D)
+            logits = ops.cast(self.decoder.project(hidden), "float32")
+            logp = tf.nn.log_softmax(tf.where(tf.range(tf.shape(logits)[-1]) == 0, -1e9, logits))
+            token_logp = tf.gather(logp, targets, batch_dims=2)                      # (B*K, T)
+            # A sample's tokens are those up to and including its first end token.
+            ended = tf.cumsum(tf.cast(targets == end_id, "int32"), axis=1, exclusive=True) > 0
+            real = tf.cast(tf.logical_and(tf.logical_not(ended), targets > 0), "float32")
+            objective = -tf.reduce_sum(advantage * token_logp * real) / tf.maximum(tf.reduce_sum(real), 1.0)
+            scaled = self.optimizer.scale_loss(objective)
+        grads = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        self.loss_tracker.update_state(loss, sample_weight=n)
+        self.acc_tracker.update_state(acc, sample_weight=n)
+        self.reward_tracker.update_state(tf.reduce_mean(rewards))
+        return {m.name: m.result() for m in self.metrics}
+
     def test_step(self, data):
         images, captions = data
         memory = self.encode(images, training=False)
@@ -151,4 +206,4 @@ class Captioner(keras.Model):
         self.acc_tracker.update_state(acc, sample_weight=n)
         if self.word_head is not None:
             self.word_tracker.update_state(self.word_loss(memory, captions))
-        return {m.name: m.result() for m in self.metrics}
+        return {m.name: m.result() for m in self.metrics if m is not self.reward_tracker}

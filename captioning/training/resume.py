@@ -86,11 +86,12 @@ class SaveState(keras.callbacks.Callback):
     def __init__(self, path: Path, saver, early_stopping, ema=None):
         super().__init__()
         self.path, self.saver, self.es, self.ema = Path(path), saver, early_stopping, ema
+        self.extra: dict = {}                  # e.g. {"scst_from": epoch} once self-critical training began
 
     def on_epoch_end(self, epoch, logs=None):
         meta = {"epoch": epoch + 1, "best": self.saver.best, "best_epoch": self.saver.best_epoch,
                 "es": {"wait": int(self.es.wait), "best": _num(self.es.best), "best_epoch": int(self.es.best_epoch)},
-                "ema_in_model": self.ema is not None and self.ema.in_model}
+                "ema_in_model": self.ema is not None and self.ema.in_model, **self.extra}
         arrays = {f"w{i}": np.asarray(v) for i, v in enumerate(self.model.weights)}
         arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(self.model.optimizer.variables)})
         with atomic_path(self.path) as tmp:

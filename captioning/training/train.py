@@ -32,6 +32,7 @@ TYPES = {
     "seed": int, "trainer.max_epochs": int, "trainer.batch_size": int, "trainer.learning_rate": float,
     "trainer.warmup_steps": int, "trainer.weight_decay": float, "trainer.label_smoothing": float,
     "trainer.word_loss": float, "trainer.ema": float, "trainer.backbone_lr_multiplier": float,
+    "trainer.scst_epochs": int, "trainer.scst_samples": int, "trainer.scst_learning_rate": float,
     "text.vocab_size": int, "text.seq_len": int, "text.min_tokens": int, "decoder.dim": int,
     "backbone.image_size": int, "dataset.captions_per_image": int, "evaluation.batch_size": int,
     "decode.beam_size": int, "decode.k": int, "decode.p": float, "decode.temperature": float,
@@ -60,6 +61,11 @@ def check_config(cfg) -> None:
         (t.get("sample_captions") is None or (isinstance(t.sample_captions, int) and t.sample_captions >= 1),
          f"trainer.sample_captions must be null (all of an image's captions every step) or an integer >= 1. "
          f"Received: {t.get('sample_captions')!r}"),
+        (t.scst_epochs >= 0, f"trainer.scst_epochs must be >= 0 (0 turns self-critical training off). "
+                             f"Received: {t.scst_epochs}"),
+        (t.scst_samples >= 2, f"trainer.scst_samples must be >= 2: each sample's baseline is the mean reward of "
+                              f"the image's other samples. Received: {t.scst_samples}"),
+        (t.scst_learning_rate > 0, f"trainer.scst_learning_rate must be > 0. Received: {t.scst_learning_rate}"),
         (t.backbone_lr_multiplier > 0, f"trainer.backbone_lr_multiplier must be > 0 (1 = the same learning rate "
                                        f"as the rest). Received: {t.backbone_lr_multiplier}"),
         (0 <= t.ema < 1, f"trainer.ema must be in [0, 1): the averaging momentum, e.g. 0.99 (0 turns it off). "
@@ -411,9 +417,12 @@ def _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracke
     console.rule(f"Training ({len(data.splits['train'])} images, {steps} steps/epoch, up to "
                  f"{cfg.trainer.max_epochs} epochs)")
     verbose = 1 if sys.stdout.isatty() else 2      # a live bar in a terminal, a line per epoch in logs
-    if initial_epoch < int(cfg.trainer.max_epochs) and not (state and early.wait >= early.patience):
+    scst_from = state.get("scst_from") if state else None          # resumed inside the self-critical epochs
+    if scst_from is None and initial_epoch < int(cfg.trainer.max_epochs) and \
+            not (state and early.wait >= early.patience):
         model.fit(train_ds, validation_data=val_ds, epochs=int(cfg.trainer.max_epochs), callbacks=callbacks,
                   verbose=verbose, shuffle=False, initial_epoch=initial_epoch)   # the pipeline shuffles, seeded
+    scst_from = _self_critical(cfg, data, model, val_ds, callbacks, history, early, budget, state, scst_from, verbose)
     train_seconds = time.perf_counter() - t0
     if (ckpt_dir / "best.weights.h5").exists():
         model.load_weights(str(ckpt_dir / "best.weights.h5"))   # the selected epoch, whatever stopped the run
@@ -449,7 +458,9 @@ def _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracke
         "train_seconds": round(train_seconds, 1), "decode": OmegaConf.to_container(cfg.decode, resolve=True),
         "selected_by": es.monitor,
         "stopped_by": ("time budget" if budget is not None and budget.stopped_epoch
-                       else "early stopping" if early.stopped_epoch else "max_epochs"),
+                       else "early stopping" if early.stopped_epoch
+                       else "scst_epochs" if scst_from is not None else "max_epochs"),
+        "self_critical_from_epoch": None if scst_from is None else scst_from + 1,
         "notes": notes + data.report.notes,
         "tensorflow": tf.__version__, "keras": keras.__version__,
     }
@@ -468,6 +479,73 @@ def _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracke
             tracker.call("log_model", "captioner", str(ckpt_dir / "best.weights.h5"))
     console.print(f"[bold]Run directory:[/] {run_dir}")
     return results
+
+
+def _self_critical(cfg, data, model, val_ds, callbacks, history, early, budget, state, scst_from, verbose):
+    """``trainer.scst_epochs``: after the cross-entropy epochs, continue from the best checkpoint
+    with self-critical training on the CIDEr-D of sampled captions (Rennie et al., 2017; the
+    mean of the other samples as baseline, Luo, 2020), at a constant learning rate, with the
+    same callbacks (validation captions, checkpoint selection, resume state, time budget).
+    Returns the epoch (0-based count of epochs before it) the phase started at, or None."""
+    from captioning.console import console
+    from captioning.evaluation.cider_reward import CiderD, strip
+    from captioning.training.resume import SaveState, _num
+
+    t = cfg.trainer
+    epochs = int(t.get("scst_epochs", 0))
+    if not epochs:
+        return None
+    fresh = scst_from is None
+    if fresh:
+        done = len(history.rows)
+        if budget is not None and budget.stopped_epoch:
+            console.print(f"[yellow]Self-critical training skipped:[/] the time budget ended training at epoch "
+                          f"{done}. Raise trainer.max_minutes or lower trainer.max_epochs to leave it time.")
+            return None
+        scst_from = done
+        best = Path(cfg.paths.output_dir) / "checkpoints" / "best.weights.h5"
+        if best.exists():
+            model.load_weights(str(best))                      # start from the selected epoch
+        # Only the epochs of this phase count towards patience; the best score carries over.
+        early.restored = {"wait": 0, "best": _num(early.best), "best_epoch": int(early.best_epoch)}
+    end = scst_from + epochs
+    start = scst_from if fresh else int(state["epoch"])
+    if start >= end:
+        return scst_from
+    vocab = data.vocab
+    refs = data.encode(data.splits["train"])
+    reward = CiderD([[r for r in (strip(row, vocab.start_id, vocab.end_id) for row in image) if r] for image in refs])
+    k = int(t.scst_samples)
+    model.enable_self_critical(lambda samples, captions: reward.batch(samples, captions, vocab.start_id, vocab.end_id),
+                               k, vocab.start_id, vocab.end_id, vocab.seq_len, seed=int(cfg.seed))
+    try:
+        model.optimizer.learning_rate = float(t.scst_learning_rate)     # a constant rate is a variable: set it
+    except TypeError:                                                    # built with a schedule: swap it
+        model.optimizer.learning_rate = _constant(float(t.scst_learning_rate))
+    for cb in callbacks:
+        if isinstance(cb, SaveState):
+            cb.extra = {"scst_from": scst_from}
+    console.rule(f"Self-critical training (CIDEr-D reward, {k} samples per image, epochs {start + 1}-{end}, "
+                 f"learning rate {float(t.scst_learning_rate):g})")
+    train_all = data.train_dataset(int(t.batch_size), int(cfg.seed) + 1)   # every reference caption, for the reward
+    model.fit(train_all, validation_data=val_ds, epochs=end, callbacks=callbacks, verbose=verbose, shuffle=False,
+              initial_epoch=start)
+    return scst_from
+
+
+def _constant(lr: float):
+    """A LearningRateSchedule that returns ``lr``: an optimizer built with a schedule only accepts
+    another schedule as its new learning rate."""
+    import keras
+
+    class Constant(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return keras.ops.convert_to_tensor(lr, "float32")
+
+        def get_config(self):
+            return {"lr": lr}
+
+    return Constant()
 
 
 def _log_samples(tracker, records, preds, n: int) -> None:
