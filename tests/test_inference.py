@@ -75,6 +75,26 @@ def test_eval_py_rescoring_never_touches_metrics_json(finished_run):
     assert bad.returncode == 2 and "cannot change after training" in bad.stderr
 
 
+def test_a_run_saved_before_a_decode_option_existed_still_loads(finished_run, tmp_path):
+    """Older run directories lack newer decode/evaluation keys: they get the defaults, and an
+    override of such a key is accepted (it used to be "Unknown key")."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from captioning.training.run_dir import merge_overrides
+
+    out, _, _ = finished_run
+    old = tmp_path / "old_run"
+    shutil.copytree(out, old)
+    cfg = OmegaConf.load(old / "config.yaml")
+    del cfg.decode["jit_compile"], cfg.decode["length_penalty"]
+    (old / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    loaded, _, _ = load_run(old)
+    assert loaded.decode.length_penalty == 0.0 and loaded.decode.jit_compile is False
+    assert merge_overrides(loaded, ["decode.length_penalty=1.0"]).decode.length_penalty == 1.0
+
+
 def test_export_captions_jpeg_bytes_in_a_fresh_process(finished_run):
     from captioning.export import export
 

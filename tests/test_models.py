@@ -280,3 +280,23 @@ def test_self_critical_step_moves_samples_towards_the_reward(tiny_model):
     after = share_of_7()
     assert after > before + 0.2
     assert set(history.history) >= {"loss", "accuracy", "reward"}
+
+
+def test_mixup_blends_image_pairs_and_takes_the_partners_captions():
+    import tensorflow as tf
+
+    cfg = compose_config("debug=tiny", "backbone.image_size=32", "augment.mixup=0.4")
+    model = build_model(cfg, V)
+    rng = np.random.default_rng(7)
+    images = rng.uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    captions = np.arange(6 * 2 * T, dtype="int32").reshape(6, 2, T)     # each image's captions are unique
+    mixed, partner_captions, lam = (keras.ops.convert_to_numpy(x) for x in model._mix(images, captions))
+    assert 0 <= lam <= 1
+    partners = [int(c[0, 0]) // (2 * T) for c in partner_captions]     # which image each caption row came from
+    assert sorted(partners) == list(range(6))                           # a permutation of the batch
+    np.testing.assert_allclose(mixed, lam * images + (1 - lam) * images[partners], rtol=1e-5, atol=1e-3)
+    # A training step with mixup on runs and gives a finite loss.
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    ok = np.random.default_rng(8).integers(4, V, (6, 2, T)).astype("int32")
+    history = model.fit(tf.data.Dataset.from_tensor_slices((images, ok)).batch(3), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])

@@ -107,6 +107,12 @@ def test_augmentation_bypasses_the_cache(tmp_path, capsys):
     train(cfg)
     assert "feature cache bypassed: augmentation is on" in capsys.readouterr().out
     assert not (tmp_path / "cache" / "features").exists()
+    # Every augmentation the model applies to images counts (zoom and translate were missed once).
+    from captioning.data.features import bypass_reason
+
+    for extra in ("augment.zoom=0.1", "augment.translate=0.1", "augment.contrast=0.2", "augment.rot90=true"):
+        assert "augmentation is on" in bypass_reason(compose_config("backbone=efficientnetb0", extra)), extra
+    assert bypass_reason(compose_config("backbone=efficientnetb0")) is None
 
 
 @pytest.mark.parametrize("layout", ["flickr8k_original", "flickr30k_kaggle", "karpathy_json", "coco_raw"])
@@ -179,7 +185,7 @@ def test_self_critical_epochs_follow_and_resume_inside_the_phase(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["meta"]["self_critical_from_epoch"] == 2
 
 
-def test_self_critical_bad_settings_are_one_clear_error():
+def test_self_critical_and_mixup_bad_settings_are_one_clear_error():
     from captioning import ConfigError
     from captioning.training.train import check_config
 
@@ -187,3 +193,7 @@ def test_self_critical_bad_settings_are_one_clear_error():
         check_config(compose_config("trainer.scst_samples=1"))
     with pytest.raises(ConfigError, match="trainer.scst_epochs must be >= 0"):
         check_config(compose_config("trainer.scst_epochs=-1"))
+    with pytest.raises(ConfigError, match="augment.mixup must be >= 0"):
+        check_config(compose_config("augment.mixup=-0.2"))
+    with pytest.raises(ConfigError, match="augment.mixup must be a number"):
+        check_config(compose_config("augment.mixup=lots"))

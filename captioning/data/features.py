@@ -31,7 +31,7 @@ def bypass_reason(cfg) -> str | None:
     if b.get("trainable", False) is not False:
         return "the backbone is trained (backbone.trainable), so its features change every step"
     a = cfg.augment
-    if a.flip != "none" or a.rot90 or a.rotation or a.contrast:
+    if a.flip != "none" or a.rot90 or a.rotation or a.contrast or a.get("zoom") or a.get("translate"):
         return ("augmentation is on: a frozen CNN sees a different image every epoch, so its features "
                 "cannot be cached (set augment.* off to use the cache)")
     if b.get("blind", False):

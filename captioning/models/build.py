@@ -41,7 +41,8 @@ def build_model(cfg, vocab_size: int):
     model = Captioner(build_backbone(cfg), encoder, decoder, build_augmentation(cfg, cfg.seed),
                       blind=bool(cfg.backbone.get("blind", False)),
                       label_smoothing=float(cfg.trainer.label_smoothing),
-                      word_loss=float(cfg.trainer.get("word_loss", 0.0)), name="captioner")
+                      word_loss=float(cfg.trainer.get("word_loss", 0.0)),
+                      mixup=float(cfg.augment.get("mixup", 0.0)), seed=cfg.seed, name="captioner")
     size = int(cfg.backbone.image_size)
     model((np.zeros((1, size, size, 3), "float32"), np.ones((1, max_len), "int32")))   # create variables
     return model

@@ -46,13 +46,15 @@ def masked_loss_and_accuracy(targets, logits, label_smoothing=0.0):
 @keras.saving.register_keras_serializable("captioning")
 class Captioner(keras.Model):
     def __init__(self, backbone, encoder, decoder, augmentation=(), blind=False, label_smoothing=0.0,
-                 word_loss=0.0, **kwargs):
+                 word_loss=0.0, mixup=0.0, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.backbone, self.encoder, self.decoder = backbone, encoder, decoder
         self.augmentation = list(augmentation)
         self.blind = blind                     # feed zeros instead of the image: the image-blind baseline
         self.label_smoothing = label_smoothing
         self.word_loss_weight = float(word_loss)
+        self.mixup = float(mixup)              # Beta(alpha, alpha) mixing of training images (0 = off)
+        self.mixup_seed = keras.random.SeedGenerator(seed) if self.mixup else None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.acc_tracker = keras.metrics.Mean(name="accuracy")
         self.word_tracker = keras.metrics.Mean(name="word_loss") if self.word_loss_weight else None
@@ -144,9 +146,15 @@ class Captioner(keras.Model):
         if self.self_critical is not None:
             return self._self_critical_step(data)
         images, captions = data
+        if self.mixup:
+            images, captions_b, lam = self._mix(images, captions)
         with tf.GradientTape() as tape:
             memory = self.encode(images, training=True)                  # (B, S, D), once per image
             loss, acc, n = self.decode_loss(memory, captions, training=True)
+            if self.mixup:
+                # The mixed image is trained towards both images' captions, in proportion.
+                loss_b, _, _ = self.decode_loss(memory, captions_b, training=True)
+                loss = lam * loss + (1.0 - lam) * loss_b
             objective = loss
             if self.word_head is not None:
                 words = self.word_loss(memory, captions)
@@ -166,6 +174,16 @@ class Captioner(keras.Model):
         if self.word_head is not None:
             self.word_tracker.update_state(words)
         return {m.name: m.result() for m in self.metrics}
+
+    def _mix(self, images, captions):
+        """mixup (Zhang et al., 2018) for captioning: each image is blended with another of the
+        batch, x = lam * x_i + (1 - lam) * x_j with one lam ~ Beta(alpha, alpha) per batch; the
+        loss is the same blend of the two images' caption losses. Returns (images, captions_j, lam)."""
+        lam = keras.random.beta((), self.mixup, self.mixup, seed=self.mixup_seed)
+        perm = keras.random.shuffle(ops.arange(ops.shape(images)[0]), seed=self.mixup_seed)
+        other = ops.take(images, perm, axis=0)
+        mixed = ops.cast(lam, images.dtype) * images + ops.cast(1.0 - lam, images.dtype) * other
+        return mixed, ops.take(captions, perm, axis=0), ops.cast(lam, "float32")
 
     def _self_critical_step(self, data):
         images, captions = data

@@ -22,6 +22,11 @@ def load_run(run_dir, which: str = "best"):
             raise CaptioningError(f"{run_dir} is not a finished run: {path.relative_to(run_dir)} is missing. "
                                   f"Point run_dir at a folder under outputs/ that holds config.yaml and checkpoints/.")
     cfg = OmegaConf.load(cfg_path)
+    # A run saved before a decode/evaluation option existed gets that option's default, so
+    # eval.py and caption.py can use and override it on older runs too.
+    defaults = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "config.yaml")
+    for group in ("decode", "evaluation"):
+        cfg[group] = OmegaConf.merge(defaults[group], cfg.get(group) or {})
     vocab = Vocabulary.load(vocab_path)
     model = build_model(cfg, vocab.size)
     model.load_weights(str(weights))

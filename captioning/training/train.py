@@ -32,7 +32,7 @@ TYPES = {
     "seed": int, "trainer.max_epochs": int, "trainer.batch_size": int, "trainer.learning_rate": float,
     "trainer.warmup_steps": int, "trainer.weight_decay": float, "trainer.label_smoothing": float,
     "trainer.word_loss": float, "trainer.ema": float, "trainer.backbone_lr_multiplier": float,
-    "trainer.scst_epochs": int, "trainer.scst_samples": int, "trainer.scst_learning_rate": float,
+    "augment.mixup": float, "trainer.scst_epochs": int, "trainer.scst_samples": int, "trainer.scst_learning_rate": float,
     "text.vocab_size": int, "text.seq_len": int, "text.min_tokens": int, "decoder.dim": int,
     "backbone.image_size": int, "dataset.captions_per_image": int, "evaluation.batch_size": int,
     "decode.beam_size": int, "decode.k": int, "decode.p": float, "decode.temperature": float,
@@ -61,6 +61,8 @@ def check_config(cfg) -> None:
         (t.get("sample_captions") is None or (isinstance(t.sample_captions, int) and t.sample_captions >= 1),
          f"trainer.sample_captions must be null (all of an image's captions every step) or an integer >= 1. "
          f"Received: {t.get('sample_captions')!r}"),
+        (cfg.augment.mixup >= 0, f"augment.mixup must be >= 0: the Beta(alpha, alpha) parameter, e.g. 0.2 "
+                                 f"(0 turns it off). Received: {cfg.augment.mixup}"),
         (t.scst_epochs >= 0, f"trainer.scst_epochs must be >= 0 (0 turns self-critical training off). "
                              f"Received: {t.scst_epochs}"),
         (t.scst_samples >= 2, f"trainer.scst_samples must be >= 2: each sample's baseline is the mean reward of "
