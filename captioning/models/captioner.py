@@ -76,6 +76,7 @@ class Captioner(keras.Model):
                              f"mean of the others). Received: {samples}")
         sampler = Generator(self, start_id, end_id, max_len, method="top_k", k=self.decoder.vocab_size, seed=seed)
         self.self_critical = {"reward": reward, "k": int(samples), "end_id": int(end_id), "sampler": sampler}
+        self.jit_compile = False             # the reward is Python (numpy_function): XLA cannot compile it
         self.train_function = None           # the next fit traces the new train_step
 
     def build(self, input_shape=None):

@@ -500,9 +500,13 @@ def _self_critical(cfg, data, model, val_ds, callbacks, history, early, budget, 
     fresh = scst_from is None
     if fresh:
         done = len(history.rows)
-        if budget is not None and budget.stopped_epoch:
-            console.print(f"[yellow]Self-critical training skipped:[/] the time budget ended training at epoch "
-                          f"{done}. Raise trainer.max_minutes or lower trainer.max_epochs to leave it time.")
+        # A self-critical epoch costs about 2.5 cross-entropy epochs (K samples per image, all
+        # references): start the phase only if one fits in what is left of the budget.
+        left = None if budget is None else budget.budget - (time.perf_counter() - budget.t0)
+        if budget is not None and (budget.stopped_epoch or left < 2.5 * budget.slowest):
+            console.print(f"[yellow]Self-critical training skipped:[/] the time budget (trainer.max_minutes) has "
+                          f"no room for it after epoch {done}. Raise trainer.max_minutes or lower "
+                          f"trainer.max_epochs to leave it time.")
             return None
         scst_from = done
         best = Path(cfg.paths.output_dir) / "checkpoints" / "best.weights.h5"
