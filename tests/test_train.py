@@ -39,13 +39,16 @@ def test_one_tiny_run_writes_a_complete_run_dir(tmp_path):
     assert "meteor" in result["val"]                        # Java is on the CI machine
 
 
-def test_time_budget_stops_after_the_epoch_that_fills_it(tmp_path):
+def test_time_budget_stops_after_the_epoch_that_fills_it(tmp_path, capsys):
     cfg = compose_config("debug=tiny", "trainer.max_epochs=5", "trainer.max_minutes=0.0001",
-                         f"paths.output_dir={tmp_path}")
+                         "trainer.scst_epochs=2", f"paths.output_dir={tmp_path}")
     result = train(cfg)
     _check_run_dir(tmp_path, result)                       # still evaluated, every file written
     meta = json.loads((tmp_path / "metrics.json").read_text())["meta"]
     assert meta["epochs_run"] == 1 and meta["stopped_by"] == "time budget"
+    # The budget is spent: the self-critical epochs are skipped, and the run says so.
+    assert meta["self_critical_from_epoch"] is None
+    assert "Self-critical training skipped" in capsys.readouterr().out
 
 
 def test_tiny_gru_run(tmp_path):
