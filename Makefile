@@ -22,7 +22,7 @@ train: $(STAMP)  ## train on the default config (embedded synthetic data); extra
 	$(BIN)/python run.py $(ARGS)
 
 test: $(STAMP)  ## run the test suite (what CI runs)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests   # the 15 slowest tests are listed at the end
 
 sweep: $(STAMP)  ## a two-job sweep over decoders, then the comparison table
 	$(BIN)/python run.py -m decoder=gru,transformer $(ARGS)
