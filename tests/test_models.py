@@ -282,6 +282,14 @@ def test_self_critical_step_moves_samples_towards_the_reward(tiny_model):
     assert set(history.history) >= {"loss", "accuracy", "reward"}
 
 
+def test_leave_one_out_advantage():
+    """Each sample against the mean of its image's other samples (what the step multiplies)."""
+    from captioning.models.captioner import leave_one_out_advantage
+
+    adv = keras.ops.convert_to_numpy(leave_one_out_advantage(np.array([1.0, 3.0, 2.0, 2.0, 2.0, 5.0], "float32"), 3))
+    np.testing.assert_allclose(adv, [1 - 2.5, 3 - 1.5, 2 - 2.0, 2 - 3.5, 2 - 3.5, 5 - 2.0])
+
+
 def test_mixup_blends_image_pairs_and_takes_the_partners_captions():
     import tensorflow as tf
 

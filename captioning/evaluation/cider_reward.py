@@ -39,6 +39,11 @@ def strip(row: Iterable[int], start_id: int, end_id: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+def references(rows: Iterable[Iterable[int]], start_id: int, end_id: int) -> tuple[tuple[int, ...], ...]:
+    """One image's (C, L) caption rows -> its references; all-padding rows (absent captions) dropped."""
+    return tuple(r for r in (strip(row, start_id, end_id) for row in rows) if r)
+
+
 class CiderD:
     """``CiderD(train_refs)(candidates, refs)`` -> one CIDEr-D per candidate.
 
@@ -98,16 +103,8 @@ class CiderD:
         k = samples.shape[0] // max(b, 1)
         out = np.zeros(samples.shape[0], np.float32)
         for i in range(b):
-            refs = tuple(r for r in (strip(row, start_id, end_id) for row in captions[i]) if r)
+            refs = references(captions[i], start_id, end_id)
             for j in range(i * k, (i + 1) * k):
                 out[j] = self.score(strip(samples[j], start_id, end_id), refs)
         return out
 
-
-def leave_one_out_advantage(rewards: np.ndarray, k: int) -> np.ndarray:
-    """(B*K,) rewards, an image's K samples together -> reward minus the mean of the image's
-    other K-1 samples (the baseline of Luo, 2020, "A better variant of self-critical sequence
-    training": no extra greedy decode, and it is unbiased)."""
-    r = rewards.reshape(-1, k)
-    baseline = (r.sum(axis=1, keepdims=True) - r) / max(k - 1, 1)
-    return (r - baseline).reshape(-1).astype(np.float32)

@@ -43,6 +43,15 @@ def masked_loss_and_accuracy(targets, logits, label_smoothing=0.0):
     return ops.sum(ce * mask) / n, ops.sum(hit * mask) / n, ops.sum(mask)
 
 
+def leave_one_out_advantage(rewards, k: int):
+    """(B*K,) rewards, an image's K samples together -> (B*K,) reward minus the mean of the
+    image's other K-1 samples (Luo, 2020, "A better variant of self-critical sequence training":
+    no extra greedy decode, and unbiased)."""
+    r = ops.reshape(rewards, (-1, k))
+    baseline = (ops.sum(r, axis=1, keepdims=True) - r) / float(k - 1)
+    return ops.reshape(r - baseline, (-1,))
+
+
 @keras.saving.register_keras_serializable("captioning")
 class Captioner(keras.Model):
     def __init__(self, backbone, encoder, decoder, augmentation=(), blind=False, label_smoothing=0.0,
@@ -196,9 +205,7 @@ class Captioner(keras.Model):
                 # K samples per image, an image's rows together (what repeats=K expects below).
                 ids = sc["sampler"].generate(ops.repeat(tf.stop_gradient(memory), k, axis=0))   # (B*K, L)
                 rewards = tf.numpy_function(sc["reward"], [ids, captions], tf.float32, stateful=False)
-                rewards = tf.reshape(rewards, (-1, k))
-                baseline = (tf.reduce_sum(rewards, 1, keepdims=True) - rewards) / float(k - 1)
-                advantage = tf.reshape(rewards - baseline, (-1, 1))
+                advantage = ops.reshape(leave_one_out_advantage(rewards, k), (-1, 1))
                 loss, acc, n = self.decode_loss(memory, captions, training=False)   # for the logs
             inputs, targets = ids[:, :-1], ids[:, 1:]
             hidden = self.decoder(inputs, memory, training=True, repeats=k)           # (B*K, T, D)

@@ -490,7 +490,7 @@ def _self_critical(cfg, data, model, val_ds, callbacks, history, early, budget, 
     same callbacks (validation captions, checkpoint selection, resume state, time budget).
     Returns the epoch (0-based count of epochs before it) the phase started at, or None."""
     from captioning.console import console
-    from captioning.evaluation.cider_reward import CiderD, strip
+    from captioning.evaluation.cider_reward import CiderD, references
     from captioning.training.resume import SaveState, _num
 
     t = cfg.trainer
@@ -520,7 +520,7 @@ def _self_critical(cfg, data, model, val_ds, callbacks, history, early, budget, 
         return scst_from
     vocab = data.vocab
     refs = data.encode(data.splits["train"])
-    reward = CiderD([[r for r in (strip(row, vocab.start_id, vocab.end_id) for row in image) if r] for image in refs])
+    reward = CiderD([references(image, vocab.start_id, vocab.end_id) for image in refs])
     k = int(t.scst_samples)
     model.enable_self_critical(lambda samples, captions: reward.batch(samples, captions, vocab.start_id, vocab.end_id),
                                k, vocab.start_id, vocab.end_id, vocab.seq_len, seed=int(cfg.seed))
