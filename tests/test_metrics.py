@@ -85,7 +85,7 @@ def test_cider_reward_equals_pycocoevalcap_cider():
     import numpy as np
     from pycocoevalcap.cider.cider import Cider
 
-    from captioning.evaluation.cider_reward import CiderD, references, strip
+    from captioning.evaluation.rewards import CiderD, Reward, references, strip
 
     gts = {"a": ["a man rides a horse on the beach", "a person riding a horse", "horse and rider near the sea"],
            "b": ["two dogs play in the snow", "dogs running through snow", "two brown dogs in a snowy field"],
@@ -104,8 +104,47 @@ def test_cider_reward_equals_pycocoevalcap_cider():
     row = lambda c, n=12: np.array([2, *enc(c), 3] + [0] * (n - len(c.split()) - 2), np.int32)  # noqa: E731
     captions = np.stack([np.stack([row(c) for c in gts[k]] + [np.zeros(12, np.int32)]) for k in ("a", "c")])
     samples = np.stack([row(res["a"][0]), row("horse"), row(res["c"][0]), row("two dogs")])
-    got = reward.batch(samples, captions, start_id=2, end_id=3)
+    got = Reward({"cider": 1.0, "bleu_4": 0.0}, [[enc(c) for c in gts[k]] for k in gts]).batch(
+        samples, captions, start_id=2, end_id=3)
     assert got.shape == (4,) and got.dtype == np.float32
     assert got[0] == pytest.approx(ours[0], rel=1e-6) and got[2] == pytest.approx(ours[2], rel=1e-6)
     assert got[3] == 0.0 and strip([2, 5, 6, 3, 7, 0], 2, 3) == (5, 6)
     assert references([[2, 5, 6, 3, 0], [0, 0, 0, 0, 0], [2, 7, 3, 0, 0]], 2, 3) == ((5, 6), (7,))
+
+
+def test_bleu_reward_equals_pycocoevalcap_sentence_bleu():
+    """The BLEU part of trainer.scst_reward is the toolkit's per-sentence BLEU-1..4 (its
+    smoothing, brevity penalty against the closest reference), and Reward sums the weighted
+    scores."""
+    import numpy as np
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    from captioning.evaluation.rewards import Reward, SentenceBleu
+
+    gts = {"a": ["a man rides a horse on the beach", "a person riding a horse", "horse and rider near the sea"],
+           "b": ["two dogs play in the snow", "dogs running through snow", "two brown dogs in a snowy field"],
+           "c": ["a plane on a runway", "an airplane parked at the airport", "a white plane on the tarmac"],
+           "d": ["a red bus on a city street", "a double decker bus", "a bus parked by the road"]}
+    # A near copy, a short partial match (brevity penalty), an exact copy, no 4-gram match.
+    res = {"a": ["a man riding a horse on a beach"], "b": ["a dog"], "c": ["a plane on a runway"],
+           "d": ["a bus on the road near a city"]}
+    _, per_image = Bleu(4).compute_score(gts, res, verbose=0)
+    words = sorted({w for caps in [*gts.values(), *res.values()] for c in caps for w in c.split()})
+    ids = {w: i + 4 for i, w in enumerate(words)}
+    enc = lambda c: tuple(ids[w] for w in c.split())  # noqa: E731
+    bleu = SentenceBleu()
+    ours = np.array([bleu.score(enc(res[k][0]), [enc(c) for c in gts[k]]) for k in gts])   # (images, 4)
+    np.testing.assert_allclose(ours, np.array(per_image).T, rtol=1e-9, atol=1e-12)
+    assert ours[2, 3] == pytest.approx(1.0) and ours[3, 3] < 1e-3 < ours[3, 1]
+    assert bleu.score(enc("a dog"), []) == [0.0] * 4
+
+    refs = [[enc(c) for c in gts[k]] for k in gts]
+    mixed = Reward({"cider": 1.0, "bleu_4": 2.0, "bleu_1": 0.5}, refs)
+    cider_only = Reward({"cider": 1.0, "bleu_4": 0.0}, refs)
+    assert str(mixed) == "CIDEr-D + 2×BLEU-4 + 0.5×BLEU-1" and str(cider_only) == "CIDEr-D"
+    for i, k in enumerate(gts):
+        hyp, r = enc(res[k][0]), [enc(c) for c in gts[k]]
+        assert mixed.score(hyp, r) == pytest.approx(cider_only.score(hyp, r) + 2 * ours[i, 3] + 0.5 * ours[i, 0])
+    assert Reward({"bleu_4": 1.0}, refs).cider is None        # unweighted scores are not computed
+    with pytest.raises(ValueError, match="unknown reward"):
+        Reward({"rouge": 1.0}, refs)

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 
 from captioning import DatasetError
@@ -170,10 +171,33 @@ def test_backbone_lr_multiplier_scales_only_the_backbone_step():
     assert opt.use_ema and isinstance(opt, keras.optimizers.AdamW)
 
 
+def test_self_critical_starts_the_weight_average_at_the_loaded_checkpoint():
+    """trainer.ema + scst_epochs: the optimizer's average is reset to the weights loaded from
+    the best checkpoint, so the swap at the next epoch's start cannot bring back older ones."""
+    import keras
+
+    from captioning.training.callbacks import EMAWeights
+    from captioning.training.train import _reset_ema, make_optimizer
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    model.compile(optimizer=make_optimizer(compose_config("trainer.ema=0.9"), steps_per_epoch=10), loss="mse")
+    x, y = np.ones((8, 2), "float32"), np.zeros((8, 3), "float32")
+    ema = EMAWeights()
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[ema])              # ends with the average in the model
+    assert ema.in_model
+    best = [np.full(w.shape, 0.25, "float32") for w in model.get_weights()]
+    model.set_weights(best)                                            # what load_weights(best) does
+    _reset_ema(model.optimizer)
+    ema.on_epoch_begin(2)                                              # the next epoch's swap
+    for got, want in zip(model.get_weights(), best, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_self_critical_epochs_follow_and_resume_inside_the_phase(tmp_path):
     """trainer.scst_epochs: after the cross-entropy epochs, self-critical epochs log the mean
     sampled CIDEr-D as `reward`; a resume inside the phase stays in it."""
-    overrides = ["debug=tiny", "trainer.max_epochs=1", "trainer.scst_samples=3", f"paths.output_dir={tmp_path}"]
+    overrides = ["debug=tiny", "trainer.max_epochs=1", "trainer.scst_samples=3", "trainer.scst_reward.bleu_4=2",
+                 f"paths.output_dir={tmp_path}"]
     result = train(compose_config(*overrides, "trainer.scst_epochs=1"))
     _check_run_dir(tmp_path, result)
     history = list(csv.DictReader(open(tmp_path / "history.csv")))

@@ -14,6 +14,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -38,6 +39,23 @@ TYPES = {
     "decode.beam_size": int, "decode.k": int, "decode.p": float, "decode.temperature": float,
     "decode.length_penalty": float, "callbacks.early_stopping.patience": int,
 }
+
+
+def _reward_rule(weights) -> tuple[bool, str]:
+    """``trainer.scst_reward``: weights >= 0 of known scores, at least one > 0."""
+    from captioning.evaluation.rewards import SCORES  # pure Python, no TF import
+
+    example = "e.g. trainer.scst_reward={cider:1,bleu_4:2}"
+    if not isinstance(weights, Mapping) or not weights:
+        return False, f"trainer.scst_reward must map scores to weights, {example}. Received: {weights!r}"
+    unknown = sorted(set(weights) - set(SCORES))
+    if unknown:
+        return False, f"trainer.scst_reward has unknown score(s) {unknown}: use {list(SCORES)}. Received: {dict(weights)}"
+    numbers = all(isinstance(w, int | float) and not isinstance(w, bool) for w in weights.values())
+    if not numbers or min(weights.values()) < 0 or max(weights.values()) <= 0:
+        return False, (f"trainer.scst_reward weights must be numbers >= 0, at least one > 0, {example}. "
+                       f"Received: {dict(weights)}")
+    return True, ""
 
 
 def check_config(cfg) -> None:
@@ -68,6 +86,7 @@ def check_config(cfg) -> None:
         (t.scst_samples >= 2, f"trainer.scst_samples must be >= 2: each sample's baseline is the mean reward of "
                               f"the image's other samples. Received: {t.scst_samples}"),
         (t.scst_learning_rate > 0, f"trainer.scst_learning_rate must be > 0. Received: {t.scst_learning_rate}"),
+        _reward_rule(t.get("scst_reward")),
         (t.backbone_lr_multiplier > 0, f"trainer.backbone_lr_multiplier must be > 0 (1 = the same learning rate "
                                        f"as the rest). Received: {t.backbone_lr_multiplier}"),
         (0 <= t.ema < 1, f"trainer.ema must be in [0, 1): the averaging momentum, e.g. 0.99 (0 turns it off). "
@@ -490,7 +509,7 @@ def _self_critical(cfg, data, model, val_ds, callbacks, history, early, budget, 
     same callbacks (validation captions, checkpoint selection, resume state, time budget).
     Returns the epoch (0-based count of epochs before it) the phase started at, or None."""
     from captioning.console import console
-    from captioning.evaluation.cider_reward import CiderD, references
+    from captioning.evaluation.rewards import Reward, references
     from captioning.training.resume import SaveState, _num
 
     t = cfg.trainer
@@ -512,6 +531,7 @@ def _self_critical(cfg, data, model, val_ds, callbacks, history, early, budget, 
         best = Path(cfg.paths.output_dir) / "checkpoints" / "best.weights.h5"
         if best.exists():
             model.load_weights(str(best))                      # start from the selected epoch
+            _reset_ema(model.optimizer)
         # Only the epochs of this phase count towards patience; the best score carries over.
         early.restored = {"wait": 0, "best": _num(early.best), "best_epoch": int(early.best_epoch)}
     end = scst_from + epochs
@@ -520,7 +540,8 @@ def _self_critical(cfg, data, model, val_ds, callbacks, history, early, budget, 
         return scst_from
     vocab = data.vocab
     refs = data.encode(data.splits["train"])
-    reward = CiderD([references(image, vocab.start_id, vocab.end_id) for image in refs])
+    reward = Reward(OmegaConf.to_container(t.scst_reward),
+                    [references(image, vocab.start_id, vocab.end_id) for image in refs])
     k = int(t.scst_samples)
     model.enable_self_critical(lambda samples, captions: reward.batch(samples, captions, vocab.start_id, vocab.end_id),
                                k, vocab.start_id, vocab.end_id, vocab.seq_len, seed=int(cfg.seed))
@@ -531,12 +552,24 @@ def _self_critical(cfg, data, model, val_ds, callbacks, history, early, budget, 
     for cb in callbacks:
         if isinstance(cb, SaveState):
             cb.extra = {"scst_from": scst_from}
-    console.rule(f"Self-critical training (CIDEr-D reward, {k} samples per image, epochs {start + 1}-{end}, "
+    console.rule(f"Self-critical training (reward {reward}, {k} samples per image, epochs {start + 1}-{end}, "
                  f"learning rate {float(t.scst_learning_rate):g})")
     train_all = data.train_dataset(int(t.batch_size), int(cfg.seed) + 1)   # every reference caption, for the reward
     model.fit(train_all, validation_data=val_ds, epochs=end, callbacks=callbacks, verbose=verbose, shuffle=False,
               initial_epoch=start)
     return scst_from
+
+
+def _reset_ema(optimizer) -> None:
+    """With ``trainer.ema``, the optimizer's average still holds the last epoch's weights, and
+    EMAWeights swaps it into the model when the next epoch begins: set it to the weights just
+    loaded, so the self-critical epochs start from (and average from) the selected checkpoint.
+    Keras has no public setter for the average; its variables are aligned with the optimizer's
+    trainable variables."""
+    averages = getattr(optimizer, "_model_variables_moving_average", None)
+    if getattr(optimizer, "use_ema", False) and averages:
+        for variable, average in zip(optimizer._trainable_variables, averages, strict=True):
+            average.assign(variable)
 
 
 def _constant(lr: float):
