@@ -212,6 +212,19 @@ def test_self_critical_epochs_follow_and_resume_inside_the_phase(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["meta"]["self_critical_from_epoch"] == 2
 
 
+def test_self_critical_epochs_can_follow_a_resumed_run_whose_cross_entropy_epochs_are_done(tmp_path):
+    """A run stopped after its last cross-entropy epoch (or a finished one, given more epochs)
+    resumes straight into the self-critical phase, from its best checkpoint."""
+    overrides = ["debug=tiny", "trainer.max_epochs=1", f"paths.output_dir={tmp_path}"]
+    train(compose_config(*overrides))
+    (tmp_path / "metrics.json").unlink()                      # as if killed before the evaluation
+    result = train(compose_config(*overrides, "trainer.scst_epochs=1", "trainer.scst_samples=2", "resume=true"))
+    _check_run_dir(tmp_path, result)
+    history = list(csv.DictReader(open(tmp_path / "history.csv")))
+    assert [h["reward"] != "" for h in history] == [False, True]
+    assert json.loads((tmp_path / "metrics.json").read_text())["meta"]["self_critical_from_epoch"] == 2
+
+
 def test_self_critical_and_mixup_bad_settings_are_one_clear_error():
     from captioning import ConfigError
     from captioning.training.train import check_config

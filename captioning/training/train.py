@@ -532,8 +532,11 @@ def _self_critical(cfg, data, model, val_ds, callbacks, history, early, budget, 
         if best.exists():
             model.load_weights(str(best))                      # start from the selected epoch
             _reset_ema(model.optimizer)
-        # Only the epochs of this phase count towards patience; the best score carries over.
-        early.restored = {"wait": 0, "best": _num(early.best), "best_epoch": int(early.best_epoch)}
+        # Only the epochs of this phase count towards patience; the best score carries over (from
+        # this process's cross-entropy fit, or from the resume state when that fit had no epochs left).
+        ran = hasattr(early, "best_epoch")
+        prior = {"best": _num(early.best), "best_epoch": int(early.best_epoch)} if ran else dict(early.restored)
+        early.restored = {**prior, "wait": 0}
     end = scst_from + epochs
     start = scst_from if fresh else int(state["epoch"])
     if start >= end:
