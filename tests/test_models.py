@@ -282,6 +282,27 @@ def test_self_critical_step_moves_samples_towards_the_reward(tiny_model):
     assert set(history.history) >= {"loss", "accuracy", "reward"}
 
 
+def test_self_critical_trims_samples_to_the_longest_without_changing_the_kept_logits(tiny_model):
+    """The self-critical step trains on samples cut after the longest one's end token; the
+    decoder is causal, so the kept positions' logits are those of the full padded rows."""
+    from captioning.models.captioner import trim_to_longest
+
+    model, _ = tiny_model
+    ids = np.array([[2, 5, 6, 3, 0, 0, 0, 0],
+                    [2, 7, 3, 9, 0, 0, 0, 0],           # anything after the first end token is cut too
+                    [2, 8, 8, 8, 3, 0, 0, 0]], "int32")
+    cut = keras.ops.convert_to_numpy(trim_to_longest(ids, 3))
+    np.testing.assert_array_equal(cut, ids[:, :5])
+    no_end = ids.copy()
+    no_end[2] = [2, 8, 8, 8, 8, 8, 8, 8]                # a sample that hit max_len keeps every position
+    assert keras.ops.convert_to_numpy(trim_to_longest(no_end, 3)).shape == (3, 8)
+
+    images = np.random.default_rng(3).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    full = keras.ops.convert_to_numpy(model((images, ids[:, :-1])))
+    short = keras.ops.convert_to_numpy(model((images, cut[:, :-1])))
+    np.testing.assert_allclose(short, full[:, :cut.shape[1] - 1], rtol=1e-5, atol=1e-5)
+
+
 def test_leave_one_out_advantage():
     """Each sample against the mean of its image's other samples (what the step multiplies)."""
     from captioning.models.captioner import leave_one_out_advantage

@@ -43,6 +43,17 @@ def masked_loss_and_accuracy(targets, logits, label_smoothing=0.0):
     return ops.sum(ce * mask) / n, ops.sum(hit * mask) / n, ops.sum(mask)
 
 
+def trim_to_longest(ids, end_id: int):
+    """(N, L) sampled ids -> (N, L') with L' just long enough for the longest sample (through its
+    first end token). The sampler pads every row to max_len; a causal decoder's outputs for the
+    kept positions do not depend on the cut ones, so the objective is unchanged and the
+    decoder's training pass covers only positions some sample uses."""
+    length = tf.shape(ids)[1]
+    hit = tf.cast(ids == end_id, "int32")
+    first_end = tf.where(tf.reduce_any(hit > 0, axis=1), tf.argmax(hit, axis=1, output_type="int32"), length - 1)
+    return ids[:, :tf.minimum(tf.reduce_max(first_end) + 1, length)]
+
+
 def leave_one_out_advantage(rewards, k: int):
     """(B*K,) rewards, an image's K samples together -> (B*K,) reward minus the mean of the
     image's other K-1 samples (Luo, 2020, "A better variant of self-critical sequence training":
@@ -207,6 +218,7 @@ class Captioner(keras.Model):
                 rewards = tf.numpy_function(sc["reward"], [ids, captions], tf.float32, stateful=False)
                 advantage = ops.reshape(leave_one_out_advantage(rewards, k), (-1, 1))
                 loss, acc, n = self.decode_loss(memory, captions, training=False)   # for the logs
+            ids = trim_to_longest(ids, end_id)
             inputs, targets = ids[:, :-1], ids[:, 1:]
             hidden = self.decoder(inputs, memory, training=True, repeats=k)           # (B*K, T, D)
             logits = ops.cast(self.decoder.project(hidden), "float32")
