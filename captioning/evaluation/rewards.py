@@ -52,7 +52,7 @@ def references(rows: Iterable[Iterable[int]], start_id: int, end_id: int) -> tup
 
 
 class CiderD:
-    """``CiderD(train_refs)(candidates, refs)`` -> one CIDEr-D per candidate.
+    """``CiderD(train_refs).score(candidate, refs)`` -> the candidate's CIDEr-D.
 
     train_refs: for each training image, its reference captions as token sequences (words
     only, no start/end). The document frequency of an n-gram is the number of training images
@@ -104,9 +104,8 @@ class CiderD:
         return 10.0 * sum(self._sim(hyp, r) for r in cooked) / len(cooked)
 
 
-
 class SentenceBleu:
-    """``SentenceBleu()(candidate, refs)`` -> BLEU-1..4 of one candidate, as pycocoevalcap's
+    """``SentenceBleu().score(candidate, refs)`` -> BLEU-1..4 of one candidate, as pycocoevalcap's
     ``Bleu`` scores each sentence (its per-image list)."""
 
     TINY, SMALL = 1e-15, 1e-9                                # the toolkit's smoothing constants

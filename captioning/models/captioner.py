@@ -88,7 +88,7 @@ class Captioner(keras.Model):
 
     def enable_self_critical(self, reward, samples: int, start_id: int, end_id: int, max_len: int, seed=None):
         """Switch ``fit`` to self-critical training. ``reward(samples (B*K, L), captions (B, C, L))``
-        -> (B*K,) float32 (``CiderD.batch``); ``samples``: K captions drawn per image."""
+        -> (B*K,) float32 (``rewards.Reward.batch``); ``samples``: K captions drawn per image."""
         from captioning.models.decoding import Generator
 
         if samples < 2:
