@@ -194,6 +194,23 @@ def test_frozen_backbone_has_no_trainable_weights():
     assert 0 < len(build_backbone(cfg).trainable_weights) < 10
 
 
+def test_frozen_backbone_gives_the_same_features_in_a_training_step():
+    """EfficientNet has stochastic-depth dropout. Frozen, it must run in inference mode even when
+    the captioner trains (Keras 3 lets training=True reach inside the backbone's graph), so its
+    features equal the cached ones; a fine-tuned backbone keeps its dropout."""
+    cfg = compose_config("debug=tiny", "backbone=efficientnetb0", "backbone.image_size=32", "backbone.weights=null")
+    model = build_model(cfg, vocab_size=V)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    cached = np.asarray(model.backbone(images, training=False))
+    tokens = np.asarray(model.encoder(cached, training=False))
+    np.testing.assert_allclose(np.asarray(model.encode(images, training=True)), tokens, rtol=1e-5, atol=1e-6)
+
+    tuned = build_model(compose_config("debug=tiny", "backbone=efficientnetb0", "backbone.image_size=32",
+                                       "backbone.weights=null", "backbone.trainable=true"), vocab_size=V)
+    a, b = (np.asarray(tuned.encode(images, training=True)) for _ in range(2))
+    assert np.abs(a - b).max() > 1e-4                 # dropout is live when the backbone trains
+
+
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     cfg = compose_config("backbone=efficientnetb0", "backbone.image_size=32", f"backbone.weights={tmp_path}/x.h5")
     with pytest.raises(ConfigError, match="no such file"):

@@ -176,7 +176,9 @@ def build_backbone(cfg):
 
     inputs = keras.Input((size, size, 3), name="images")
     x = keras.layers.Lambda(spec.preprocess, name="preprocess")(inputs)
-    # A frozen backbone runs in inference mode (BatchNorm uses its moving statistics).
+    # A frozen backbone runs in inference mode (BatchNorm uses its moving statistics). Keras 3 lets
+    # an outer training=True override this, so Captioner.encode also passes training=False to a
+    # backbone with no trainable weights.
     x = net(x, training=False) if trainable is False else net(x)
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
     tokens = keras.layers.Reshape((h * w, c), name="to_tokens")(x)   # (B, S, C): cross-attention wants a sequence

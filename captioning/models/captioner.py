@@ -120,7 +120,12 @@ class Captioner(keras.Model):
                 images = layer(images, training=True)
         if self.blind:
             images = ops.zeros_like(images)
-        return self.encoder(self.backbone(images, training=training), training=training)
+        # A frozen backbone runs in inference mode even in a training step. Keras 3 lets the outer
+        # call's training=True override the training=False recorded inside build_backbone's graph,
+        # which turned on EfficientNet's stochastic-depth dropout: noisy features from frozen
+        # weights, unlike the feature cache. BatchNorm already follows `trainable`; Dropout does not.
+        backbone_training = training and bool(self.backbone.trainable_weights)
+        return self.encoder(self.backbone(images, training=backbone_training), training=training)
 
     def call(self, inputs, training=False):
         """(images, tokens (B, T)) -> logits (B, T, V). For summaries and tests; training uses
