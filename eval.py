@@ -20,6 +20,11 @@ OWN_KEYS = ("run_dir", "split", "which")
 
 
 def decoding_name(decode) -> str:
+    tta = decode.get("tta", "none")
+    return _method_name(decode) + ("" if tta == "none" else f"_tta_{tta}")
+
+
+def _method_name(decode) -> str:
     if decode.method == "beam":
         return f"beam{decode.beam_size}" + (f"_lp{decode.length_penalty:g}" if decode.length_penalty else "")
     if decode.method == "top_k":

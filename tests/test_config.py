@@ -69,6 +69,8 @@ def test_unknown_key_fails():
     ("callbacks.early_stopping.monitor=val_cider", "set callbacks.val_captions.every_n_epochs=1"),
     ("trainer.max_minutes=0", "trainer.max_minutes must be a number of minutes > 0"),
     ("callbacks.val_captions.method=gready", "callbacks.val_captions.method must be null"),
+    ("decode.tta=rotate", "decode.tta must be none, flip .* or dihedral"),
+    ("callbacks.val_captions.tta=8", "callbacks.val_captions.tta must be none, flip .* or null"),
     ("+trainer.scst_reward.spice=1", "trainer.scst_reward has unknown score\\(s\\) \\['spice'\\]"),
     ("trainer.scst_reward.bleu_4=-1", "trainer.scst_reward weights must be numbers >= 0"),
     ("trainer.scst_reward={cider:0,bleu_4:0}", "at least one > 0"),

@@ -50,7 +50,7 @@ def test_caption_py_captions_a_folder(finished_run, tmp_path):
     for f in _images(cfg):
         (folder / f.name).write_bytes(f.read_bytes())
     res = subprocess.run([sys.executable, "caption.py", f"run_dir={out}", f"images=[{folder}]",
-                          "decode.method=beam", "decode.beam_size=2"], cwd=ROOT, capture_output=True, text=True,
+                          "decode.method=beam", "decode.beam_size=2", "decode.tta=flip"], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
@@ -64,11 +64,12 @@ def test_eval_py_rescoring_never_touches_metrics_json(finished_run):
     out, _, result = finished_run
     before = (out / "metrics.json").read_bytes()
     res = subprocess.run([sys.executable, "eval.py", f"run_dir={out}", "split=test", "decode.method=beam",
-                          "decode.beam_size=3"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          "decode.beam_size=3", "decode.tta=dihedral"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    scores = json.loads((out / "eval_test_beam3.json").read_text())
+    scores = json.loads((out / "eval_test_beam3_tta_dihedral.json").read_text())
     assert {"bleu_4", "cider", "loss"} <= set(scores["test"]) and scores["meta"]["decode"]["method"] == "beam"
-    assert (out / "predictions_test_beam3.csv").is_file()
+    assert scores["meta"]["decode"]["tta"] == "dihedral"
+    assert (out / "predictions_test_beam3_tta_dihedral.csv").is_file()
     assert (out / "metrics.json").read_bytes() == before
     bad = subprocess.run([sys.executable, "eval.py", f"run_dir={out}", "trainer.batch_size=3"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -116,3 +117,15 @@ def test_export_captions_jpeg_bytes_in_a_fresh_process(finished_run):
     ref = subprocess.run([sys.executable, "caption.py", f"run_dir={out}", f"images=[{jpeg}]"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert ref.stdout.strip().split("\t")[1] == caps[0]
+
+
+def test_eval_file_names_say_the_decoding():
+    from omegaconf import OmegaConf
+
+    from eval import decoding_name
+
+    d = OmegaConf.create({"method": "beam", "beam_size": 3, "length_penalty": 0.0, "k": 10, "p": 0.9,
+                          "temperature": 1.0, "tta": "none"})
+    assert decoding_name(d) == "beam3"
+    assert decoding_name(OmegaConf.merge(d, {"length_penalty": 1.0, "tta": "flip"})) == "beam3_lp1_tta_flip"
+    assert decoding_name(OmegaConf.merge(d, {"method": "greedy", "tta": "dihedral"})) == "greedy_tta_dihedral"

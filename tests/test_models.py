@@ -135,6 +135,67 @@ def test_sampling_is_seeded_and_batched(tiny_model, method):
     assert ids.shape == (5, 8) and (ids[:, 0] == 2).all() and (ids[:, 1:] != 0).any()
 
 
+def test_test_time_views_are_the_eight_symmetries_of_each_image():
+    from captioning.models.decoding import test_time_views
+
+    images = np.random.default_rng(0).uniform(0, 255, (2, 5, 5, 3)).astype("float32")
+    views = keras.ops.convert_to_numpy(test_time_views(images, "dihedral"))
+    assert views.shape == (16, 5, 5, 3)
+    for b in range(2):                                   # an image's views together, itself first
+        mine = views[b * 8:(b + 1) * 8]
+        expected = [np.rot90(x, k, axes=(0, 1)) for x in (images[b], images[b][:, ::-1]) for k in range(4)]
+        np.testing.assert_array_equal(mine[0], images[b])
+        assert sorted(v.tobytes() for v in mine) == sorted(e.tobytes() for e in expected)
+    flip = keras.ops.convert_to_numpy(test_time_views(images, "flip"))
+    np.testing.assert_array_equal(flip, np.stack([images, images[:, :, ::-1]], 1).reshape(4, 5, 5, 3))
+    with pytest.raises(ConfigError, match="needs square images"):
+        test_time_views(np.zeros((1, 4, 6, 3), "float32"), "dihedral")
+    with pytest.raises(ConfigError, match="decode.tta must be one of"):
+        Generator(None, 2, 3, 8, tta="rotate")
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_ensemble_of_identical_views_decodes_like_one_view(tiny_model, method):
+    """V copies of the same memory average to the one model's log-probabilities: the same ids,
+    through the ensemble's folded cache (beam search reorders it by beam)."""
+    model, _ = tiny_model
+    images = np.random.default_rng(4).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    memory = model.encode(images)
+    gen = Generator(model, 2, 3, 9, method=method, beam_size=3)
+    one = keras.ops.convert_to_numpy(gen.generate(memory))
+    four = keras.ops.convert_to_numpy(gen.generate(keras.ops.repeat(memory, 4, axis=0), views=4))
+    assert _until_end(one, 3) == _until_end(four, 3)
+
+
+def test_tta_decodes_the_views_mean_log_probabilities(tiny_model):
+    """decode.tta=flip: each step's token is the argmax of the image's and its mirror's mean
+    log-probabilities (checked against the decoder run on each view separately)."""
+    model, _ = tiny_model
+    images = np.random.default_rng(6).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    ids = keras.ops.convert_to_numpy(Generator(model, 2, 3, 6, method="greedy", tta="flip")(images))
+    assert ids.shape == (4, 6)
+    views = [model.encode(images), model.encode(images[:, :, ::-1])]
+    caches = [model.decoder.init_cache(m, 5) for m in views]
+    token = np.full((4,), 2, "int32")
+    for i in range(3):                                   # the first 3 generated tokens
+        logps = []
+        for v in range(2):
+            logits, caches[v] = model.decoder.step(token, caches[v], i)
+            logits = keras.ops.convert_to_numpy(logits).astype("float64")
+            logits[:, 0] = -1e9
+            logps.append(logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+                         - logits.max(-1, keepdims=True))
+        token = np.mean(logps, axis=0).argmax(-1).astype("int32")
+        alive = (ids[:, 1:i + 1] != 3).all(axis=1)       # rows still going (greedy pads after the end)
+        np.testing.assert_array_equal(ids[alive, i + 1], token[alive])
+        token = np.where(alive, token, ids[:, i + 1]).astype("int32")
+    # With these images the ensemble's captions differ from either view's alone: the check above
+    # would catch a generator that decoded one view only.
+    for view in (images, images[:, :, ::-1]):
+        single = keras.ops.convert_to_numpy(Generator(model, 2, 3, 6, method="greedy")(view))
+        assert _until_end(single, 3) != _until_end(ids, 3)
+
+
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(ConfigError, match=r"Unknown backbone 'resnet9000'. Known: \['small_cnn'.*'efficientnetb0'"):
         get_backbone("resnet9000")

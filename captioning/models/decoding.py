@@ -7,6 +7,12 @@ extending beams after their end token and ranks them with that tail included and
 penalty, which picks wrong captions once beams finish at different lengths. Here a finished
 beam is frozen (it can only append padding, at no cost) and final scores are divided by the
 GNMT length penalty ((5 + len) / 6) ** alpha.
+
+Test-time augmentation (``decode.tta``): each image is captioned from several views at once
+(``flip``: itself and its mirror image; ``dihedral``: its 8 flips and 90-degree rotations, for
+overhead imagery), one caption per image: at every step the decoder runs on every view and the
+next-token log-probabilities are averaged over the views (a product of experts, the usual
+ensembling in NMT), so greedy, sampling and beam search all decode the ensemble.
 """
 
 from __future__ import annotations
@@ -19,10 +25,15 @@ from keras import ops
 from captioning import ConfigError
 
 METHODS = ("greedy", "beam", "top_k", "top_p")
+TTA = {"none": 1, "flip": 2, "dihedral": 8}   # decode.tta -> views per image
 STEP_STATE = ("self", "state")   # cache entries that differ between the beams of one image
 
 
-def _check(method: str, beam_size: int, k: int, p: float, temperature: float) -> None:
+def _check(method: str, beam_size: int, k: int, p: float, temperature: float, tta: str = "none") -> None:
+    if tta not in TTA:
+        raise ConfigError(f"decode.tta must be one of {list(TTA)} (flip: each image and its mirror image; "
+                          f"dihedral: its 8 flips and 90-degree rotations, for square overhead images). "
+                          f"Received: {tta!r}")
     if method not in METHODS:
         raise ConfigError(f"decode.method must be one of {list(METHODS)}. Received: {method!r}")
     if beam_size < 1 or k < 1 or not 0 < p <= 1 or temperature <= 0:
@@ -38,9 +49,10 @@ class Generator:
     """
 
     def __init__(self, model, start_id, end_id, max_len, method="greedy", beam_size=3,
-                 length_penalty=0.0, k=10, p=0.9, temperature=1.0, seed=None, jit_compile=False):
-        _check(method, beam_size, k, p, temperature)
+                 length_penalty=0.0, k=10, p=0.9, temperature=1.0, seed=None, jit_compile=False, tta="none"):
+        _check(method, beam_size, k, p, temperature, tta)
         self.model, self.start_id, self.end_id, self.max_len = model, start_id, end_id, max_len
+        self.tta = tta
         self.method, self.beam_size, self.length_penalty = method, beam_size, length_penalty
         if method == "greedy":
             self.sampler = keras_hub.samplers.GreedySampler(temperature=temperature)
@@ -59,7 +71,7 @@ class Generator:
         return cls(model, vocab.start_id, vocab.end_id, vocab.seq_len, decode_cfg.method,
                    int(decode_cfg.beam_size), float(decode_cfg.length_penalty), int(decode_cfg.k),
                    float(decode_cfg.p), float(decode_cfg.temperature), seed,
-                   bool(decode_cfg.get("jit_compile", False)))
+                   bool(decode_cfg.get("jit_compile", False)), str(decode_cfg.get("tta", "none")))
 
     def __call__(self, images):
         return self._from_images(ops.convert_to_tensor(images, "float32"))
@@ -68,12 +80,16 @@ class Generator:
         return self._from_memory(memory)
 
     def _images_to_ids(self, images):
-        return self.generate(self.model.encode(images, training=False))
+        if self.tta == "none":
+            return self.generate(self.model.encode(images, training=False))
+        views = test_time_views(images, self.tta)                             # (B*V, H, W, 3)
+        return self.generate(self.model.encode(views, training=False), views=TTA[self.tta])
 
-    def generate(self, memory):
-        """memory (B, S, D) -> (B, max_len) ids; position 0 is the start token."""
-        decoder = self.model.decoder
-        b = ops.shape(memory)[0]
+    def generate(self, memory, views: int = 1):
+        """memory (B, S, D) -> (B, max_len) ids; position 0 is the start token. With ``views=V``
+        memory is (B*V, S, D), an image's V views together, decoded as one ensemble per image."""
+        decoder = self.model.decoder if views == 1 else _ViewEnsemble(self.model.decoder, views)
+        b = ops.shape(memory)[0] // views
         # The decoder sees positions 0 .. max_len - 2 (the last generated token is never fed back).
         cache = decoder.init_cache(memory, self.max_len - 1)
         prompt = ops.concatenate([ops.full((b, 1), self.start_id, "int32"),
@@ -126,6 +142,49 @@ class Generator:
         norm = scores / ((5.0 + lengths) / 6.0) ** self.length_penalty
         best = ops.argmax(ops.reshape(norm, (b, k)), axis=1) + ops.arange(b) * k
         return ops.take(seqs, best, axis=0)
+
+
+def test_time_views(images, tta: str):
+    """(B, H, W, C) -> (B*V, H, W, C), each image's V views together: ``flip`` the image and its
+    left-right mirror; ``dihedral`` all 8 symmetries of the square (needs H == W)."""
+    mirror = ops.flip(images, axis=2)
+    views = [images, mirror]
+    if tta == "dihedral":
+        if images.shape[1] != images.shape[2]:
+            raise ConfigError(f"decode.tta=dihedral rotates images by 90 degrees and needs square images. "
+                              f"Received: {images.shape[1]}x{images.shape[2]}; use decode.tta=flip.")
+        for x in (images, mirror):
+            rot = x
+            for _ in range(3):
+                rot = ops.flip(ops.transpose(rot, (0, 2, 1, 3)), axis=2)   # 90 degrees counter-clockwise
+                views.append(rot)
+    v = ops.stack(views, axis=1)                                         # (B, V, H, W, C)
+    return ops.reshape(v, (-1, *images.shape[1:]))
+
+
+class _ViewEnsemble:
+    """A decoder's incremental step over V views per row: ``step`` runs the decoder on all B*V
+    rows and returns the views' mean log-probabilities (B, vocab). The cache is kept as
+    (B, V, ...) so that beam search can repeat and reorder it by row, as for one decoder."""
+
+    def __init__(self, decoder, views: int):
+        self.decoder, self.views = decoder, views
+
+    def _fold(self, x):                  # (B*V, ...) -> (B, V, ...)
+        return ops.reshape(x, (-1, self.views, *x.shape[1:]))
+
+    def _unfold(self, x):                # (B, V, ...) -> (B*V, ...)
+        return ops.reshape(x, (-1, *x.shape[2:]))
+
+    def init_cache(self, memory, max_len):
+        return tf.nest.map_structure(self._fold, self.decoder.init_cache(memory, max_len))
+
+    def step(self, token, cache, index):
+        logits, cache = self.decoder.step(ops.repeat(token, self.views, axis=0),
+                                          tf.nest.map_structure(self._unfold, cache), index)
+        logp = tf.nn.log_softmax(_no_padding(logits))                    # (B*V, vocab)
+        logp = ops.mean(ops.reshape(logp, (-1, self.views, ops.shape(logp)[-1])), axis=1)
+        return logp, tf.nest.map_structure(self._fold, cache)
 
 
 def _no_padding(logits):

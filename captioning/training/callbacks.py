@@ -151,10 +151,14 @@ class ValidationCaptions(keras.callbacks.Callback):
 
         if self.generator is None:
             decode = self.cfg.decode
+            from omegaconf import OmegaConf
+
             method = self.cfg.callbacks.val_captions.get("method")
             if method:          # e.g. greedy while training, the configured beam for the final scores
-                from omegaconf import OmegaConf
                 decode = OmegaConf.merge(decode, {"method": str(method)})
+            tta = self.cfg.callbacks.val_captions.get("tta")
+            if tta:             # e.g. none while training, dihedral views for the final scores
+                decode = OmegaConf.merge(decode, {"tta": str(tta)})
             self.generator = Generator.from_config(self.model, self.data.vocab, decode, seed=int(self.cfg.seed))
         preds = caption_records(self.generator, self.data, self.records, int(self.cfg.evaluation.batch_size))
         scores = score({r.id: list(r.captions) for r in self.records},

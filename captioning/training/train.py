@@ -111,6 +111,13 @@ def check_config(cfg) -> None:
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
+    for key, value in (("decode.tta", cfg.decode.get("tta", "none")), ("callbacks.val_captions.tta",
+                                                                      cfg.callbacks.val_captions.get("tta"))):
+        if value is not None and value not in ("none", "flip", "dihedral"):   # decoding.TTA
+            raise ConfigError(f"{key} must be none, flip (each image and its mirror image) or dihedral (its 8 "
+                              f"flips and 90-degree rotations, for overhead imagery)"
+                              f"{' or null (use decode.tta)' if key.startswith('callbacks') else ''}. "
+                              f"Received: {value!r}")
     method = cfg.callbacks.val_captions.get("method")
     if method is not None and method not in ("greedy", "beam", "top_k", "top_p"):   # decoding.METHODS (no TF import here)
         raise ConfigError(f"callbacks.val_captions.method must be null (use decode.method) or one of "
