@@ -127,6 +127,19 @@ def test_beam_search_finds_at_least_greedy_likelihood(tiny_model):
     assert (loglik(beam) >= loglik(greedy) - 1e-3).all()
 
 
+def test_length_penalty_never_picks_a_shorter_beam():
+    """decode.length_penalty only re-ranks the final beams by score / ((5 + len) / 6) ** alpha: a
+    caption can only get longer than with alpha 0, and with these weights some do."""
+    keras.utils.set_random_seed(1)          # an init whose beams end at different lengths
+    model = build_model(compose_config("debug=tiny", "backbone.image_size=32"), V)
+    images = np.random.default_rng(3).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    plain = [len(r) for r in _until_end(Generator(model, 2, 3, 9, method="beam", beam_size=4)(images), 3)]
+    longer = [len(r) for r in _until_end(Generator(model, 2, 3, 9, method="beam", beam_size=4,
+                                                   length_penalty=2.0)(images), 3)]
+    assert all(b >= a for a, b in zip(plain, longer, strict=True))
+    assert sum(longer) > sum(plain)
+
+
 @pytest.mark.parametrize("method", ["top_k", "top_p"])
 def test_sampling_is_seeded_and_batched(tiny_model, method):
     model, _ = tiny_model
