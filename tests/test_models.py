@@ -105,6 +105,14 @@ def _until_end(ids, end):
     return out
 
 
+def _log_probs(logits):
+    """Numpy log-softmax over the vocabulary with padding (id 0) ruled out, as the decoders do."""
+    logits = logits.copy()
+    logits[:, 0] = -1e9
+    top = logits.max(-1, keepdims=True)
+    return logits - np.log(np.exp(logits - top).sum(-1, keepdims=True)) - top
+
+
 def test_beam_search_finds_at_least_greedy_likelihood(tiny_model):
     """Beam 4 never returns a sequence less likely than greedy's (both scored by the model)."""
     model, _ = tiny_model
@@ -118,9 +126,7 @@ def test_beam_search_finds_at_least_greedy_likelihood(tiny_model):
         for b, row in enumerate(ids):
             tokens = np.array([row[:-1]], "int32")
             logits = keras.ops.convert_to_numpy(model((images[b:b + 1], tokens)))[0]
-            logits[:, 0] = -1e9
-            logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
-                - logits.max(-1, keepdims=True)
+            logp = _log_probs(logits)
             total.append(sum(logp[i, row[i + 1]] for i in range(len(row) - 1)))
         return np.array(total)
 
@@ -194,10 +200,7 @@ def test_tta_decodes_the_views_mean_log_probabilities(tiny_model):
         logps = []
         for v in range(2):
             logits, caches[v] = model.decoder.step(token, caches[v], i)
-            logits = keras.ops.convert_to_numpy(logits).astype("float64")
-            logits[:, 0] = -1e9
-            logps.append(logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
-                         - logits.max(-1, keepdims=True))
+            logps.append(_log_probs(keras.ops.convert_to_numpy(logits).astype("float64")))
         token = np.mean(logps, axis=0).argmax(-1).astype("int32")
         alive = (ids[:, 1:i + 1] != 3).all(axis=1)       # rows still going (greedy pads after the end)
         np.testing.assert_array_equal(ids[alive, i + 1], token[alive])

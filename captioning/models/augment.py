@@ -6,6 +6,11 @@ import keras
 from keras import layers, ops
 
 
+def rotate90(images):
+    """(B, H, W, C) square images turned 90 degrees counter-clockwise (also decode.tta's views)."""
+    return ops.flip(ops.transpose(images, (0, 2, 1, 3)), axis=2)
+
+
 @keras.saving.register_keras_serializable("captioning")
 class RandomRot90(layers.Layer):
     """Rotate each (square) image by a random multiple of 90 degrees: right for overhead
@@ -20,7 +25,7 @@ class RandomRot90(layers.Layer):
         if not training:
             return images
         k = keras.random.randint((ops.shape(images)[0], 1, 1, 1), 0, 4, seed=self.generator)
-        r90 = ops.flip(ops.transpose(images, (0, 2, 1, 3)), axis=2)     # 90 deg counter-clockwise
+        r90 = rotate90(images)
         r180 = ops.flip(ops.flip(images, axis=1), axis=2)
         r270 = ops.flip(ops.transpose(images, (0, 2, 1, 3)), axis=1)
         return ops.where(k == 0, images, ops.where(k == 1, r90, ops.where(k == 2, r180, r270)))

@@ -23,6 +23,7 @@ import tensorflow as tf
 from keras import ops
 
 from captioning import ConfigError
+from captioning.models.augment import rotate90
 
 METHODS = ("greedy", "beam", "top_k", "top_p")
 TTA = {"none": 1, "flip": 2, "dihedral": 8}   # decode.tta -> views per image
@@ -156,7 +157,7 @@ def test_time_views(images, tta: str):
         for x in (images, mirror):
             rot = x
             for _ in range(3):
-                rot = ops.flip(ops.transpose(rot, (0, 2, 1, 3)), axis=2)   # 90 degrees counter-clockwise
+                rot = rotate90(rot)
                 views.append(rot)
     v = ops.stack(views, axis=1)                                         # (B, V, H, W, C)
     return ops.reshape(v, (-1, *images.shape[1:]))

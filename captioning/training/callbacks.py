@@ -150,15 +150,12 @@ class ValidationCaptions(keras.callbacks.Callback):
         from captioning.models.decoding import Generator, caption_records
 
         if self.generator is None:
-            decode = self.cfg.decode
             from omegaconf import OmegaConf
 
-            method = self.cfg.callbacks.val_captions.get("method")
-            if method:          # e.g. greedy while training, the configured beam for the final scores
-                decode = OmegaConf.merge(decode, {"method": str(method)})
-            tta = self.cfg.callbacks.val_captions.get("tta")
-            if tta:             # e.g. none while training, dihedral views for the final scores
-                decode = OmegaConf.merge(decode, {"tta": str(tta)})
+            # val_captions.method / .tta override decode.* while training (e.g. greedy without
+            # views per epoch, the configured beam and views for the final scores); null keeps it.
+            val = self.cfg.callbacks.val_captions
+            decode = OmegaConf.merge(self.cfg.decode, {k: str(val[k]) for k in ("method", "tta") if val.get(k)})
             self.generator = Generator.from_config(self.model, self.data.vocab, decode, seed=int(self.cfg.seed))
         preds = caption_records(self.generator, self.data, self.records, int(self.cfg.evaluation.batch_size))
         scores = score({r.id: list(r.captions) for r in self.records},
