@@ -237,3 +237,19 @@ def test_self_critical_and_mixup_bad_settings_are_one_clear_error():
         check_config(compose_config("augment.mixup=-0.2"))
     with pytest.raises(ConfigError, match="augment.mixup must be a number"):
         check_config(compose_config("augment.mixup=lots"))
+
+
+def test_stopped_by_names_early_stopping_only_when_it_cut_a_phase_short():
+    """Patience that runs out on a phase's planned last epoch did not stop anything early."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from captioning.training.train import _stopped_early
+
+    t = OmegaConf.create({"max_epochs": 30, "scst_epochs": 10})
+    assert not _stopped_early(SimpleNamespace(stopped_epoch=0), t, None)         # never triggered
+    assert _stopped_early(SimpleNamespace(stopped_epoch=18), t, None)             # epoch 19 of 30
+    assert not _stopped_early(SimpleNamespace(stopped_epoch=29), t, None)         # epoch 30 of 30
+    assert _stopped_early(SimpleNamespace(stopped_epoch=35), t, 30)               # epoch 36 of 31-40
+    assert not _stopped_early(SimpleNamespace(stopped_epoch=39), t, 30)           # epoch 40, the phase's last

@@ -486,7 +486,7 @@ def _fit_and_evaluate(cfg, data, model, train_ds, val_ds, steps, run_dir, tracke
         "train_seconds": round(train_seconds, 1), "decode": OmegaConf.to_container(cfg.decode, resolve=True),
         "selected_by": es.monitor,
         "stopped_by": ("time budget" if budget is not None and budget.stopped_epoch
-                       else "early stopping" if early.stopped_epoch
+                       else "early stopping" if _stopped_early(early, cfg.trainer, scst_from)
                        else "scst_epochs" if scst_from is not None else "max_epochs"),
         "self_critical_from_epoch": None if scst_from is None else scst_from + 1,
         "notes": notes + data.report.notes,
@@ -568,6 +568,13 @@ def _self_critical(cfg, data, model, val_ds, callbacks, history, early, budget, 
     model.fit(train_all, validation_data=val_ds, epochs=end, callbacks=callbacks, verbose=verbose, shuffle=False,
               initial_epoch=start)
     return scst_from
+
+
+def _stopped_early(early, t, scst_from) -> bool:
+    """Whether early stopping ended the last phase before its planned last epoch (patience can
+    run out on that very epoch, which the phase's length ended anyway)."""
+    planned = int(t.max_epochs) if scst_from is None else scst_from + int(t.get("scst_epochs", 0))
+    return bool(early.stopped_epoch) and early.stopped_epoch + 1 < planned
 
 
 def _reset_ema(optimizer) -> None:
