@@ -69,6 +69,7 @@ def test_unknown_key_fails():
     ("callbacks.early_stopping.monitor=val_cider", "set callbacks.val_captions.every_n_epochs=1"),
     ("trainer.max_minutes=0", "trainer.max_minutes must be a number of minutes > 0"),
     ("callbacks.val_captions.method=gready", "callbacks.val_captions.method must be null"),
+    ("trainer.deterministic=maybe", "trainer.deterministic must be true or false"),
     ("decode.tta=rotate", "decode.tta must be none, flip .* or dihedral"),
     ("callbacks.val_captions.tta=8", "callbacks.val_captions.tta must be none, flip .* or null"),
     ("+trainer.scst_reward.spice=1", "trainer.scst_reward has unknown score\\(s\\) \\['spice'\\]"),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from captioning.io import atomic_write_text
@@ -218,3 +219,40 @@ def test_early_stopping_skips_epochs_without_validation_captions_quietly():
         assert es.wait == 0 and es.best == 0.5
         es.on_epoch_end(2, {"loss": 1.0, "val_cider": 0.4})    # scored and worse: counts
     assert es.wait == 1
+
+
+def test_deterministic_runs_repeat_exactly_and_the_switch_goes_back_off(tmp_path):
+    """trainer.deterministic=true: two runs of one config and seed give the same history and the
+    same weights, bit for bit; a later run without it turns TensorFlow's op determinism off."""
+    from tensorflow.python.framework import config as tf_config
+
+    from captioning.training import train
+
+    def run(name, deterministic, epochs=2):
+        cfg = compose_config("debug=tiny", "logger=none", "seed=3", "callbacks.kangas.enabled=false",
+                             f"trainer.max_epochs={epochs}", f"trainer.deterministic={deterministic}",
+                             f"paths.output_dir={tmp_path / name}")
+        train(cfg)
+        assert tf_config.is_op_determinism_enabled() is deterministic
+        return (tmp_path / name / "history.csv").read_text(), tmp_path / name / "checkpoints" / "last.weights.h5"
+
+    try:
+        (hist_a, weights_a), (hist_b, weights_b) = run("a", True), run("b", True)
+        rows_a, rows_b = (list(csv.DictReader(h.splitlines())) for h in (hist_a, hist_b))
+        assert len(rows_a) == 2
+        for a, b in zip(rows_a, rows_b, strict=True):
+            assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+        import h5py
+
+        def arrays(path):
+            out = {}
+            with h5py.File(path) as f:
+                f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
+            return out
+
+        wa, wb = arrays(weights_a), arrays(weights_b)
+        assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+        run("c", False, epochs=1)
+    finally:
+        if tf_config.is_op_determinism_enabled():
+            tf_config.disable_op_determinism()
