@@ -228,7 +228,7 @@ def test_deterministic_runs_repeat_exactly_and_the_switch_goes_back_off(tmp_path
 
     from captioning.training import train
 
-    def run(name, deterministic, epochs=2):
+    def run(name, deterministic, epochs=1):
         cfg = compose_config("debug=tiny", "logger=none", "seed=3", "callbacks.kangas.enabled=false",
                              f"trainer.max_epochs={epochs}", f"trainer.deterministic={deterministic}",
                              f"paths.output_dir={tmp_path / name}")
@@ -239,7 +239,7 @@ def test_deterministic_runs_repeat_exactly_and_the_switch_goes_back_off(tmp_path
     try:
         (hist_a, weights_a), (hist_b, weights_b) = run("a", True), run("b", True)
         rows_a, rows_b = (list(csv.DictReader(h.splitlines())) for h in (hist_a, hist_b))
-        assert len(rows_a) == 2
+        assert len(rows_a) == 1
         for a, b in zip(rows_a, rows_b, strict=True):
             assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
         import h5py
@@ -252,7 +252,7 @@ def test_deterministic_runs_repeat_exactly_and_the_switch_goes_back_off(tmp_path
 
         wa, wb = arrays(weights_a), arrays(weights_b)
         assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
-        run("c", False, epochs=1)
+        run("c", False)
     finally:
         if tf_config.is_op_determinism_enabled():
             tf_config.disable_op_determinism()
