@@ -1,6 +1,7 @@
 """Caption image files with a finished run, one line per image.
 
-    python caption.py run_dir=outputs/2026-11-21/12-00-00 images=[a.jpg,photos/] [decode.method=beam ...]
+    python caption.py run_dir=outputs/2026-11-21/12-00-00 images=[a.jpg,photos/] \
+[decode.method=beam ...]
 
 Folders are searched for .jpg/.jpeg/.png/.bmp/.gif files; decode.* settings apply.
 """
@@ -35,7 +36,8 @@ def image_files(items) -> list[Path]:
 def main(argv: list[str]) -> int:
     from omegaconf import OmegaConf
 
-    args = OmegaConf.from_dotlist([a for a in argv if a.split("=")[0] in ("run_dir", "images", "batch_size")])
+    args = OmegaConf.from_dotlist([a for a in argv
+                                   if a.split("=")[0] in ("run_dir", "images", "batch_size")])
     rest = [a for a in argv if a.split("=")[0] not in ("run_dir", "images", "batch_size")]
     if "run_dir" not in args or "images" not in args or any(a in ("-h", "--help") for a in argv):
         print(__doc__)
@@ -51,9 +53,11 @@ def main(argv: list[str]) -> int:
     cfg, vocab, model = load_run(args.run_dir)
     cfg = merge_overrides(cfg, rest)
     records = [Record(id=str(f), image=str(f), captions=()) for f in files]
-    data = CaptionData({"train": [], "val": [], "test": []}, vocab, None, 1, int(cfg.backbone.image_size))
+    data = CaptionData({"train": [], "val": [], "test": []}, vocab, None, 1,
+                       int(cfg.backbone.image_size))
     generator = Generator.from_config(model, vocab, cfg.decode, seed=int(cfg.seed))
-    for f, caption in zip(files, caption_records(generator, data, records, int(args.get("batch_size", 32))),
+    for f, caption in zip(files, caption_records(generator, data, records,
+                                                 int(args.get("batch_size", 32))),
                           strict=True):
         print(f"{f}\t{caption}")
     return 0

@@ -1,6 +1,7 @@
 """Score a finished run without retraining, on val or test, with any decoding.
 
-    python eval.py run_dir=outputs/2026-11-21/12-00-00 split=test decode.method=beam decode.beam_size=5
+    python eval.py run_dir=outputs/2026-11-21/12-00-00 split=test \
+decode.method=beam decode.beam_size=5
 
 Writes eval_<split>_<decoding>.json and predictions_<split>_<decoding>.csv into the run
 directory; the training-time metrics.json is never touched.
@@ -26,7 +27,8 @@ def decoding_name(decode) -> str:
 
 def _method_name(decode) -> str:
     if decode.method == "beam":
-        return f"beam{decode.beam_size}" + (f"_lp{decode.length_penalty:g}" if decode.length_penalty else "")
+        return f"beam{decode.beam_size}" + (f"_lp{decode.length_penalty:g}"
+                                            if decode.length_penalty else "")
     if decode.method == "top_k":
         return f"top_k{decode.k}_t{decode.temperature:g}"
     if decode.method == "top_p":
@@ -43,16 +45,17 @@ def main(argv: list[str]) -> int:
     args = OmegaConf.from_dotlist([a for a in argv if a.split("=")[0] in OWN_KEYS])
     rest = [a for a in argv if a.split("=")[0] not in OWN_KEYS]
     if "run_dir" not in args:
-        raise CaptioningError("run_dir=... is required: the run directory to score (outputs/<date>/<time>).")
+        raise CaptioningError("run_dir=... is required: "
+                              "the run directory to score (outputs/<date>/<time>).")
     split = args.get("split", "val")
     if split not in ("val", "test"):
         raise CaptioningError(f"split must be val or test. Received: split={split}")
 
     from captioning.console import console, print_scores
     from captioning.data.datamodule import build_data
+    from captioning.evaluation.evaluate import evaluate, write_predictions
     from captioning.io import atomic_write_text
     from captioning.training.run_dir import load_run, merge_overrides
-    from captioning.training.train import _write_predictions, evaluate_split
 
     run_dir = Path(args.run_dir)
     cfg, vocab, model = load_run(run_dir, args.get("which", "best"))
@@ -60,17 +63,16 @@ def main(argv: list[str]) -> int:
     data = build_data(cfg, vocab=vocab)
     records = data.splits[split]
     if not records:
-        raise CaptioningError(f"The run's dataset has no {split} split ({'; '.join(data.report.notes)}).")
-    ds = data.train_dataset(int(cfg.evaluation.batch_size), int(cfg.seed), split=split, shuffle=False)
-    loss = model.evaluate(ds, verbose=0, return_dict=True)
-    scores, preds = evaluate_split(model, data, records, cfg, seed=int(cfg.seed))
+        raise CaptioningError(f"The run's dataset has no {split} split "
+                              f"({'; '.join(data.report.notes)}).")
+    r = evaluate(model, data, split, cfg, seed=int(cfg.seed))
     name = f"{split}_{decoding_name(cfg.decode)}"
-    result = {split: {"loss": float(loss["loss"]), "accuracy": float(loss["accuracy"]), **scores.corpus},
+    result = {split: r.summary,
               "meta": {"decode": OmegaConf.to_container(cfg.decode), "images": len(records),
-                       "weights": args.get("which", "best"), "notes": scores.notes}}
+                       "weights": args.get("which", "best"), "notes": r.notes}}
     atomic_write_text(run_dir / f"eval_{name}.json", json.dumps(result, indent=2))
-    _write_predictions(run_dir / f"predictions_{name}.csv", records, preds, scores.per_image)
-    print_scores(result, scores.notes)
+    write_predictions(run_dir / f"predictions_{name}.csv", records, r.predictions, r.per_image)
+    print_scores(result, r.notes)
     console.print(f"wrote {run_dir / f'eval_{name}.json'} and predictions_{name}.csv")
     return 0
 

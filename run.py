@@ -70,8 +70,9 @@ def _locate_resume(cfg: DictConfig) -> None:
     if cfg.resume is True:
         run = find_resumable(Path("outputs"), list(HydraConfig.get().overrides.task))
         if run is None:
-            raise CaptioningError("resume=true: no unfinished run under outputs/ was started with the same "
-                                  "overrides. Give the run directory instead: resume=outputs/<date>/<time>")
+            raise CaptioningError("resume=true: no unfinished run under outputs/ "
+                                  "was started with the same overrides. "
+                                  "Give the run directory instead: resume=outputs/<date>/<time>")
     else:
         run = Path(str(cfg.resume))
     with open_dict(cfg):
@@ -90,7 +91,8 @@ def _name_the_run(cfg: DictConfig) -> None:
     with open_dict(cfg):
         if not cfg.logger.experiment_name:
             cfg.logger.experiment_name = " ".join(overrides) or "defaults"
-        tags = list(cfg.logger.tags or []) + [f"decoder:{cfg.decoder.name}", f"dataset:{cfg.dataset.name}"]
+        tags = list(cfg.logger.tags or []) + [f"decoder:{cfg.decoder.name}",
+                                              f"dataset:{cfg.dataset.name}"]
         if hc.mode == RunMode.MULTIRUN:
             sweep = hc.sweep.dir.replace("\\", "/").split("outputs/multirun/")[-1]
             tags += [f"sweep:{sweep}", f"job:{hc.job.num}"]

@@ -35,7 +35,8 @@ def machine() -> str:
     import tensorflow as tf
 
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}, TF {tf.__version__}" + (f", GPUs {gpus}" if gpus else ", no GPU")
+    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()}, TF {tf.__version__}"
+            + (f", GPUs {gpus}" if gpus else ", no GPU"))
 
 
 def timed(fn, repeat: int = 1) -> float:
@@ -52,10 +53,12 @@ def build(args, overrides):
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         return compose(config_name="config", overrides=[
-            "backbone=efficientnetb0", f"backbone.image_size={args.image_size}", "backbone.weights=null",
+            "backbone=efficientnetb0", f"backbone.image_size={args.image_size}",
+            "backbone.weights=null",
             "decoder.dim=512", "decoder.num_heads=2", "decoder.ff_dim=512", "logger=none",
             f"dataset.max_images={args.images}", f"dataset.image_size={min(args.image_size, 128)}",
-            f"dataset.num_images={max(args.images, 2000)}", "dataset.val_fraction=0.1", "dataset.test_fraction=0.0",
+            f"dataset.num_images={max(args.images, 2000)}", "dataset.val_fraction=0.1",
+            "dataset.test_fraction=0.0",
             f"paths.cache_dir={args.cache_dir}", *overrides])
 
 
@@ -93,17 +96,21 @@ def recipe_a_generate(model, vocab, features, max_len):
         tokens = vocab.encode([caption])[:, :-1]                       # string -> ids, every step
         logits = model.decoder.project(model.decoder(tokens, memory, training=False))
         token = int(np.argmax(np.asarray(logits)[0, i]))
-        caption += " " + vocab.tokens[token]                           # never stops early (as published)
+        caption += " " + vocab.tokens[token]                # never stops early (as published)
     return caption
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=256, help="training images (recipe A: 256-image epoch)")
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=256,
+                   help="training images (recipe A: 256-image epoch)")
     p.add_argument("--image-size", type=int, default=299)
-    p.add_argument("--vocab-size", type=int, default=10000, help="decoder vocabulary (recipe A: 10,000)")
+    p.add_argument("--vocab-size", type=int, default=10000,
+                   help="decoder vocabulary (recipe A: 10,000)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--gen-images", type=int, default=8, help="images for the (slow) recipe-A generation timing")
+    p.add_argument("--gen-images", type=int, default=8,
+                   help="images for the (slow) recipe-A generation timing")
     p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/captioning"))
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)
@@ -128,8 +135,8 @@ def main(argv=None) -> int:
     model = build_model(cfg, vocab_size)
     model.compile(optimizer=keras.optimizers.Adam(1e-4))
     train_records = data.splits["train"]
-    rows, results = [], {"machine": machine(), "images": len(train_records), "image_size": args.image_size,
-                         "vocab_size": vocab_size}
+    rows, results = [], {"machine": machine(), "images": len(train_records),
+                         "image_size": args.image_size, "vocab_size": vocab_size}
 
     # 1. Training epoch: recipe-A way vs cached features + one step per batch.
     console.print("1/5 training epochs (recipe-A way, then cached features) ...")
@@ -142,15 +149,18 @@ def main(argv=None) -> int:
 
     from omegaconf import OmegaConf
 
-    fresh = OmegaConf.merge(cfg, {"paths": {"cache_dir": tempfile.mkdtemp(prefix="bench-features-")}})
-    t0 = time.perf_counter()                                        # a fresh cache: measure the build
-    feats, row_of, _ = ensure_features(fresh, model.backbone, data, train_records + data.splits["val"],
+    fresh = OmegaConf.merge(
+        cfg, {"paths": {"cache_dir": tempfile.mkdtemp(prefix="bench-features-")}})
+    t0 = time.perf_counter()                                    # a fresh cache: measure the build
+    feats, row_of, _ = ensure_features(fresh, model.backbone, data,
+                                       train_records + data.splits["val"],
                                        args.batch_size, progress=False)
     t_cache_build = time.perf_counter() - t0
     data.use_features(feats, row_of)
     feat_ds = data.train_dataset(args.batch_size, 0).cache()
     t_ours = timed(lambda: model.fit(feat_ds, epochs=1, verbose=0, shuffle=False))
-    rows.append(("training epoch (s)", t_recipe, t_ours, "recipe A: CNN every batch, 5 steps/batch"))
+    rows.append(("training epoch (s)", t_recipe, t_ours,
+                 "recipe A: CNN every batch, 5 steps/batch"))
     # No bfloat16 row: TensorFlow 2.21's oneDNN bfloat16 kernels die with SIGILL on this
     # project's CPU machines (they advertise AMX-BF16); trainer.precision=mixed_* is for GPUs.
     results["epoch_seconds"] = {"recipe_a": t_recipe, "ours": t_ours, "cache_build": t_cache_build}
@@ -184,23 +194,28 @@ def main(argv=None) -> int:
     console.print("2/5 generation from features ...")
     gen_feats = np.asarray(feats[: args.gen_images], np.float32)
     max_len = data.vocab.seq_len
-    t_a = timed(lambda: [recipe_a_generate(model, data.vocab, f, max_len) for f in gen_feats]) / len(gen_feats)
+    t_a = timed(lambda: [recipe_a_generate(model, data.vocab, f, max_len)
+                         for f in gen_feats]) / len(gen_feats)
     all_feats = np.asarray(feats[: min(len(feats), 256)], np.float32)
     greedy = Generator(model, data.vocab.start_id, -1, max_len, "greedy")
     beam = Generator(model, data.vocab.start_id, -1, max_len, "beam", beam_size=5)
     t_g = timed(lambda: greedy(all_feats), repeat=3) / len(all_feats)
     t_b = timed(lambda: beam(all_feats), repeat=1) / len(all_feats)
-    rows.append(("captions/s from features, greedy", 1 / t_a, 1 / t_g, "recipe A: batch 1, full re-run per token"))
+    rows.append(("captions/s from features, greedy", 1 / t_a, 1 / t_g,
+                 "recipe A: batch 1, full re-run per token"))
     console.print("    greedy with XLA ...")
-    try:                                       # XLA for the generation loop (decode.jit_compile=true)
+    try:                                 # XLA for the generation loop (decode.jit_compile=true)
         xla = Generator(model, data.vocab.start_id, -1, max_len, "greedy", jit_compile=True)
         t_x = timed(lambda: xla(all_feats), repeat=3) / len(all_feats)
-        rows.append(("captions/s from features, greedy + XLA", 1 / t_a, 1 / t_x, "decode.jit_compile=true"))
+        rows.append(("captions/s from features, greedy + XLA", 1 / t_a, 1 / t_x,
+                     "decode.jit_compile=true"))
         results["captions_per_second"] = {"greedy_xla": 1 / t_x}
     except Exception as e:  # noqa: BLE001 - report, do not fail the benchmark
         console.print(f"XLA generation not measured: {type(e).__name__}: {str(e)[:200]}")
-    rows.append(("captions/s from features, beam 5", None, 1 / t_b, "beam-5 cost vs greedy: see ratio"))
-    results.setdefault("captions_per_second", {}).update({"recipe_a": 1 / t_a, "greedy": 1 / t_g, "beam5": 1 / t_b})
+    rows.append(("captions/s from features, beam 5", None, 1 / t_b,
+                 "beam-5 cost vs greedy: see ratio"))
+    results.setdefault("captions_per_second", {}).update(
+        {"recipe_a": 1 / t_a, "greedy": 1 / t_g, "beam5": 1 / t_b})
 
     # 3. End to end from JPEG files vs the backbone alone on the same files.
     console.print("3/5 end to end from JPEG files ...")
@@ -209,20 +224,25 @@ def main(argv=None) -> int:
     e2e = Generator(model, data.vocab.start_id, data.vocab.end_id, max_len, "greedy")
     t_e2e = timed(lambda: [e2e(x) for x in data.image_dataset(files, args.batch_size)]) / len(files)
     backbone_fn = tf.function(lambda x: model.backbone(x, training=False))
-    t_cnn = timed(lambda: [backbone_fn(x) for x in data.image_dataset(files, args.batch_size)]) / len(files)
-    rows.append(("captions/s end to end from JPEG", None, 1 / t_e2e, f"backbone alone: {1 / t_cnn:.1f} images/s"))
-    results["end_to_end"] = {"captions_per_second": 1 / t_e2e, "backbone_images_per_second": 1 / t_cnn}
+    t_cnn = timed(lambda: [backbone_fn(x)
+                           for x in data.image_dataset(files, args.batch_size)]) / len(files)
+    rows.append(("captions/s end to end from JPEG", None, 1 / t_e2e,
+                 f"backbone alone: {1 / t_cnn:.1f} images/s"))
+    results["end_to_end"] = {"captions_per_second": 1 / t_e2e,
+                             "backbone_images_per_second": 1 / t_cnn}
 
     # 4. Feature extraction per backbone, and the cache's size on disk.
     console.print("4/5 feature extraction per backbone ...")
     extraction = {}
     for name in ("efficientnetb0", "inceptionresnetv2"):
-        c = build(args, [f"backbone={name}", f"backbone.image_size={args.image_size}", "backbone.weights=null"])
+        c = build(args, [f"backbone={name}", f"backbone.image_size={args.image_size}",
+                         "backbone.weights=null"])
         from captioning.models.backbones import build_backbone
 
         net = build_backbone(c)
         fn = tf.function(lambda x, net=net: net(x, training=False))
-        t = timed(lambda fn=fn: [fn(x) for x in data.image_dataset(files, args.batch_size)]) / len(files)
+        t = timed(lambda fn=fn: [fn(x)
+                                 for x in data.image_dataset(files, args.batch_size)]) / len(files)
         s, ch = net.output_shape[1:]
         extraction[name] = {"images_per_second": 1 / t, "kib_per_image_float16": s * ch * 2 / 1024}
     results["extraction"] = extraction
@@ -233,8 +253,9 @@ def main(argv=None) -> int:
     import psutil
 
     proc = subprocess.Popen([sys.executable, "run.py", "trainer.max_epochs=1", "logger=none",
-                             "callbacks.kangas.enabled=false", "hydra.run.dir=/tmp/captioning-bench-run",
-                             "evaluation.show=0"], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "callbacks.kangas.enabled=false",
+                             "hydra.run.dir=/tmp/captioning-bench-run", "evaluation.show=0"],
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Poll the process tree's resident memory (getrusage would count this big process's pages,
     # inherited at fork, as the child's peak).
     peak, p = 0, psutil.Process(proc.pid)
@@ -255,10 +276,12 @@ def main(argv=None) -> int:
     t_mm = timed(lambda: mm(a).numpy(), repeat=5)
     results["matmul_gflops"] = 2 * 2048 ** 3 / t_mm / 1e9
 
-    table = Table(title=f"captioning benchmark ({len(train_records)} images at {args.image_size} px, "
+    table = Table(title=f"captioning benchmark ({len(train_records)} images at "
+                        f"{args.image_size} px, "
                         f"EfficientNetB0 + Transformer 512, vocabulary {vocab_size})")
     for col in ("measure", "recipe A", "captioning", "ratio", "note"):
-        table.add_column(col, justify="right" if col in ("recipe A", "captioning", "ratio") else "left")
+        table.add_column(col, justify="right" if col in ("recipe A", "captioning", "ratio")
+                         else "left")
     for name, a_val, ours, note in rows:
         if a_val is None:
             ratio = ""
@@ -268,13 +291,15 @@ def main(argv=None) -> int:
             ratio = f"{ours / a_val:.0f}x faster"
         table.add_row(name, "" if a_val is None else f"{a_val:.2f}", f"{ours:.2f}", ratio, note)
     console.print(table)
-    console.print(f"feature cache build: {t_cache_build:.1f} s for {len(feats)} images (once per image set and backbone)")
+    console.print(f"feature cache build: {t_cache_build:.1f} s for {len(feats)} images "
+                  "(once per image set and backbone)")
     console.print(f"beam 5 costs {t_b / t_g:.1f}x greedy; end to end reaches "
                   f"{t_cnn / t_e2e * 100:.0f}% of backbone-only throughput")
     for name, e in extraction.items():
         console.print(f"feature extraction {name}: {e['images_per_second']:.1f} images/s, cache "
                       f"{e['kib_per_image_float16']:.0f} KiB/image (float16)")
-    console.print(f"peak RSS of a 1-epoch default training run (with its Java scorers): {peak:.0f} MiB; float32 GEMM 2048^3: "
+    console.print(f"peak RSS of a 1-epoch default training run (with its Java scorers): "
+                  f"{peak:.0f} MiB; float32 GEMM 2048^3: "
                   f"{results['matmul_gflops']:.0f} GFLOP/s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -1,7 +1,8 @@
 """Browse a dataset before training (recipe A's first step): a Kangas DataGrid of images with
 their captions and split.
 
-    python -m captioning.browse dataset=flickr8k dataset.root=/data/flickr8k [max_rows=1000] [out=FILE]
+    python -m captioning.browse dataset=flickr8k dataset.root=/data/flickr8k \
+[max_rows=1000] [out=FILE]
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
-    own = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if a.split("=")[0] in ("max_rows", "out")}
+    own = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv
+           if a.split("=")[0] in ("max_rows", "out")}
     overrides = [a for a in argv if a.split("=")[0] not in own]
     conf = Path(__file__).resolve().parents[1] / "conf"
     try:

@@ -37,20 +37,25 @@ def collect(sweep: Path) -> list[dict]:
             state = job / "checkpoints" / "last.state.npz"
             row["status"] = "interrupted" if state.exists() else "failed"
             log = next(iter(job.glob("*.log")), None)
-            lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()] if log else []
+            lines = ([x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+                     if log else [])
             row["error"] = lines[-1][-160:] if lines else ""
         rows.append(row)
     return rows
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep", type=Path, help="a multirun folder: outputs/multirun/<date>/<time>")
-    p.add_argument("--by", default="cider", help="validation metric to rank by (higher is better; loss: lower)")
-    p.add_argument("--csv", type=Path, help="where to write the table (default: <sweep>/comparison.csv)")
+    p.add_argument("--by", default="cider",
+                   help="validation metric to rank by (higher is better; loss: lower)")
+    p.add_argument("--csv", type=Path,
+                   help="where to write the table (default: <sweep>/comparison.csv)")
     args = p.parse_args(argv)
     if not args.sweep.is_dir():
-        print(f"error: {args.sweep} is not a folder (expected outputs/multirun/<date>/<time>)", file=sys.stderr)
+        print(f"error: {args.sweep} is not a folder (expected outputs/multirun/<date>/<time>)",
+              file=sys.stderr)
         return 2
     rows = collect(args.sweep)
     if not rows:
@@ -74,7 +79,8 @@ def main(argv=None) -> int:
     for i, r in enumerate(rows, 1):
         table.add_row(str(i) if r["status"] == "ok" else "-", r["job"], r.pop("varied"),
                       *(f"{r[c]:.3f}" if isinstance(r.get(c), float) else "" for c in COLUMNS),
-                      r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('error', '')}")
+                      r["status"] if r["status"] == "ok"
+                      else f"{r['status']}: {r.get('error', '')}")
     console = Console()
     if not console.is_terminal:
         console = Console(width=180)        # logs and pipes: no 80-column squeeze

@@ -9,11 +9,13 @@ from rich.tree import Tree
 
 console = Console(highlight=False, soft_wrap=True)   # long paths stay on one line (copy-pasteable)
 
-METRIC_ORDER = ("loss", "accuracy", "bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "spice")
+METRIC_ORDER = ("loss", "accuracy", "bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l",
+                "cider", "spice")
 
 
-def print_config_tree(cfg: DictConfig, order=("dataset", "backbone", "decoder", "text", "trainer",
-                                              "callbacks", "decode", "evaluation", "logger", "paths")) -> None:
+def print_config_tree(cfg: DictConfig,
+                      order=("dataset", "backbone", "decoder", "text", "trainer", "callbacks",
+                             "decode", "evaluation", "logger", "paths")) -> None:
     """The composed config as a tree, one branch per group (lightning-hydra-template style)."""
     tree = Tree("[bold]config[/]")
     keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
@@ -31,7 +33,8 @@ def print_data_report(cfg, data) -> None:
     counts = data.report.counts
     console.print(f"[bold]Data[/] dataset={cfg.dataset.name}: train {counts.get('train', 0)}, "
                   f"val {counts.get('val', 0)}, test {counts.get('test', 0)} images; "
-                  f"vocabulary {data.vocab.size} tokens; captions up to {data.vocab.seq_len} tokens")
+                  f"vocabulary {data.vocab.size} tokens; "
+                  f"captions up to {data.vocab.seq_len} tokens")
     for reason, n in sorted(data.report.removed.items()):
         if n:
             console.print(f"  removed: {n} {reason}")
@@ -54,7 +57,8 @@ def print_samples(records, predictions, n: int = 5) -> None:
 
 def print_scores(results: dict, notes=()) -> None:
     splits = [s for s in ("val", "test") if s in results]
-    table = Table(title="Scores", caption="pycocoevalcap, PTB-tokenised; loss/accuracy masked per token")
+    table = Table(title="Scores",
+                  caption="pycocoevalcap, PTB-tokenised; loss/accuracy masked per token")
     table.add_column("metric")
     for s in splits:
         table.add_column(s, justify="right")

@@ -1,6 +1,7 @@
 """Export a finished run as a self-contained SavedModel that captions raw JPEG/PNG bytes.
 
-    python -m captioning.export run_dir=outputs/... [out=outputs/.../export] [decode.method=beam ...]
+    python -m captioning.export run_dir=outputs/... [out=outputs/.../export] \
+[decode.method=beam ...]
 
 The SavedModel holds the weights, the vocabulary and the decoding loop; loading it needs only
 TensorFlow (and keras-hub's ops are plain TF ops once traced):
@@ -37,8 +38,9 @@ def export(run_dir, out=None, overrides=()) -> Path:
             img = tf.io.decode_image(b, channels=3, expand_animations=False)
             img = tf.image.resize(img, (size, size), antialias=True)
             return tf.clip_by_value(tf.round(img), 0, 255)
-        images = tf.map_fn(load, jpegs, fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
-        ids = generator.generate(model.encode(images, training=False))[:, 1:]          # drop <start>
+        images = tf.map_fn(load, jpegs,
+                           fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
+        ids = generator.generate(model.encode(images, training=False))[:, 1:]  # drop <start>
         before_end = tf.cumsum(tf.cast(ids == end_id, tf.int32), axis=1, exclusive=False) == 0
         words = tf.where(before_end & (ids > 1), tf.gather(tokens, ids), "")
         text = tf.strings.reduce_join(words, axis=1, separator=" ")
@@ -46,7 +48,8 @@ def export(run_dir, out=None, overrides=()) -> Path:
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("caption", caption, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    archive.add_endpoint("caption", caption,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     archive.write_out(str(tmp), verbose=False)

@@ -30,21 +30,23 @@ def kangas_command() -> list[str]:
     return [exe] if Path(exe).exists() else [sys.executable, "-m", "kangas.cli"]
 
 
-def start(root: Path, host: str = "127.0.0.1", port: int | None = None, datagrid: str | None = None):
+def start(root: Path, host: str = "127.0.0.1", port: int | None = None,
+          datagrid: str | None = None):
     """Start ``kangas server`` over ``root``; returns (process, url). The caller stops it."""
     root = Path(root).resolve()
     grids = sorted(root.rglob("*.datagrid"))
     if not grids:
-        raise SystemExit(f"No .datagrid files under {root}. Train a run first (`make train`), or point "
-                         f"at a folder that has predictions/*.datagrid.")
+        raise SystemExit(f"No .datagrid files under {root}. Train a run first (`make train`), "
+                         f"or point at a folder that has predictions/*.datagrid.")
     port = port or free_port()
     env = {**os.environ, "KANGAS_VERSION_CHECK": "0", "KANGAS_ROOT": str(root)}
-    cmd = kangas_command() + ["server", "--host", host, "--backend-host", host, "--frontend-port", str(port),
-                              "--backend-port", str(free_port()), "--open", "no"]
+    cmd = kangas_command() + ["server", "--host", host, "--backend-host", host,
+                              "--frontend-port", str(port), "--backend-port", str(free_port()),
+                              "--open", "no"]
     if datagrid:
         cmd.append(str(datagrid))
-    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     return proc, f"http://{host}:{port}/", grids
 
 
@@ -74,10 +76,14 @@ def stop(proc) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("root", nargs="?", default="outputs", help="folder searched recursively for .datagrid files")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=4000, help="frontend port (the backend uses a free one)")
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", nargs="?", default="outputs",
+                   help="folder searched recursively for .datagrid files")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=4000,
+                   help="frontend port (the backend uses a free one)")
     args = p.parse_args(argv)
     proc, url, grids = start(Path(args.root), args.host, args.port)
     print(f"Serving {len(grids)} DataGrid(s) from {Path(args.root).resolve()}")

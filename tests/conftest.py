@@ -41,9 +41,12 @@ def write_image(path: Path, color=(200, 30, 30), size=40) -> Path:
 
 
 CAPTIONS = {
-    "a.jpg": ["A red square, on grey.", "a square that is red", "the red box", "red square here", "one red square"],
-    "b.jpg": ["A blue circle .", "a circle, blue and round", "blue ball", "the blue circle", "one blue circle"],
-    "c.jpg": ["Ein grüner Baum über der Straße.", "Một con chó đang chạy", "green tree", "a tree", "the tree"],
+    "a.jpg": ["A red square, on grey.", "a square that is red", "the red box", "red square here",
+              "one red square"],
+    "b.jpg": ["A blue circle .", "a circle, blue and round", "blue ball", "the blue circle",
+              "one blue circle"],
+    "c.jpg": ["Ein grüner Baum über der Straße.", "Một con chó đang chạy", "green tree", "a tree",
+              "the tree"],
     "d.jpg": ["a yellow sun", "yellow sun, bright", "the sun", "sun in the sky", "a bright sun"],
 }
 
@@ -123,7 +126,8 @@ def coco_raw(tmp_path) -> Path:
         for i, name in enumerate(chosen):
             write_image(root / f"{part}2017" / name)
             images.append({"id": 100 + i, "file_name": name})
-            anns += [{"id": 1000 + 10 * i + k, "image_id": 100 + i, "caption": c} for k, c in enumerate(CAPTIONS[name])]
+            anns += [{"id": 1000 + 10 * i + k, "image_id": 100 + i, "caption": c}
+                     for k, c in enumerate(CAPTIONS[name])]
         (root / "annotations" / f"captions_{part}2017.json").write_text(
             json.dumps({"images": images, "annotations": anns}), encoding="utf-8")
     return root

@@ -10,11 +10,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from captioning import ConfigError
-from captioning.training.train import check_config
+from captioning.config_check import check_config
 from tests.conftest import ROOT, compose_config
 
 GROUPS = {g: sorted(p.stem for p in (ROOT / "conf" / g).glob("*.yaml"))
-          for g in ("dataset", "backbone", "decoder", "trainer", "callbacks", "logger", "paths", "debug")}
+          for g in ("dataset", "backbone", "decoder", "trainer", "callbacks", "logger", "paths",
+                    "debug")}
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml"))
 
 
@@ -34,10 +35,12 @@ def test_experiments_compose(name):
 
 def test_recipe_a_hyperparameters():
     cfg = compose_config("experiment=flickr8k_transformer")
-    assert (cfg.dataset.name, cfg.backbone.name, cfg.decoder.name) == ("flickr8k", "efficientnetb0", "transformer")
+    assert (cfg.dataset.name, cfg.backbone.name, cfg.decoder.name) == (
+        "flickr8k", "efficientnetb0", "transformer")
     assert (cfg.text.vocab_size, cfg.text.seq_len, cfg.trainer.batch_size) == (10000, 25, 64)
-    assert (cfg.decoder.dim, cfg.decoder.num_heads, cfg.callbacks.early_stopping.patience) == (512, 2, 3)
-    assert OmegaConf.is_missing(cfg.dataset, "root")      # the data location stays a required override
+    assert (cfg.decoder.dim, cfg.decoder.num_heads,
+            cfg.callbacks.early_stopping.patience) == (512, 2, 3)
+    assert OmegaConf.is_missing(cfg.dataset, "root")  # the data location stays a required override
 
 
 def test_unknown_option_lists_choices():
@@ -90,7 +93,8 @@ def test_mixed_precision_without_gpu_is_refused(tmp_path):
 
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("a GPU is visible: mixed precision is allowed")
-    cfg = compose_config("debug=tiny", "logger=none", "trainer.precision=mixed_bfloat16", f"paths.output_dir={tmp_path}")
+    cfg = compose_config("debug=tiny", "logger=none", "trainer.precision=mixed_bfloat16",
+                         f"paths.output_dir={tmp_path}")
     with pytest.raises(ConfigError, match="needs a GPU"):
         train(cfg)
 
@@ -99,10 +103,12 @@ def test_cfg_and_help_do_not_import_tensorflow():
     code = ("import sys, runpy; sys.argv = ['run.py', '--cfg', 'job']; "
             "runpy.run_path('run.py', run_name='__main__'); "
             "print('TF-IMPORTED' if 'tensorflow' in sys.modules else 'TF-NOT-IMPORTED')")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
     assert out.returncode == 0, out.stderr
     assert "TF-NOT-IMPORTED" in out.stdout and "decoder:" in out.stdout
-    help_out = subprocess.run([sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=60)
-    assert help_out.returncode == 0 and "python run.py -m decoder=gru,transformer" in help_out.stdout
+    help_out = subprocess.run([sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+    assert (help_out.returncode == 0
+            and "python run.py -m decoder=gru,transformer" in help_out.stdout)
     assert "dataset: coco, coco_json, flickr30k, flickr8k, karpathy, synthetic" in help_out.stdout

@@ -23,11 +23,13 @@ def test_synthetic_is_deterministic_and_parses_back(tmp_path):
     b = synthetic.ensure_synthetic(tmp_path / "b", 30, 48, seed=3, progress=False)
     c = synthetic.ensure_synthetic(tmp_path / "c", 30, 48, seed=4, progress=False)
     assert (a / "captions.txt").read_bytes() == (b / "captions.txt").read_bytes()
-    assert (a / "Images/synth_00007.jpg").read_bytes() == (b / "Images/synth_00007.jpg").read_bytes()
+    image = "Images/synth_00007.jpg"
+    assert (a / image).read_bytes() == (b / image).read_bytes()
     assert (a / "captions.txt").read_bytes() != (c / "captions.txt").read_bytes()
     caps = read_captions_csv(a / "captions.txt", "error", DataReport())
     assert len(caps) == 30 and all(len(v) == 5 and len(set(v)) == 5 for v in caps.values())
-    assert any("," in c for v in caps.values() for c in v)        # quoted commas survived the round trip
+    # quoted commas survived the round trip
+    assert any("," in c for v in caps.values() for c in v)
     # The first N scenes do not depend on the dataset size.
     img10, caps10 = synthetic.render(7, 3, 48)
     assert caps10 == caps["synth_00007.jpg"]
@@ -64,14 +66,16 @@ def test_vocabulary_round_trip(tmp_path):
     assert vocab.decode(ids) == ["the red square", "grüner [UNK]"]
     vocab.save(tmp_path / "v.json")
     again = Vocabulary.load(tmp_path / "v.json")
-    assert again.tokens == vocab.tokens and (again.encode([wrap("the red square")]) == ids[:1]).all()
+    assert again.tokens == vocab.tokens
+    assert (again.encode([wrap("the red square")]) == ids[:1]).all()
 
 
 # ------------------------------------------------------------------ readers
 def _ds(**kw):
-    base = {"name": "flickr8k", "root": None, "layout": "auto", "split": "random", "val_fraction": 0.25,
-            "test_fraction": 0.0, "captions_per_image": 5, "max_images": None, "on_missing": "error",
-            "on_malformed": "error", "verify_images": True}
+    base = {"name": "flickr8k", "root": None, "layout": "auto", "split": "random",
+            "val_fraction": 0.25, "test_fraction": 0.0, "captions_per_image": 5,
+            "max_images": None, "on_missing": "error", "on_malformed": "error",
+            "verify_images": True}
     return OmegaConf.create({**base, **kw})
 
 
@@ -79,16 +83,19 @@ def test_flickr8k_kaggle_layout(flickr8k_kaggle):
     splits, report = load_records(_ds(root=str(flickr8k_kaggle)), seed=0, progress=False)
     records = {r.id: r for s in splits.values() for r in s}
     assert set(records) == set(CAPTIONS)
-    assert records["a.jpg"].captions[0] == "A red square, on grey."      # the comma is inside the caption
+    # the comma is inside the caption
+    assert records["a.jpg"].captions[0] == "A red square, on grey."
     assert records["c.jpg"].captions[1] == "Một con chó đang chạy"
     assert [len(splits[s]) for s in ("train", "val", "test")] == [3, 1, 0]
     assert any("no test split" in n for n in report.notes)
 
 
 def test_flickr8k_original_layout_with_karpathy_split(flickr8k_original):
-    splits, _ = load_records(_ds(root=str(flickr8k_original), split="karpathy"), seed=0, progress=False)
+    splits, _ = load_records(_ds(root=str(flickr8k_original), split="karpathy"), seed=0,
+                             progress=False)
     assert [r.id for r in splits["train"]] == ["a.jpg", "b.jpg"]
-    assert [r.id for r in splits["val"]] == ["c.jpg"] and [r.id for r in splits["test"]] == ["d.jpg"]
+    assert [r.id for r in splits["val"]] == ["c.jpg"]
+    assert [r.id for r in splits["test"]] == ["d.jpg"]
     assert len(splits["train"][0].captions) == 5
 
 
@@ -104,7 +111,8 @@ def test_malformed_line_names_file_and_line(flickr8k_kaggle):
         f.write("broken line without a caption field\n")
     with pytest.raises(DatasetError, match=r"captions.txt:22"):
         load_records(_ds(root=str(flickr8k_kaggle)), 0, progress=False)
-    splits, report = load_records(_ds(root=str(flickr8k_kaggle), on_malformed="skip"), 0, progress=False)
+    splits, report = load_records(_ds(root=str(flickr8k_kaggle), on_malformed="skip"), 0,
+                                  progress=False)
     assert report.removed["malformed caption lines"] == 1 and sum(map(len, splits.values())) == 4
 
 
@@ -113,24 +121,29 @@ def test_missing_and_corrupt_images(flickr8k_kaggle):
     with pytest.raises(DatasetError, match="1 of 4 images .* missing .*b.jpg.*on_missing=skip"):
         load_records(_ds(root=str(flickr8k_kaggle)), 0, progress=False)
     (flickr8k_kaggle / "Images" / "c.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
-    splits, report = load_records(_ds(root=str(flickr8k_kaggle), on_missing="skip"), 0, progress=False)
+    splits, report = load_records(_ds(root=str(flickr8k_kaggle), on_missing="skip"), 0,
+                                  progress=False)
     assert sorted(r.id for s in splits.values() for r in s) == ["a.jpg", "d.jpg"]
     assert report.removed["missing images"] == 1 and report.removed["unreadable images"] == 1
 
 
+def _words(records) -> set[str]:
+    return {w for r in records for c in r.captions for w in normalize(c).split()}
+
+
 def test_build_data_vectorises_train_captions_only(flickr8k_kaggle):
-    cfg = compose_config("dataset=flickr8k", f"dataset.root={flickr8k_kaggle}", "dataset.val_fraction=0.25",
-                         "backbone.image_size=32", "text.seq_len=12")
+    cfg = compose_config("dataset=flickr8k", f"dataset.root={flickr8k_kaggle}",
+                         "dataset.val_fraction=0.25", "backbone.image_size=32", "text.seq_len=12")
     data = build_data(cfg, progress=False)
-    val_words = {w for r in data.splits["val"] for c in r.captions for w in normalize(c).split()}
-    train_words = {w for r in data.splits["train"] for c in r.captions for w in normalize(c).split()}
+    val_words, train_words = _words(data.splits["val"]), _words(data.splits["train"])
     assert set(data.vocab.tokens) - {"", "[UNK]", "<start>", "<end>"} <= train_words
-    assert val_words - train_words                         # some val-only words exist and were not learned
+    assert val_words - train_words              # some val-only words exist and were not learned
     ids = data.encode(data.splits["train"])
     assert ids.shape == (3, 5, 12) and (ids[:, :, 0] == data.vocab.start_id).all()
     images, caps = next(iter(data.train_dataset(batch_size=2, seed=0)))
     assert images.shape == (2, 32, 32, 3) and caps.shape == (2, 5, 12)
-    assert float(images.numpy().max()) <= 255.0 and float(images.numpy().max()) > 1.0   # 0..255, not rescaled
+    # 0..255, not rescaled
+    assert float(images.numpy().max()) <= 255.0 and float(images.numpy().max()) > 1.0
     # Every pipeline runs without tf.data's autotuner: with it, Keras's per-epoch iterator
     # deletion blocked for up to ~40 s on a 2-core CPU (see datamodule._finish).
     for ds in (data.train_dataset(batch_size=2, seed=0), data.train_dataset(2, 0, sample=2),
@@ -140,26 +153,31 @@ def test_build_data_vectorises_train_captions_only(flickr8k_kaggle):
 
 
 def test_sample_captions_draws_k_distinct_captions_afresh_each_epoch(flickr8k_kaggle):
-    cfg = compose_config("dataset=flickr8k", f"dataset.root={flickr8k_kaggle}", "dataset.val_fraction=0.25",
-                         "backbone.image_size=32", "text.seq_len=12")
+    cfg = compose_config("dataset=flickr8k", f"dataset.root={flickr8k_kaggle}",
+                         "dataset.val_fraction=0.25", "backbone.image_size=32", "text.seq_len=12")
     data = build_data(cfg, progress=False)
-    full = data.encode(data.splits["train"])                                   # (3, 5, 12)
+    full = data.encode(data.splits["train"])                             # (3, 5, 12)
     ds = data.train_dataset(batch_size=3, seed=0, shuffle=False, sample=2)
     seen = [set() for _ in full]
-    for _ in range(6):                                                         # six epochs
+    for _ in range(6):                                                   # six epochs
         _, caps = next(iter(ds))
         assert caps.shape == (3, 2, 12)
         for i, rows in enumerate(caps.numpy()):
             picked = [next(j for j in range(5) if (full[i, j] == row).all()) for row in rows]
-            assert len(set(picked)) == 2                                       # without replacement
+            assert len(set(picked)) == 2                                 # without replacement
             seen[i].update(picked)
-    assert all(len(s) > 2 for s in seen)                                       # a new draw each epoch
-    first = [next(iter(data.train_dataset(batch_size=3, seed=0, shuffle=False, sample=2)))[1].numpy()
-             for _ in range(2)]
-    assert (first[0] == first[1]).all()                                        # same seed, same draws
+    assert all(len(s) > 2 for s in seen)                                 # a new draw each epoch
 
-# ------------------------------------------------------------------ real samples (skipped in a user's clone)
-needs_shared = pytest.mark.skipif(not (SHARED_DATA / "flickr8k_sample").is_dir(), reason="../shared/data absent")
+    def first_draw():
+        return next(iter(data.train_dataset(batch_size=3, seed=0, shuffle=False, sample=2)))[1]
+
+    first = [first_draw().numpy() for _ in range(2)]
+    assert (first[0] == first[1]).all()                                  # same seed, same draws
+
+# ------------------------------------------------------------------ real samples
+# These need ../shared/data and are skipped in a user's clone.
+needs_shared = pytest.mark.skipif(not (SHARED_DATA / "flickr8k_sample").is_dir(),
+                                  reason="../shared/data absent")
 
 
 @needs_shared
@@ -169,8 +187,9 @@ def test_real_flickr8k_sample_both_layouts():
     assert sum(map(len, kaggle.values())) == 136
     assert all(len(r.captions) == 5 for s in kaggle.values() for r in s)
     # The original token file lists all 8,092 names; only the 136 present images load with skip.
-    orig, report = load_records(_ds(root=str(root), layout="original", on_missing="skip", split="karpathy"),
-                                0, progress=False)
+    orig, report = load_records(
+        _ds(root=str(root), layout="original", on_missing="skip", split="karpathy"),
+        0, progress=False)
     assert sum(map(len, orig.values())) == 136 - report.removed["images in no split list"]
     assert report.removed["missing images"] == 8092 - 136
     with pytest.raises(DatasetError, match="missing"):
@@ -180,24 +199,28 @@ def test_real_flickr8k_sample_both_layouts():
 @needs_shared
 def test_real_ucm_captions_karpathy_json():
     root = SHARED_DATA / "ucm_captions"
-    cfg = OmegaConf.create({"name": "karpathy", "json": str(root / "dataset.json"), "images": str(root / "images"),
-                            "restval": True, "split": "karpathy", "captions_per_image": 5, "max_images": None,
-                            "on_missing": "skip", "on_malformed": "error", "verify_images": False})
+    cfg = OmegaConf.create({
+        "name": "karpathy", "json": str(root / "dataset.json"), "images": str(root / "images"),
+        "restval": True, "split": "karpathy", "captions_per_image": 5, "max_images": None,
+        "on_missing": "skip", "on_malformed": "error", "verify_images": False})
     splits, report = load_records(cfg, 0, progress=False)
     assert (len(splits["train"]), len(splits["val"])) == (1680, 210)
-    assert report.removed["missing images"] == 0 and not splits["test"]   # test images are held back
+    # test images are held back
+    assert report.removed["missing images"] == 0 and not splits["test"]
 
 
 def test_write_fixture_formats_are_the_real_ones(flickr8k_kaggle, flickr8k_original):
     rows = list(csv.reader(open(flickr8k_kaggle / "captions.txt", encoding="utf-8")))
     assert rows[0] == ["image", "caption"] and len(rows) == 21
-    line = (flickr8k_original / "Flickr8k_text" / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines()[0]
+    token_file = flickr8k_original / "Flickr8k_text" / "Flickr8k.token.txt"
+    line = token_file.read_text(encoding="utf-8").splitlines()[0]
     assert line.startswith("a.jpg#0\t")
 
 
 def test_required_root_is_named():
     cfg = compose_config("dataset=flickr8k")
-    with pytest.raises(DatasetError, match=r"dataset.root is required for dataset=flickr8k.*dataset.root=/data/flickr8k"):
+    with pytest.raises(DatasetError, match=r"dataset.root is required for dataset=flickr8k"
+                                           r".*dataset.root=/data/flickr8k"):
         load_records(cfg.dataset, 0, progress=False)
 
 
@@ -213,17 +236,20 @@ def _mock_coco(per_split: int):
 
     def as_dataset(self, split, decoders=None, **kwargs):
         offset = {"train": 0, "restval": 100, "val": 200, "test": 300}[str(split)]
-        examples = {"image": [], "image/filename": [], "image/id": [], "captions": {"text": [], "id": []}}
+        examples = {"image": [], "image/filename": [], "image/id": [],
+                    "captions": {"text": [], "id": []}}
         for i in range(per_split):
             buf = io.BytesIO()
             Image.new("RGB", (48, 40), (i * 20 % 255, 80, 160)).save(buf, format="JPEG")
             examples["image"].append(buf.getvalue())
             examples["image/filename"].append(f"COCO_{split}2014_{offset + i:012d}.jpg")
             examples["image/id"].append(offset + i)
-        ds = tf.data.Dataset.from_tensor_slices({k: v for k, v in examples.items() if k != "captions"})
+        ds = tf.data.Dataset.from_tensor_slices(
+            {k: v for k, v in examples.items() if k != "captions"})
         n_caps = 6                                            # COCO has 5-7 captions per image
         caps = tf.data.Dataset.from_tensor_slices({
-            "text": [[f"caption {k} of image {offset + i}, in {split}" for k in range(n_caps)] for i in range(per_split)],
+            "text": [[f"caption {k} of image {offset + i}, in {split}" for k in range(n_caps)]
+                     for i in range(per_split)],
             "id": [[k for k in range(n_caps)] for _ in range(per_split)]})
         return tf.data.Dataset.zip(ds, caps).map(lambda e, c: {**e, "captions": c})
 
@@ -234,7 +260,8 @@ def test_coco_via_tfds_keeps_every_caption_and_split(tmp_path):
     cfg = compose_config("dataset=coco", f"dataset.cache_dir={tmp_path}")
     with _mock_coco(per_split=3):
         splits, _ = load_records(cfg.dataset, 0, progress=False)
-    assert [len(splits[s]) for s in ("train", "val", "test")] == [6, 3, 3]        # restval joined train
+    # restval joined train
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [6, 3, 3]
     r = splits["val"][0]
     assert len(r.captions) == 6 and r.captions[0].startswith("caption 0 of image 200")
     assert (tmp_path / "tfds_coco_captions" / "val" / "captions.json").is_file()
@@ -244,27 +271,32 @@ def test_coco_via_tfds_keeps_every_caption_and_split(tmp_path):
 
 
 def test_coco_not_prepared_says_how_to_build_it(tmp_path):
-    cfg = compose_config("dataset=coco", f"dataset.cache_dir={tmp_path}", f"dataset.data_dir={tmp_path}/tfds")
+    cfg = compose_config("dataset=coco", f"dataset.cache_dir={tmp_path}",
+                         f"dataset.data_dir={tmp_path}/tfds")
     with pytest.raises(DatasetError, match="tfds build coco_captions"):
         load_records(cfg.dataset, 0, progress=False)
 
 
 def test_flickr30k_pipe_layout(flickr30k_kaggle):
-    cfg = compose_config("dataset=flickr30k", f"dataset.root={flickr30k_kaggle}", "dataset.val_fraction=0.25")
+    cfg = compose_config("dataset=flickr30k", f"dataset.root={flickr30k_kaggle}",
+                         "dataset.val_fraction=0.25")
     splits, _ = load_records(cfg.dataset, 0, progress=False)
     records = {r.id: r for s in splits.values() for r in s}
     assert set(records) == set(CAPTIONS)
-    assert records["a.jpg"].captions[0] == "A red square, on grey."             # stray spaces stripped
+    # stray spaces stripped
+    assert records["a.jpg"].captions[0] == "A red square, on grey."
 
 
 def test_karpathy_json_with_filepath_and_restval(karpathy_json):
     path, images = karpathy_json
     cfg = compose_config("dataset=karpathy", f"dataset.json={path}", f"dataset.images={images}")
     splits, _ = load_records(cfg.dataset, 0, progress=False)
-    assert [r.id for r in splits["train"]] == ["a.jpg", "b.jpg"]                 # restval joined train
-    assert [r.id for r in splits["val"]] == ["c.jpg"] and [r.id for r in splits["test"]] == ["d.jpg"]
+    assert [r.id for r in splits["train"]] == ["a.jpg", "b.jpg"]         # restval joined train
+    assert [r.id for r in splits["val"]] == ["c.jpg"]
+    assert [r.id for r in splits["test"]] == ["d.jpg"]
     assert splits["val"][0].image.endswith("val2014/c.jpg")
-    cfg = compose_config("dataset=karpathy", f"dataset.json={path}", f"dataset.images={images}", "dataset.restval=false")
+    cfg = compose_config("dataset=karpathy", f"dataset.json={path}", f"dataset.images={images}",
+                         "dataset.restval=false")
     splits, report = load_records(cfg.dataset, 0, progress=False)
     assert [r.id for r in splits["train"]] == ["a.jpg"]
 

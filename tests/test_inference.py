@@ -18,8 +18,8 @@ from tests.conftest import ROOT, compose_config
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("finished")
-    cfg = compose_config("debug=tiny", "logger=none", "trainer.max_epochs=2", "backbone.image_size=32",
-                         f"paths.output_dir={out}")
+    cfg = compose_config("debug=tiny", "logger=none", "trainer.max_epochs=2",
+                         "backbone.image_size=32", f"paths.output_dir={out}")
     return out, cfg, train(cfg)
 
 
@@ -35,7 +35,8 @@ def test_reloaded_run_gives_identical_captions(finished_run):
 
     out, cfg, _ = finished_run
     files = _images(cfg)
-    images = np.stack([keras.ops.convert_to_numpy(load_image(str(f), 32)) for f in files]).astype("float32")
+    images = np.stack([keras.ops.convert_to_numpy(load_image(str(f), 32))
+                       for f in files]).astype("float32")
     _, vocab, a = load_run(out)
     _, _, b = load_run(out)
     ga = Generator.from_config(a, vocab, cfg.decode)(images)
@@ -50,12 +51,13 @@ def test_caption_py_captions_a_folder(finished_run, tmp_path):
     for f in _images(cfg):
         (folder / f.name).write_bytes(f.read_bytes())
     res = subprocess.run([sys.executable, "caption.py", f"run_dir={out}", f"images=[{folder}]",
-                          "decode.method=beam", "decode.beam_size=2", "decode.tta=flip"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+                          "decode.method=beam", "decode.beam_size=2", "decode.tta=flip"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 3 and all(line.split("\t")[0].endswith(".jpg") for line in lines)
-    bad = subprocess.run([sys.executable, "caption.py", f"run_dir={out}", "images=[/nonexistent.jpg]"],
+    bad = subprocess.run([sys.executable, "caption.py", f"run_dir={out}",
+                          "images=[/nonexistent.jpg]"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "No such image or folder: /nonexistent.jpg" in bad.stderr
 
@@ -63,11 +65,13 @@ def test_caption_py_captions_a_folder(finished_run, tmp_path):
 def test_eval_py_rescoring_never_touches_metrics_json(finished_run):
     out, _, result = finished_run
     before = (out / "metrics.json").read_bytes()
-    res = subprocess.run([sys.executable, "eval.py", f"run_dir={out}", "split=test", "decode.method=beam",
-                          "decode.beam_size=3", "decode.tta=dihedral"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "eval.py", f"run_dir={out}", "split=test",
+                          "decode.method=beam", "decode.beam_size=3", "decode.tta=dihedral"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     scores = json.loads((out / "eval_test_beam3_tta_dihedral.json").read_text())
-    assert {"bleu_4", "cider", "loss"} <= set(scores["test"]) and scores["meta"]["decode"]["method"] == "beam"
+    assert ({"bleu_4", "cider", "loss"} <= set(scores["test"])
+            and scores["meta"]["decode"]["method"] == "beam")
     assert scores["meta"]["decode"]["tta"] == "dihedral"
     assert (out / "predictions_test_beam3_tta_dihedral.csv").is_file()
     assert (out / "metrics.json").read_bytes() == before
@@ -106,16 +110,16 @@ def test_export_captions_jpeg_bytes_in_a_fresh_process(finished_run):
             "r = m.caption(tf.constant([open(sys.argv[2], 'rb').read()] * 2)); "
             "print('CAPTIONS', [c.decode() for c in r.numpy()]); "
             "print('captioning' in sys.modules)")
-    res = subprocess.run([sys.executable, "-c", code, str(path), str(jpeg)], capture_output=True, text=True,
-                         timeout=300, cwd="/")
+    res = subprocess.run([sys.executable, "-c", code, str(path), str(jpeg)], capture_output=True,
+                         text=True, timeout=300, cwd="/")
     assert res.returncode == 0, res.stderr
     line = next(x for x in res.stdout.splitlines() if x.startswith("CAPTIONS"))
     caps = eval(line[len("CAPTIONS "):])  # noqa: S307 - our own printed list
     assert len(caps) == 2 and caps[0] == caps[1] and "<end>" not in caps[0]
     assert res.stdout.strip().endswith("False")              # loaded without this repository's code
     # Same caption as the framework's own greedy decoding of that file.
-    ref = subprocess.run([sys.executable, "caption.py", f"run_dir={out}", f"images=[{jpeg}]"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    ref = subprocess.run([sys.executable, "caption.py", f"run_dir={out}", f"images=[{jpeg}]"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ref.stdout.strip().split("\t")[1] == caps[0]
 
 
@@ -124,8 +128,10 @@ def test_eval_file_names_say_the_decoding():
 
     from eval import decoding_name
 
-    d = OmegaConf.create({"method": "beam", "beam_size": 3, "length_penalty": 0.0, "k": 10, "p": 0.9,
-                          "temperature": 1.0, "tta": "none"})
+    d = OmegaConf.create({"method": "beam", "beam_size": 3, "length_penalty": 0.0, "k": 10,
+                          "p": 0.9, "temperature": 1.0, "tta": "none"})
     assert decoding_name(d) == "beam3"
-    assert decoding_name(OmegaConf.merge(d, {"length_penalty": 1.0, "tta": "flip"})) == "beam3_lp1_tta_flip"
-    assert decoding_name(OmegaConf.merge(d, {"method": "greedy", "tta": "dihedral"})) == "greedy_tta_dihedral"
+    assert (decoding_name(OmegaConf.merge(d, {"length_penalty": 1.0, "tta": "flip"}))
+            == "beam3_lp1_tta_flip")
+    assert (decoding_name(OmegaConf.merge(d, {"method": "greedy", "tta": "dihedral"}))
+            == "greedy_tta_dihedral")

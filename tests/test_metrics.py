@@ -11,11 +11,15 @@ from captioning.evaluation.metrics import java_available, python_tokenize, score
 from tests.conftest import SHARED_DATA
 
 REFS = {
-    "1": ["A dog runs across the grass.", "a brown dog running on a lawn", "The dog is running outside."],
-    "2": ["Two people ride bikes down a street.", "cyclists on a city road", "two men riding bicycles"],
-    "3": ["A child's red ball sits on the floor.", "a red ball on a wooden floor", "a ball that is red"],
+    "1": ["A dog runs across the grass.", "a brown dog running on a lawn",
+          "The dog is running outside."],
+    "2": ["Two people ride bikes down a street.", "cyclists on a city road",
+          "two men riding bicycles"],
+    "3": ["A child's red ball sits on the floor.", "a red ball on a wooden floor",
+          "a ball that is red"],
 }
-PREDS = {"1": "a dog running on the grass", "2": "two people riding bikes on a road", "3": "a red ball"}
+PREDS = {"1": "a dog running on the grass", "2": "two people riding bikes on a road",
+         "3": "a red ball"}
 needs_java = pytest.mark.skipif(not java_available(), reason="Java is not installed")
 
 
@@ -52,7 +56,8 @@ def test_perfect_beats_unrelated(use_java):
 @pytest.mark.parametrize("use_java", [pytest.param(True, marks=needs_java), False])
 def test_empty_prediction_is_scored_not_a_crash(use_java):
     s = score(REFS, {**PREDS, "2": ""}, use_java=use_java)
-    assert s.per_image["2"]["cider"] == 0.0 and s.per_image["2"]["bleu_4"] == pytest.approx(0.0, abs=1e-6)
+    assert s.per_image["2"]["cider"] == 0.0
+    assert s.per_image["2"]["bleu_4"] == pytest.approx(0.0, abs=1e-6)
     assert s.per_image["1"]["cider"] > 0
 
 
@@ -62,7 +67,8 @@ def test_mismatched_ids_are_an_error():
 
 
 def test_python_tokenizer_rules():
-    assert python_tokenize("A child's red ball, on the floor.") == "a child 's red ball on the floor"
+    assert (python_tokenize("A child's red ball, on the floor.")
+            == "a child 's red ball on the floor")
     assert python_tokenize("Don't stop -- \"now\"!") == "do n't stop now"
     assert python_tokenize("A man in a t-shirt") == "a man in a t-shirt"
 
@@ -87,10 +93,14 @@ def test_cider_reward_equals_pycocoevalcap_cider():
 
     from captioning.evaluation.rewards import CiderD, Reward, references, strip
 
-    gts = {"a": ["a man rides a horse on the beach", "a person riding a horse", "horse and rider near the sea"],
-           "b": ["two dogs play in the snow", "dogs running through snow", "two brown dogs in a snowy field"],
-           "c": ["a plane on a runway", "an airplane parked at the airport", "a white plane on the tarmac"]}
-    res = {"a": ["a man riding a horse on a beach"], "b": ["a dog in the snow"], "c": ["a plane on a runway"]}
+    gts = {"a": ["a man rides a horse on the beach", "a person riding a horse",
+                 "horse and rider near the sea"],
+           "b": ["two dogs play in the snow", "dogs running through snow",
+                 "two brown dogs in a snowy field"],
+           "c": ["a plane on a runway", "an airplane parked at the airport",
+                 "a white plane on the tarmac"]}
+    res = {"a": ["a man riding a horse on a beach"], "b": ["a dog in the snow"],
+           "c": ["a plane on a runway"]}
     corpus, per_image = Cider().compute_score(gts, res)
     words = sorted({w for caps in [*gts.values(), *res.values()] for c in caps for w in c.split()})
     ids = {w: i + 4 for i, w in enumerate(words)}           # 0 pad, 1 unk, 2 start, 3 end
@@ -102,7 +112,8 @@ def test_cider_reward_equals_pycocoevalcap_cider():
 
     # batch(): rows with start/end/padding, an image's samples together, absent captions skipped.
     row = lambda c, n=12: np.array([2, *enc(c), 3] + [0] * (n - len(c.split()) - 2), np.int32)  # noqa: E731
-    captions = np.stack([np.stack([row(c) for c in gts[k]] + [np.zeros(12, np.int32)]) for k in ("a", "c")])
+    captions = np.stack([np.stack([row(c) for c in gts[k]] + [np.zeros(12, np.int32)])
+                         for k in ("a", "c")])
     samples = np.stack([row(res["a"][0]), row("horse"), row(res["c"][0]), row("two dogs")])
     got = Reward({"cider": 1.0, "bleu_4": 0.0}, [[enc(c) for c in gts[k]] for k in gts]).batch(
         samples, captions, start_id=2, end_id=3)
@@ -121,9 +132,12 @@ def test_bleu_reward_equals_pycocoevalcap_sentence_bleu():
 
     from captioning.evaluation.rewards import Reward, SentenceBleu
 
-    gts = {"a": ["a man rides a horse on the beach", "a person riding a horse", "horse and rider near the sea"],
-           "b": ["two dogs play in the snow", "dogs running through snow", "two brown dogs in a snowy field"],
-           "c": ["a plane on a runway", "an airplane parked at the airport", "a white plane on the tarmac"],
+    gts = {"a": ["a man rides a horse on the beach", "a person riding a horse",
+                 "horse and rider near the sea"],
+           "b": ["two dogs play in the snow", "dogs running through snow",
+                 "two brown dogs in a snowy field"],
+           "c": ["a plane on a runway", "an airplane parked at the airport",
+                 "a white plane on the tarmac"],
            "d": ["a red bus on a city street", "a double decker bus", "a bus parked by the road"]}
     # A near copy, a short partial match (brevity penalty), an exact copy, no 4-gram match.
     res = {"a": ["a man riding a horse on a beach"], "b": ["a dog"], "c": ["a plane on a runway"],
@@ -133,7 +147,8 @@ def test_bleu_reward_equals_pycocoevalcap_sentence_bleu():
     ids = {w: i + 4 for i, w in enumerate(words)}
     enc = lambda c: tuple(ids[w] for w in c.split())  # noqa: E731
     bleu = SentenceBleu()
-    ours = np.array([bleu.score(enc(res[k][0]), [enc(c) for c in gts[k]]) for k in gts])   # (images, 4)
+    # (images, 4)
+    ours = np.array([bleu.score(enc(res[k][0]), [enc(c) for c in gts[k]]) for k in gts])
     np.testing.assert_allclose(ours, np.array(per_image).T, rtol=1e-9, atol=1e-12)
     assert ours[2, 3] == pytest.approx(1.0) and ours[3, 3] < 1e-3 < ours[3, 1]
     assert bleu.score(enc("a dog"), []) == [0.0] * 4
@@ -144,7 +159,8 @@ def test_bleu_reward_equals_pycocoevalcap_sentence_bleu():
     assert str(mixed) == "CIDEr-D + 2×BLEU-4 + 0.5×BLEU-1" and str(cider_only) == "CIDEr-D"
     for i, k in enumerate(gts):
         hyp, r = enc(res[k][0]), [enc(c) for c in gts[k]]
-        assert mixed.score(hyp, r) == pytest.approx(cider_only.score(hyp, r) + 2 * ours[i, 3] + 0.5 * ours[i, 0])
+        expected = cider_only.score(hyp, r) + 2 * ours[i, 3] + 0.5 * ours[i, 0]
+        assert mixed.score(hyp, r) == pytest.approx(expected)
     assert Reward({"bleu_4": 1.0}, refs).cider is None        # unweighted scores are not computed
     with pytest.raises(ValueError, match="unknown reward"):
         Reward({"rouge": 1.0}, refs)

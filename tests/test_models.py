@@ -11,6 +11,7 @@ from captioning import ConfigError
 from captioning.models.backbones import build_backbone, get_backbone
 from captioning.models.build import build_model
 from captioning.models.captioner import masked_loss_and_accuracy
+from captioning.models.decoder import Decoder
 from captioning.models.decoding import Generator
 from captioning.models.gru import GRUDecoder
 from captioning.models.transformer import TransformerDecoder
@@ -38,7 +39,8 @@ def test_masked_loss_ignores_padding():
 
 
 def _decoders():
-    return [TransformerDecoder(V, T, dim=D, num_layers=2, num_heads=2, ff_dim=32, dropout=0.0, output_dropout=0.0),
+    return [TransformerDecoder(V, T, dim=D, num_layers=2, num_heads=2, ff_dim=32, dropout=0.0,
+                               output_dropout=0.0),
             GRUDecoder(V, T, dim=D)]
 
 
@@ -75,6 +77,32 @@ def test_get_config_round_trips(decoder):
     assert clone.get_config() == config
 
 
+@pytest.mark.parametrize("decoder", _decoders(), ids=["transformer", "gru"])
+def test_decoder_declares_the_cache_entries_each_beam_owns(decoder):
+    """Beam search reorders only ``beam_state``: the other cache entries must be per image
+    (a step leaves them as they were), and every ``beam_state`` entry must follow the tokens."""
+    assert isinstance(decoder, Decoder)
+    rng = np.random.default_rng(3)
+    memory = rng.normal(size=(2, S, D)).astype("float32")
+    decoder(rng.integers(1, V, (2, T)).astype("int32"), memory)      # builds the layer
+    before = decoder.init_cache(memory, T)
+    assert decoder.beam_state and set(decoder.beam_state) < set(before)
+    _, after = decoder.step(np.array([4, 5], "int32"), before, 0)
+    assert set(after) == set(before)
+    for key in before:
+        old, new = (keras.tree.flatten(c[key]) for c in (before, after))
+        same = all(np.array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+                   for a, b in zip(old, new, strict=True))
+        assert same == (key not in decoder.beam_state), key
+
+
+def test_transformer_checks_its_heads():
+    with pytest.raises(ValueError, match="num_heads must be >= 1 and divide dim"):
+        TransformerDecoder(V, T, dim=D, num_heads=3)
+    with pytest.raises(ValueError, match="num_heads must be >= 1 and divide dim"):
+        TransformerDecoder(V, T, dim=D, num_heads=0)
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
     # The same weights every run. With seed 2, greedy ends the 4 test rows at different
@@ -94,6 +122,30 @@ def test_beam_of_one_equals_greedy(tiny_model):
     greedy, beam1 = _until_end(greedy, 3), _until_end(beam1, 3)
     assert greedy == beam1
     assert all(len(row) > 1 for row in greedy)
+
+
+def test_captioner_config_records_its_parts_and_settings():
+    """get_config: plain settings as they are, sublayers as Keras configs, all JSON; the
+    encoder, decoder and augmentation revive from theirs (the backbone is rebuilt from cfg)."""
+    import json
+
+    cfg = compose_config("debug=tiny", "backbone.image_size=32", "augment.flip=horizontal",
+                         "trainer.label_smoothing=0.1", "augment.mixup=0.2")
+    model = build_model(cfg, V)
+    config = json.loads(json.dumps(model.get_config()))
+    assert {k: config[k] for k in ("blind", "label_smoothing", "word_loss", "mixup", "seed")} == {
+        "blind": False, "label_smoothing": 0.1, "word_loss": 0.0, "mixup": 0.2, "seed": cfg.seed}
+    assert config["name"] == "captioner"
+    assert config["backbone"]["config"]["name"] == model.backbone.name
+    for part in ("encoder", "decoder"):
+        revived = keras.saving.deserialize_keras_object(config[part])
+        assert type(revived) is type(getattr(model, part))
+        assert revived.get_config() == getattr(model, part).get_config()
+    augmentation = [keras.saving.deserialize_keras_object(c) for c in config["augmentation"]]
+    assert [a.get_config() for a in augmentation] == [a.get_config() for a in model.augmentation]
+    assert config["decoder"]["config"]["dim"] == cfg.decoder.dim
+    with pytest.raises(NotImplementedError, match="build_model"):
+        type(model).from_config(config)
 
 
 def _until_end(ids, end):
@@ -139,9 +191,9 @@ def test_length_penalty_never_picks_a_shorter_beam():
     keras.utils.set_random_seed(1)          # an init whose beams end at different lengths
     model = build_model(compose_config("debug=tiny", "backbone.image_size=32"), V)
     images = np.random.default_rng(3).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
-    plain = [len(r) for r in _until_end(Generator(model, 2, 3, 9, method="beam", beam_size=4)(images), 3)]
-    longer = [len(r) for r in _until_end(Generator(model, 2, 3, 9, method="beam", beam_size=4,
-                                                   length_penalty=2.0)(images), 3)]
+    plain = Generator(model, 2, 3, 9, method="beam", beam_size=4)(images)
+    longer = Generator(model, 2, 3, 9, method="beam", beam_size=4, length_penalty=2.0)(images)
+    plain, longer = ([len(r) for r in _until_end(ids, 3)] for ids in (plain, longer))
     assert all(b >= a for a, b in zip(plain, longer, strict=True))
     assert sum(longer) > sum(plain)
 
@@ -150,7 +202,8 @@ def test_length_penalty_never_picks_a_shorter_beam():
 def test_sampling_is_seeded_and_batched(tiny_model, method):
     model, _ = tiny_model
     images = np.zeros((5, 32, 32, 3), "float32")
-    ids = keras.ops.convert_to_numpy(Generator(model, 2, 3, 8, method=method, k=5, p=0.8, seed=1)(images))
+    ids = Generator(model, 2, 3, 8, method=method, k=5, p=0.8, seed=1)(images)
+    ids = keras.ops.convert_to_numpy(ids)
     assert ids.shape == (5, 8) and (ids[:, 0] == 2).all() and (ids[:, 1:] != 0).any()
 
 
@@ -162,11 +215,13 @@ def test_test_time_views_are_the_eight_symmetries_of_each_image():
     assert views.shape == (16, 5, 5, 3)
     for b in range(2):                                   # an image's views together, itself first
         mine = views[b * 8:(b + 1) * 8]
-        expected = [np.rot90(x, k, axes=(0, 1)) for x in (images[b], images[b][:, ::-1]) for k in range(4)]
+        expected = [np.rot90(x, k, axes=(0, 1))
+                    for x in (images[b], images[b][:, ::-1]) for k in range(4)]
         np.testing.assert_array_equal(mine[0], images[b])
         assert sorted(v.tobytes() for v in mine) == sorted(e.tobytes() for e in expected)
     flip = keras.ops.convert_to_numpy(test_time_views(images, "flip"))
-    np.testing.assert_array_equal(flip, np.stack([images, images[:, :, ::-1]], 1).reshape(4, 5, 5, 3))
+    mirrored = np.stack([images, images[:, :, ::-1]], 1).reshape(4, 5, 5, 3)
+    np.testing.assert_array_equal(flip, mirrored)
     with pytest.raises(ConfigError, match="needs square images"):
         test_time_views(np.zeros((1, 4, 6, 3), "float32"), "dihedral")
     with pytest.raises(ConfigError, match="decode.tta must be one of"):
@@ -202,7 +257,8 @@ def test_tta_decodes_the_views_mean_log_probabilities(tiny_model):
             logits, caches[v] = model.decoder.step(token, caches[v], i)
             logps.append(_log_probs(keras.ops.convert_to_numpy(logits).astype("float64")))
         token = np.mean(logps, axis=0).argmax(-1).astype("int32")
-        alive = (ids[:, 1:i + 1] != 3).all(axis=1)       # rows still going (greedy pads after the end)
+        # Rows still going (greedy pads after the end).
+        alive = (ids[:, 1:i + 1] != 3).all(axis=1)
         np.testing.assert_array_equal(ids[alive, i + 1], token[alive])
         token = np.where(alive, token, ids[:, i + 1]).astype("int32")
     # With these images the ensemble's captions differ from either view's alone: the check above
@@ -213,7 +269,8 @@ def test_tta_decodes_the_views_mean_log_probabilities(tiny_model):
 
 
 def test_unknown_backbone_is_a_clear_error():
-    with pytest.raises(ConfigError, match=r"Unknown backbone 'resnet9000'. Known: \['small_cnn'.*'efficientnetb0'"):
+    known = r"Unknown backbone 'resnet9000'. Known: \['small_cnn'.*'efficientnetb0'"
+    with pytest.raises(ConfigError, match=known):
         get_backbone("resnet9000")
 
 
@@ -224,7 +281,8 @@ def test_unknown_backbone_is_a_clear_error():
     ("mobilenetv2", 64, 4, 1280),                 # any keras.applications model by name
 ])
 def test_backbones_build_with_declared_token_shape(name, size, tokens, width):
-    cfg = compose_config(f"backbone.name={name}", f"backbone.image_size={size}", "backbone.weights=null")
+    cfg = compose_config(f"backbone.name={name}", f"backbone.image_size={size}",
+                         "backbone.weights=null")
     net = build_backbone(cfg)
     out = net(np.zeros((2, size, size, 3), "float32"))
     assert tuple(out.shape) == (2, tokens, width)
@@ -234,23 +292,27 @@ def test_backbones_build_with_declared_token_shape(name, size, tokens, width):
 
 @pytest.mark.parametrize("options,convs", [
     ([], 4),
-    (["backbone.stem=8", "backbone.convs_per_stage=[1,2,2,1]"], 6),     # stride-2 stem + residual convs
+    # A stride-2 stem and residual convs.
+    (["backbone.stem=8", "backbone.convs_per_stage=[1,2,2,1]"], 6),
 ])
 def test_small_cnn_variants_keep_a_sixteenth_of_the_side(options, convs):
     cfg = compose_config("backbone.image_size=64", "backbone.filters=[8,16,16,24]", *options)
     net = build_backbone(cfg)
     assert tuple(net(np.zeros((2, 64, 64, 3), "float32")).shape) == (2, 16, 24)
     cnn = net.get_layer("small_cnn")
-    assert sum(isinstance(layer, keras.layers.Conv2D) for layer in cnn.layers) == convs + ("backbone.stem=8" in options)
+    stem = "backbone.stem=8" in options
+    assert sum(isinstance(layer, keras.layers.Conv2D) for layer in cnn.layers) == convs + stem
     assert sum(isinstance(layer, keras.layers.Add) for layer in cnn.layers) == convs - 4
-    with pytest.raises(ConfigError, match="backbone.convs_per_stage must be >= 1, one number or one per stage"):
+    with pytest.raises(ConfigError,
+                       match="backbone.convs_per_stage must be >= 1, one number or one per stage"):
         build_backbone(compose_config("backbone.convs_per_stage=[1,2]"))
 
 
 def test_patchify_stem_sees_twice_the_side_for_the_same_tokens():
     base = ["backbone.filters=[8,16,16,24]", "backbone.stem=8"]
     small = build_backbone(compose_config("backbone.image_size=64", *base))
-    patch = build_backbone(compose_config("backbone.image_size=128", "backbone.stem_stride=4", *base))
+    patch = build_backbone(compose_config("backbone.image_size=128", "backbone.stem_stride=4",
+                                          *base))
     assert tuple(patch(np.zeros((2, 128, 128, 3), "float32")).shape) == (2, 16, 24)
     assert tuple(small(np.zeros((2, 64, 64, 3), "float32")).shape) == (2, 16, 24)
     stem = patch.get_layer("small_cnn").get_layer("stem_conv")
@@ -264,10 +326,9 @@ def test_patchify_stem_sees_twice_the_side_for_the_same_tokens():
 
 
 def test_frozen_backbone_has_no_trainable_weights():
-    cfg = compose_config("backbone=efficientnetb0", "backbone.image_size=32", "backbone.weights=null")
-    assert build_backbone(cfg).trainable_weights == []
-    cfg = compose_config("backbone=efficientnetb0", "backbone.image_size=32", "backbone.weights=null",
-                         "backbone.trainable=3")
+    effnet = ["backbone=efficientnetb0", "backbone.image_size=32", "backbone.weights=null"]
+    assert build_backbone(compose_config(*effnet)).trainable_weights == []
+    cfg = compose_config(*effnet, "backbone.trainable=3")
     assert 0 < len(build_backbone(cfg).trainable_weights) < 10
 
 
@@ -275,21 +336,23 @@ def test_frozen_backbone_gives_the_same_features_in_a_training_step():
     """EfficientNet has stochastic-depth dropout. Frozen, it must run in inference mode even when
     the captioner trains (Keras 3 lets training=True reach inside the backbone's graph), so its
     features equal the cached ones; a fine-tuned backbone keeps its dropout."""
-    cfg = compose_config("debug=tiny", "backbone=efficientnetb0", "backbone.image_size=32", "backbone.weights=null")
-    model = build_model(cfg, vocab_size=V)
+    effnet = ["debug=tiny", "backbone=efficientnetb0", "backbone.image_size=32",
+              "backbone.weights=null"]
+    model = build_model(compose_config(*effnet), vocab_size=V)
     images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     cached = np.asarray(model.backbone(images, training=False))
     tokens = np.asarray(model.encoder(cached, training=False))
-    np.testing.assert_allclose(np.asarray(model.encode(images, training=True)), tokens, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model.encode(images, training=True)), tokens,
+                               rtol=1e-5, atol=1e-6)
 
-    tuned = build_model(compose_config("debug=tiny", "backbone=efficientnetb0", "backbone.image_size=32",
-                                       "backbone.weights=null", "backbone.trainable=true"), vocab_size=V)
+    tuned = build_model(compose_config(*effnet, "backbone.trainable=true"), vocab_size=V)
     a, b = (np.asarray(tuned.encode(images, training=True)) for _ in range(2))
     assert np.abs(a - b).max() > 1e-4                 # dropout is live when the backbone trains
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
-    cfg = compose_config("backbone=efficientnetb0", "backbone.image_size=32", f"backbone.weights={tmp_path}/x.h5")
+    cfg = compose_config("backbone=efficientnetb0", "backbone.image_size=32",
+                         f"backbone.weights={tmp_path}/x.h5")
     with pytest.raises(ConfigError, match="no such file"):
         build_backbone(cfg)
 
@@ -319,11 +382,13 @@ def test_word_loss_matches_hand_computation_and_trains_the_image_side():
     # beside the caption loss in training.
     import tensorflow as tf
 
-    images = rng.uniform(0, 255, (2, int(cfg.backbone.image_size), int(cfg.backbone.image_size), 3)).astype("float32")
+    size = int(cfg.backbone.image_size)
+    images = rng.uniform(0, 255, (2, size, size, 3)).astype("float32")
     with tf.GradientTape() as tape:
         words = model.word_loss(model.encode(images, training=True), captions)
     grads = tape.gradient(words, model.backbone.trainable_weights)
-    assert all(g is not None for g in grads) and sum(float(tf.reduce_sum(tf.abs(g))) for g in grads) > 0
+    assert all(g is not None for g in grads)
+    assert sum(float(tf.reduce_sum(tf.abs(g))) for g in grads) > 0
     model.compile(optimizer=keras.optimizers.SGD(0.01))
     logs = model.train_step((images, captions))
     assert float(logs["word_loss"]) > 0 and float(logs["loss"]) > 0
@@ -333,7 +398,8 @@ def test_word_loss_matches_hand_computation_and_trains_the_image_side():
 def test_augmentation_layers_transform_training_batches_only():
     from captioning.models.augment import build_augmentation
 
-    cfg = compose_config("augment.flip=both", "augment.rot90=true", "augment.zoom=0.25", "augment.translate=0.1")
+    cfg = compose_config("augment.flip=both", "augment.rot90=true", "augment.zoom=0.25",
+                         "augment.translate=0.1")
     layers = {layer.name: layer for layer in build_augmentation(cfg, seed=0)}
     assert set(layers) == {"aug_flip", "aug_rot90", "aug_zoom", "aug_translate"}
     x = np.random.default_rng(0).uniform(0, 255, (16, 12, 12, 3)).astype("float32")
@@ -343,7 +409,8 @@ def test_augmentation_layers_transform_training_batches_only():
         assert y.shape == x.shape and not np.allclose(y, x)
     # 90-degree rotations permute pixels exactly: every image is one of its four rotations.
     y = keras.ops.convert_to_numpy(layers["aug_rot90"](x, training=True))
-    assert all(any(np.array_equal(y[i], np.rot90(x[i], k)) for k in range(4)) for i in range(len(x)))
+    assert all(any(np.array_equal(y[i], np.rot90(x[i], k)) for k in range(4))
+               for i in range(len(x)))
     with pytest.raises(ConfigError, match="augment.zoom and augment.translate"):
         build_augmentation(compose_config("augment.zoom=1.5"), seed=0)
 
@@ -383,12 +450,12 @@ def test_self_critical_trims_samples_to_the_longest_without_changing_the_kept_lo
 
     model, _ = tiny_model
     ids = np.array([[2, 5, 6, 3, 0, 0, 0, 0],
-                    [2, 7, 3, 9, 0, 0, 0, 0],           # anything after the first end token is cut too
+                    [2, 7, 3, 9, 0, 0, 0, 0],       # anything after the first end token is cut
                     [2, 8, 8, 8, 3, 0, 0, 0]], "int32")
     cut = keras.ops.convert_to_numpy(trim_to_longest(ids, 3))
     np.testing.assert_array_equal(cut, ids[:, :5])
     no_end = ids.copy()
-    no_end[2] = [2, 8, 8, 8, 8, 8, 8, 8]                # a sample that hit max_len keeps every position
+    no_end[2] = [2, 8, 8, 8, 8, 8, 8, 8]       # a sample that hit max_len keeps every position
     assert keras.ops.convert_to_numpy(trim_to_longest(no_end, 3)).shape == (3, 8)
 
     images = np.random.default_rng(3).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
@@ -401,7 +468,8 @@ def test_leave_one_out_advantage():
     """Each sample against the mean of its image's other samples (what the step multiplies)."""
     from captioning.models.captioner import leave_one_out_advantage
 
-    adv = keras.ops.convert_to_numpy(leave_one_out_advantage(np.array([1.0, 3.0, 2.0, 2.0, 2.0, 5.0], "float32"), 3))
+    rewards = np.array([1.0, 3.0, 2.0, 2.0, 2.0, 5.0], "float32")
+    adv = keras.ops.convert_to_numpy(leave_one_out_advantage(rewards, 3))
     np.testing.assert_allclose(adv, [1 - 2.5, 3 - 1.5, 2 - 2.0, 2 - 3.5, 2 - 3.5, 5 - 2.0])
 
 
@@ -412,14 +480,19 @@ def test_mixup_blends_image_pairs_and_takes_the_partners_captions():
     model = build_model(cfg, V)
     rng = np.random.default_rng(7)
     images = rng.uniform(0, 255, (6, 32, 32, 3)).astype("float32")
-    captions = np.arange(6 * 2 * T, dtype="int32").reshape(6, 2, T)     # each image's captions are unique
-    mixed, partner_captions, lam = (keras.ops.convert_to_numpy(x) for x in model._mix(images, captions))
+    # Each image's captions are unique.
+    captions = np.arange(6 * 2 * T, dtype="int32").reshape(6, 2, T)
+    mixed, partner_captions, lam = (keras.ops.convert_to_numpy(x)
+                                    for x in model._mix(images, captions))
     assert 0 <= lam <= 1
-    partners = [int(c[0, 0]) // (2 * T) for c in partner_captions]     # which image each caption row came from
+    # Which image each caption row came from.
+    partners = [int(c[0, 0]) // (2 * T) for c in partner_captions]
     assert sorted(partners) == list(range(6))                           # a permutation of the batch
-    np.testing.assert_allclose(mixed, lam * images + (1 - lam) * images[partners], rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(mixed, lam * images + (1 - lam) * images[partners],
+                               rtol=1e-5, atol=1e-3)
     # A training step with mixup on runs and gives a finite loss.
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     ok = np.random.default_rng(8).integers(4, V, (6, 2, T)).astype("int32")
-    history = model.fit(tf.data.Dataset.from_tensor_slices((images, ok)).batch(3), epochs=1, verbose=0)
+    batches = tf.data.Dataset.from_tensor_slices((images, ok)).batch(3)
+    history = model.fit(batches, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])

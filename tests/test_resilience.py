@@ -23,11 +23,13 @@ def _epochs(run_dir):
 @pytest.mark.slow
 def test_sigterm_mid_epoch_then_resume_to_the_end(tmp_path):
     run_dir = tmp_path / "run"
-    args = [sys.executable, "run.py", "debug=tiny", "dataset.max_images=400", "trainer.max_epochs=4",
-            "trainer.batch_size=4", "trainer.ema=0.9", "trainer.backbone_lr_multiplier=2", "logger=comet", "logger.online=false",
+    args = [sys.executable, "run.py", "debug=tiny", "dataset.max_images=400",
+            "trainer.max_epochs=4", "trainer.batch_size=4", "trainer.ema=0.9",
+            "trainer.backbone_lr_multiplier=2", "logger=comet", "logger.online=false",
             "callbacks.early_stopping.patience=10",
             f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (run_dir / "history.csv").exists():
         time.sleep(0.5)
@@ -42,8 +44,8 @@ def test_sigterm_mid_epoch_then_resume_to_the_end(tmp_path):
     assert list((run_dir / "comet").glob("*.zip"))           # the Comet experiment was closed
     assert not (run_dir / "metrics.json").exists()
 
-    res = subprocess.run(args[:-1] + [f"hydra.run.dir={tmp_path}/second", f"resume={run_dir}"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(args[:-1] + [f"hydra.run.dir={tmp_path}/second", f"resume={run_dir}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert f"after epoch {len(done)}" in res.stdout
     assert _epochs(run_dir) == [1, 2, 3, 4]                   # no duplicate, no missing epoch
@@ -65,7 +67,8 @@ def test_same_seed_same_first_epoch_loss(tmp_path):
     losses = []
     for name in ("a", "b"):
         cfg = compose_config("debug=tiny", "logger=none", "trainer.max_epochs=1", "seed=7",
-                             "callbacks.kangas.enabled=false", f"paths.output_dir={tmp_path / name}")
+                             "callbacks.kangas.enabled=false",
+                             f"paths.output_dir={tmp_path / name}")
         train(cfg)
         with open(tmp_path / name / "history.csv") as f:
             losses.append(float(next(csv.DictReader(f))["loss"]))
@@ -89,16 +92,17 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from captioning.data.datamodule import build_data
 from captioning.models.build import build_model
-from captioning.training.train import make_strategy
+from captioning.training.runtime import make_strategy
 from tests.conftest import compose_config
-cfg = compose_config("debug=tiny", "backbone=efficientnetb0", "backbone.image_size=32", "backbone.weights=null",
-                     "decoder.dropout=0", "decoder.output_dropout=0", "trainer.strategy=mirrored",
-                     "trainer.devices=[/cpu:0,/cpu:1]")
+cfg = compose_config("debug=tiny", "backbone=efficientnetb0", "backbone.image_size=32",
+                     "backbone.weights=null", "decoder.dropout=0", "decoder.output_dropout=0",
+                     "trainer.strategy=mirrored", "trainer.devices=[/cpu:0,/cpu:1]")
 data = build_data(cfg, progress=False)
 batch = next(iter(data.train_dataset(8, 0, shuffle=False)))
 ds = tf.data.Dataset.from_tensors(batch)
 single = build_model(cfg, data.vocab.size)
-single.compile(optimizer=keras.optimizers.SGD(1.0))   # SGD: the update is the gradient (Adam would hide its scale)
+# SGD: the update is the gradient (Adam would hide its scale)
+single.compile(optimizer=keras.optimizers.SGD(1.0))
 strategy = make_strategy(cfg.trainer)
 with strategy.scope():
     mirrored = build_model(cfg, data.vocab.size)
@@ -125,10 +129,12 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path):
     import json
     import os
 
-    res = subprocess.run([sys.executable, "-c", MIRRORED], cwd=ROOT, capture_output=True, text=True, timeout=900,
+    res = subprocess.run([sys.executable, "-c", MIRRORED], cwd=ROOT, capture_output=True,
+                         text=True, timeout=900,
                          env={**os.environ, "CAPTIONING_CACHE": str(tmp_path / "cache")})
     assert res.returncode == 0, res.stderr[-3000:]
-    losses = json.loads(next(x for x in res.stdout.splitlines() if x.startswith("LOSSES"))[len("LOSSES "):])
+    losses = json.loads(next(x for x in res.stdout.splitlines()
+                             if x.startswith("LOSSES"))[len("LOSSES "):])
     assert losses["replicas"] == 2
     assert losses["mirrored"] == pytest.approx(losses["single"], rel=1e-4)
     # The update points the same way with the same size. Summing per-replica means instead
@@ -140,12 +146,14 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path):
     assert 0.99 < losses["norm_ratio"] < 1.01
 
 
-def _ema_fit(tmp_path, model, epochs, initial_epoch=0, restored_in_model=False, stop_after=None, probe=None):
+def _ema_fit(tmp_path, model, epochs, initial_epoch=0, restored_in_model=False, stop_after=None,
+             probe=None):
     import keras
     import numpy as np
 
     from captioning.training.callbacks import EMAWeights, SaveWeights
     from captioning.training.resume import ResumableEarlyStopping, SaveState
+    from captioning.training.state import RunState
 
     class Stop(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -153,11 +161,13 @@ def _ema_fit(tmp_path, model, epochs, initial_epoch=0, restored_in_model=False, 
 
     ema = EMAWeights(restored_in_model=restored_in_model)
     saver = SaveWeights(tmp_path, "loss", "min")
-    es = ResumableEarlyStopping(monitor="loss", patience=10)
+    state = RunState()
+    es = ResumableEarlyStopping(monitor="loss", patience=10, state=state)
     x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
-    model.fit(x, x @ np.ones((4, 1), "float32"), batch_size=8, epochs=epochs, initial_epoch=initial_epoch, verbose=0,
-              shuffle=False, callbacks=[ema, *([probe] if probe else []), saver, es,
-                                        SaveState(tmp_path / "last.state.npz", saver, es, ema), Stop()])
+    model.fit(x, x @ np.ones((4, 1), "float32"), batch_size=8, epochs=epochs,
+              initial_epoch=initial_epoch, verbose=0, shuffle=False,
+              callbacks=[ema, *([probe] if probe else []), saver, es,
+                         SaveState(tmp_path / "last.state.npz", state, saver, es, ema), Stop()])
     return ema
 
 
@@ -199,8 +209,9 @@ def test_ema_weights_are_checkpointed_and_a_resumed_run_trains_on_the_raw_weight
         seen.clear()
         resumed = _ema_model()
         meta = load_state(tmp_path / "last.state.npz", resumed)
-        assert meta["ema_in_model"] is True and meta["epoch"] == 2
-        _ema_fit(tmp_path / "again", resumed, epochs=3, initial_epoch=2, restored_in_model=restored, probe=Probe())
+        assert meta.ema_in_model is True and meta.epoch == 2
+        _ema_fit(tmp_path / "again", resumed, epochs=3, initial_epoch=2,
+                 restored_in_model=restored, probe=Probe())
         assert np.allclose(seen[2][0], expect[0]), restored
 
 
@@ -214,7 +225,8 @@ def test_early_stopping_skips_epochs_without_validation_captions_quietly():
     with warnings.catch_warnings():
         warnings.simplefilter("error")                         # Keras warns on a missing monitor
         es.on_epoch_end(0, {"loss": 1.0, "val_cider": 0.5})
-        for epoch in (1, 3, 5):                                # not scored: neither counted nor warned
+        # not scored: neither counted nor warned
+        for epoch in (1, 3, 5):
             es.on_epoch_end(epoch, {"loss": 1.0})
         assert es.wait == 0 and es.best == 0.5
         es.on_epoch_end(2, {"loss": 1.0, "val_cider": 0.4})    # scored and worse: counts
@@ -230,13 +242,15 @@ def test_deterministic_runs_repeat_exactly_and_the_switch_goes_back_off(tmp_path
     from captioning.training import train
 
     def run(name, deterministic):
-        cfg = compose_config("debug=tiny", "logger=none", "seed=3", "callbacks.kangas.enabled=false",
-                             "trainer.max_epochs=1", f"trainer.deterministic={deterministic}",
+        cfg = compose_config("debug=tiny", "logger=none", "seed=3",
+                             "callbacks.kangas.enabled=false", "trainer.max_epochs=1",
+                             f"trainer.deterministic={deterministic}",
                              f"paths.output_dir={tmp_path / name}")
         train(cfg)
         assert tf_config.is_op_determinism_enabled() is deterministic
         with open(tmp_path / name / "history.csv") as f:
-            history = [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+            history = [{k: v for k, v in row.items() if k != "seconds"}
+                       for row in csv.DictReader(f)]
         # The resume state holds every weight and optimizer variable (w*, o*) and the epoch's meta.
         with np.load(tmp_path / name / "checkpoints" / "last.state.npz") as state:
             return history, {k: state[k] for k in state.files}

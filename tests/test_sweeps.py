@@ -18,9 +18,10 @@ from tests.conftest import ROOT
 def test_parallel_sweep_with_a_failing_job_then_compare(tmp_path):
     sweep = tmp_path / "sweep"
     res = subprocess.run(
-        [sys.executable, "run.py", "-m", "hydra/launcher=parallel", "debug=tiny", "trainer.max_epochs=1",
-         "logger=comet", "logger.online=false", "decoder=gru,transformer", "trainer.learning_rate=0.001,-1",
-         f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+        [sys.executable, "run.py", "-m", "hydra/launcher=parallel", "debug=tiny",
+         "trainer.max_epochs=1", "logger=comet", "logger.online=false", "decoder=gru,transformer",
+         "trainer.learning_rate=0.001,-1", f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
     # Hydra reports the failed job with a non-zero exit, after every job has run.
     assert res.returncode != 0
     done = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
@@ -34,8 +35,8 @@ def test_parallel_sweep_with_a_failing_job_then_compare(tmp_path):
         tags.append({t for t in exp["tags"] if t.startswith("sweep:")})
     assert tags[0] == tags[1] and len(tags[0]) == 1                     # one shared sweep tag
 
-    out = subprocess.run([sys.executable, "-m", "captioning.compare", str(sweep)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "captioning.compare", str(sweep)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(open(sweep / "comparison.csv")))
     assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed"]
@@ -44,11 +45,13 @@ def test_parallel_sweep_with_a_failing_job_then_compare(tmp_path):
     assert "learning_rate must be > 0" in rows[2]["error"]
 
 
-@pytest.mark.parametrize("override", ["hydra/launcher=slurm", "hydra/launcher=parallel", "hparams_search=optuna"])
+@pytest.mark.parametrize("override", ["hydra/launcher=slurm", "hydra/launcher=parallel",
+                                      "hparams_search=optuna"])
 def test_launcher_and_search_presets_compose(override):
-    res = subprocess.run([sys.executable, "run.py", override, "--cfg", "hydra"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run([sys.executable, "run.py", override, "--cfg", "hydra"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    expected = {"hydra/launcher=slurm": "SlurmLauncher", "hydra/launcher=parallel": "JoblibLauncher",
+    expected = {"hydra/launcher=slurm": "SlurmLauncher",
+                "hydra/launcher=parallel": "JoblibLauncher",
                 "hparams_search=optuna": "OptunaSweeper"}[override]
     assert expected in res.stdout

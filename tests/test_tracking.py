@@ -25,10 +25,11 @@ def comet_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("comet_run")
     os.environ["COMET_API_KEY"] = SECRET
     try:
-        cfg = compose_config("debug=tiny", "logger=comet", "logger.online=false", "callbacks.kangas.every_n_epochs=1",
+        cfg = compose_config("debug=tiny", "logger=comet", "logger.online=false",
+                             "callbacks.kangas.every_n_epochs=1",
                              "callbacks.val_captions.every_n_epochs=1", "logger.tags=[sweep:test]",
-                             "trainer.word_loss=0.5", "decode.method=beam", "callbacks.val_captions.method=greedy",
-                             f"paths.output_dir={out}")
+                             "trainer.word_loss=0.5", "decode.method=beam",
+                             "callbacks.val_captions.method=greedy", f"paths.output_dir={out}")
         result = train(cfg)
     finally:
         del os.environ["COMET_API_KEY"]
@@ -58,7 +59,8 @@ def test_offline_archive_holds_params_metrics_images_and_grid(comet_run):
     assert any(m["metricName"] == "word_loss" for m in metrics)          # trainer.word_loss > 0
     uploads = [m["payload"]["additional_params"] for m in messages if m["type"] == "file_upload"]
     names = {u.get("fileName") or u.get("figName") for u in uploads}
-    assert {"metrics.json", "predictions/final.datagrid", "predictions/epoch_001.datagrid", "plots/loss"} <= names
+    assert {"metrics.json", "predictions/final.datagrid", "predictions/epoch_001.datagrid",
+            "plots/loss"} <= names
     assert any(n.startswith("val/") for n in names)                    # sample images with captions
 
 
@@ -90,8 +92,9 @@ def test_comet_failure_never_costs_the_run(tmp_path, monkeypatch):
     """An unwritable offline directory: Comet warns, the run still trains and scores."""
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where a folder should be")
-    cfg = compose_config("debug=tiny", "logger=comet", "logger.online=false", "trainer.max_epochs=1",
-                         f"logger.offline_directory={blocked}/comet", f"paths.output_dir={tmp_path}/run")
+    cfg = compose_config("debug=tiny", "logger=comet", "logger.online=false",
+                         "trainer.max_epochs=1", f"logger.offline_directory={blocked}/comet",
+                         f"paths.output_dir={tmp_path}/run")
     result = train(cfg)
     assert "cider" in result["val"] and (tmp_path / "run" / "metrics.json").is_file()
 
@@ -106,9 +109,10 @@ def test_kangas_page_shows_rows(comet_run, tmp_path):
     try:
         assert wait_until_up(url, timeout=120), "kangas server did not start"
         dom = subprocess.run(
-            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=20000", "--dump-dom",
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={tmp_path / 'chrome'}",
+             "--virtual-time-budget=20000", "--dump-dom",
              f"{url}?datagrid={out / 'predictions' / 'final.datagrid'}"],
             capture_output=True, text=True, timeout=120).stdout
     finally:
@@ -122,4 +126,5 @@ def test_kangas_page_shows_rows(comet_run, tmp_path):
 def _grid_ids(out):
     import kangas
 
-    return [r["id"] for r in kangas.read_datagrid(str(out / "predictions" / "final.datagrid")).to_dicts()]
+    return [r["id"] for r in
+            kangas.read_datagrid(str(out / "predictions" / "final.datagrid")).to_dicts()]

@@ -26,8 +26,9 @@ def _check_run_dir(out, result):
     history = list(csv.DictReader(open(out / "history.csv")))
     assert [int(h["epoch"]) for h in history] == list(range(1, len(history) + 1))
     assert {"seconds", "loss", "val_loss", "accuracy", "val_accuracy"} <= set(history[0])
-    for f in ("checkpoints/best.weights.h5", "checkpoints/last.weights.h5", "checkpoints/vocab.json",
-              "plots/loss.png", "plots/accuracy.png", "config.yaml", "data.json"):
+    for f in ("checkpoints/best.weights.h5", "checkpoints/last.weights.h5",
+              "checkpoints/vocab.json", "plots/loss.png", "plots/accuracy.png",
+              "config.yaml", "data.json"):
         assert (out / f).is_file(), f
     return rows
 
@@ -59,15 +60,18 @@ def test_tiny_gru_run(tmp_path):
 
 
 def test_recipe_a_preset_runs_tiny_on_a_flickr8k_layout(tmp_path, flickr8k_kaggle):
-    cfg = compose_config("experiment=flickr8k_transformer", "debug=tiny", f"dataset.root={flickr8k_kaggle}",
-                         "dataset.val_fraction=0.25", "text.min_tokens=3", "text.filter=drop_caption",
+    cfg = compose_config("experiment=flickr8k_transformer", "debug=tiny",
+                         f"dataset.root={flickr8k_kaggle}", "dataset.val_fraction=0.25",
+                         "text.min_tokens=3", "text.filter=drop_caption",
                          "trainer.max_epochs=1", f"paths.output_dir={tmp_path}")
-    assert cfg.backbone.name == "efficientnetb0" and cfg.backbone.weights is None   # debug=tiny: no download
+    # debug=tiny: no download
+    assert cfg.backbone.name == "efficientnetb0" and cfg.backbone.weights is None
     _check_run_dir(tmp_path, train(cfg))
 
 
 def test_missing_dataset_is_one_clear_error(tmp_path):
-    cfg = compose_config("dataset=flickr8k", f"dataset.root={tmp_path}/absent", f"paths.output_dir={tmp_path}/run")
+    cfg = compose_config("dataset=flickr8k", f"dataset.root={tmp_path}/absent",
+                         f"paths.output_dir={tmp_path}/run")
     with pytest.raises(DatasetError, match="does not exist"):
         train(cfg)
 
@@ -76,9 +80,10 @@ def test_recipe_b_preset_runs_tiny_on_mock_tfds(tmp_path):
     from tests.test_data import _mock_coco
 
     cfg = compose_config("experiment=coco_gru", "debug=tiny", f"dataset.data_dir={tmp_path}/tfds",
-                         f"dataset.cache_dir={tmp_path}/cache", "trainer.max_epochs=1", "logger=none",
-                         f"paths.output_dir={tmp_path}/run")
-    assert (cfg.backbone.name, cfg.decoder.name, cfg.decode.method) == ("inceptionresnetv2", "gru", "top_k")
+                         f"dataset.cache_dir={tmp_path}/cache", "trainer.max_epochs=1",
+                         "logger=none", f"paths.output_dir={tmp_path}/run")
+    assert (cfg.backbone.name, cfg.decoder.name, cfg.decode.method) == (
+        "inceptionresnetv2", "gru", "top_k")
     with _mock_coco(per_split=4):
         result = train(cfg)
     assert {"val", "test"} <= set(result) and math.isfinite(result["test"]["cider"])
@@ -87,16 +92,17 @@ def test_recipe_b_preset_runs_tiny_on_mock_tfds(tmp_path):
 def test_feature_cache_is_built_once_and_matches_the_image_path(tmp_path):
     """A frozen backbone: the second run reuses the cache, and the loss curve equals the one
     computed from images (features are stored in float16, hence the tolerance)."""
-    common = ["debug=tiny", "backbone=efficientnetb0", "backbone.image_size=32", "backbone.weights=null",
-              "logger=none", "callbacks.kangas.enabled=false"]
+    common = ["debug=tiny", "backbone=efficientnetb0", "backbone.image_size=32",
+              "backbone.weights=null", "logger=none", "callbacks.kangas.enabled=false"]
     cache = tmp_path / "cache"
     runs = {}
     for name, extra in (("images", ["trainer.feature_cache=false"]), ("cached", []), ("again", [])):
-        cfg = compose_config(*common, *extra, f"paths.cache_dir={cache}", f"paths.output_dir={tmp_path}/{name}")
+        cfg = compose_config(*common, *extra, f"paths.cache_dir={cache}",
+                             f"paths.output_dir={tmp_path}/{name}")
         train(cfg)
         runs[name] = list(csv.DictReader(open(tmp_path / name / "history.csv")))
     folders = [p for p in (cache / "features").iterdir() if p.is_dir()]
-    assert len(folders) == 1                                      # built once, reused by the third run
+    assert len(folders) == 1                               # built once, reused by the third run
     for key in ("loss", "val_loss"):
         a = [float(r[key]) for r in runs["images"]]
         b = [float(r[key]) for r in runs["cached"]]
@@ -105,32 +111,40 @@ def test_feature_cache_is_built_once_and_matches_the_image_path(tmp_path):
 
 
 def test_augmentation_bypasses_the_cache(tmp_path, capsys):
-    cfg = compose_config("debug=tiny", "backbone=efficientnetb0", "backbone.image_size=32", "backbone.weights=null",
-                         "augment.flip=horizontal", "logger=none", "trainer.max_epochs=1",
-                         f"paths.cache_dir={tmp_path}/cache", f"paths.output_dir={tmp_path}/run")
+    cfg = compose_config("debug=tiny", "backbone=efficientnetb0", "backbone.image_size=32",
+                         "backbone.weights=null", "augment.flip=horizontal", "logger=none",
+                         "trainer.max_epochs=1", f"paths.cache_dir={tmp_path}/cache",
+                         f"paths.output_dir={tmp_path}/run")
     train(cfg)
     assert "feature cache bypassed: augmentation is on" in capsys.readouterr().out
     assert not (tmp_path / "cache" / "features").exists()
     # Every augmentation the model applies to images counts (zoom and translate were missed once).
     from captioning.data.features import bypass_reason
 
-    for extra in ("augment.zoom=0.1", "augment.translate=0.1", "augment.contrast=0.2", "augment.rot90=true"):
-        assert "augmentation is on" in bypass_reason(compose_config("backbone=efficientnetb0", extra)), extra
+    for extra in ("augment.zoom=0.1", "augment.translate=0.1", "augment.contrast=0.2",
+                  "augment.rot90=true"):
+        assert "augmentation is on" in bypass_reason(
+            compose_config("backbone=efficientnetb0", extra)), extra
     assert bypass_reason(compose_config("backbone=efficientnetb0")) is None
 
 
-@pytest.mark.parametrize("layout", ["flickr8k_original", "flickr30k_kaggle", "karpathy_json", "coco_raw"])
+@pytest.mark.parametrize("layout", ["flickr8k_original", "flickr30k_kaggle", "karpathy_json",
+                                    "coco_raw"])
 def test_one_tiny_epoch_on_each_layout(layout, request, tmp_path):
     fixture = request.getfixturevalue(layout)
     data_args = {
-        "flickr8k_original": ["dataset=flickr8k", f"dataset.root={fixture}", "dataset.split=karpathy"],
-        "flickr30k_kaggle": ["dataset=flickr30k", f"dataset.root={fixture}", "dataset.val_fraction=0.25"],
-        "karpathy_json": ["dataset=karpathy", f"dataset.json={fixture[0]}" if isinstance(fixture, tuple) else "",
+        "flickr8k_original": ["dataset=flickr8k", f"dataset.root={fixture}",
+                              "dataset.split=karpathy"],
+        "flickr30k_kaggle": ["dataset=flickr30k", f"dataset.root={fixture}",
+                             "dataset.val_fraction=0.25"],
+        "karpathy_json": ["dataset=karpathy",
+                          f"dataset.json={fixture[0]}" if isinstance(fixture, tuple) else "",
                           f"dataset.images={fixture[1]}" if isinstance(fixture, tuple) else ""],
         "coco_raw": ["dataset=coco_json", f"dataset.root={fixture}"],
     }[layout]
-    cfg = compose_config("debug=tiny", *data_args, "backbone.image_size=32", "trainer.max_epochs=1", "logger=none",
-                         "callbacks.kangas.enabled=false", "text.min_tokens=2", f"paths.output_dir={tmp_path}")
+    cfg = compose_config("debug=tiny", *data_args, "backbone.image_size=32", "trainer.max_epochs=1",
+                         "logger=none", "callbacks.kangas.enabled=false", "text.min_tokens=2",
+                         f"paths.output_dir={tmp_path}")
     result = train(cfg)
     assert math.isfinite(result["val"]["loss"]) and (tmp_path / "predictions.csv").is_file()
 
@@ -138,35 +152,37 @@ def test_one_tiny_epoch_on_each_layout(layout, request, tmp_path):
 def test_cosine_schedule_follows_the_clock_under_a_time_budget():
     import keras
 
-    from captioning.training.train import make_schedule
+    from captioning.training.optim import make_schedule
 
-    cfg = compose_config("trainer.lr_schedule=cosine", "trainer.learning_rate=0.01", "trainer.warmup_steps=0",
-                         "trainer.max_epochs=10", "trainer.max_minutes=5")
+    cfg = compose_config("trainer.lr_schedule=cosine", "trainer.learning_rate=0.01",
+                         "trainer.warmup_steps=0", "trainer.max_epochs=10", "trainer.max_minutes=5")
     clock = keras.Variable(0.0, trainable=False)
     schedule = make_schedule(cfg, steps_per_epoch=10, clock=clock)
     plain = make_schedule(cfg, steps_per_epoch=10)
-    lr = lambda s, step: float(s(step))                               # noqa: E731
-    assert lr(schedule, 30) == pytest.approx(lr(plain, 30))           # steps ahead of the clock: unchanged
-    clock.assign(0.5)                                                 # half the time gone at step 10
+    lr = lambda s, step: float(s(step))                       # noqa: E731
+    assert lr(schedule, 30) == pytest.approx(lr(plain, 30))   # steps ahead of the clock: unchanged
+    clock.assign(0.5)                                         # half the time gone at step 10
     assert lr(schedule, 10) == pytest.approx(lr(plain, 50))
     assert lr(plain, 50) < lr(plain, 10)
     clock.assign(1.0)
-    assert lr(schedule, 10) == pytest.approx(0.01 * 0.01)             # the floor (alpha = 1%)
+    assert lr(schedule, 10) == pytest.approx(0.01 * 0.01)     # the floor (alpha = 1%)
 
 
 def test_backbone_lr_multiplier_scales_only_the_backbone_step():
     import keras
     import numpy as np
 
-    from captioning.training.train import make_optimizer
+    from captioning.training.optim import make_optimizer
 
-    cfg = compose_config("trainer.backbone_lr_multiplier=3", "trainer.learning_rate=0.01", "trainer.weight_decay=0.1",
-                         "trainer.ema=0.5")
+    cfg = compose_config("trainer.backbone_lr_multiplier=3", "trainer.learning_rate=0.01",
+                         "trainer.weight_decay=0.1", "trainer.ema=0.5")
     backbone, head = keras.Variable(np.ones(3, "float32")), keras.Variable(np.ones(3, "float32"))
     opt = make_optimizer(cfg, steps_per_epoch=10, backbone_variables=[backbone])
     opt.apply([np.full(3, 0.5, "float32"), np.full(3, -2.0, "float32")], [backbone, head])
-    step_b, step_h = 1 - np.array(backbone), np.array(head) - 1        # Adam's first step: about lr each way
-    assert step_b == pytest.approx(np.full(3, 0.03 + 0.001), rel=1e-3)   # 3 x lr, plus decoupled decay lr x wd
+    # Adam's first step: about lr each way
+    step_b, step_h = 1 - np.array(backbone), np.array(head) - 1
+    # 3 x lr, plus decoupled decay lr x wd
+    assert step_b == pytest.approx(np.full(3, 0.03 + 0.001), rel=1e-3)
     assert step_h == pytest.approx(np.full(3, 0.01 - 0.001), rel=1e-3)
     assert opt.use_ema and isinstance(opt, keras.optimizers.AdamW)
 
@@ -177,18 +193,19 @@ def test_self_critical_starts_the_weight_average_at_the_loaded_checkpoint():
     import keras
 
     from captioning.training.callbacks import EMAWeights
-    from captioning.training.train import _reset_ema, make_optimizer
+    from captioning.training.optim import make_optimizer, reset_ema
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
-    model.compile(optimizer=make_optimizer(compose_config("trainer.ema=0.9"), steps_per_epoch=10), loss="mse")
+    model.compile(optimizer=make_optimizer(compose_config("trainer.ema=0.9"), steps_per_epoch=10),
+                  loss="mse")
     x, y = np.ones((8, 2), "float32"), np.zeros((8, 3), "float32")
     ema = EMAWeights()
-    model.fit(x, y, epochs=2, verbose=0, callbacks=[ema])              # ends with the average in the model
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[ema])   # ends with the average in the model
     assert ema.in_model
     best = [np.full(w.shape, 0.25, "float32") for w in model.get_weights()]
-    model.set_weights(best)                                            # what load_weights(best) does
-    _reset_ema(model.optimizer)
-    ema.on_epoch_begin(2)                                              # the next epoch's swap
+    model.set_weights(best)                                 # what load_weights(best) does
+    reset_ema(model.optimizer)
+    ema.on_epoch_begin(2)                                   # the next epoch's swap
     for got, want in zip(model.get_weights(), best, strict=True):
         np.testing.assert_array_equal(got, want)
 
@@ -196,8 +213,8 @@ def test_self_critical_starts_the_weight_average_at_the_loaded_checkpoint():
 def test_self_critical_epochs_follow_and_resume_inside_the_phase(tmp_path):
     """trainer.scst_epochs: after the cross-entropy epochs, self-critical epochs log the mean
     sampled CIDEr-D as `reward`; a resume inside the phase stays in it."""
-    overrides = ["debug=tiny", "trainer.max_epochs=1", "trainer.scst_samples=3", "trainer.scst_reward.bleu_4=2",
-                 f"paths.output_dir={tmp_path}"]
+    overrides = ["debug=tiny", "trainer.max_epochs=1", "trainer.scst_samples=3",
+                 "trainer.scst_reward.bleu_4=2", f"paths.output_dir={tmp_path}"]
     result = train(compose_config(*overrides, "trainer.scst_epochs=1"))
     _check_run_dir(tmp_path, result)
     history = list(csv.DictReader(open(tmp_path / "history.csv")))
@@ -209,25 +226,29 @@ def test_self_critical_epochs_follow_and_resume_inside_the_phase(tmp_path):
     train(compose_config(*overrides, "trainer.scst_epochs=2", "resume=true"))
     history = list(csv.DictReader(open(tmp_path / "history.csv")))
     assert [h["reward"] != "" for h in history] == [False, True, True]
-    assert json.loads((tmp_path / "metrics.json").read_text())["meta"]["self_critical_from_epoch"] == 2
+    assert (json.loads((tmp_path / "metrics.json").read_text())["meta"]["self_critical_from_epoch"]
+            == 2)
 
 
-def test_self_critical_epochs_can_follow_a_resumed_run_whose_cross_entropy_epochs_are_done(tmp_path):
+def test_self_critical_epochs_can_follow_a_resumed_run_whose_cross_entropy_epochs_are_done(
+        tmp_path):
     """A run stopped after its last cross-entropy epoch (or a finished one, given more epochs)
     resumes straight into the self-critical phase, from its best checkpoint."""
     overrides = ["debug=tiny", "trainer.max_epochs=1", f"paths.output_dir={tmp_path}"]
     train(compose_config(*overrides))
     (tmp_path / "metrics.json").unlink()                      # as if killed before the evaluation
-    result = train(compose_config(*overrides, "trainer.scst_epochs=1", "trainer.scst_samples=2", "resume=true"))
+    result = train(compose_config(*overrides, "trainer.scst_epochs=1", "trainer.scst_samples=2",
+                                  "resume=true"))
     _check_run_dir(tmp_path, result)
     history = list(csv.DictReader(open(tmp_path / "history.csv")))
     assert [h["reward"] != "" for h in history] == [False, True]
-    assert json.loads((tmp_path / "metrics.json").read_text())["meta"]["self_critical_from_epoch"] == 2
+    assert (json.loads((tmp_path / "metrics.json").read_text())["meta"]["self_critical_from_epoch"]
+            == 2)
 
 
 def test_self_critical_and_mixup_bad_settings_are_one_clear_error():
     from captioning import ConfigError
-    from captioning.training.train import check_config
+    from captioning.config_check import check_config
 
     with pytest.raises(ConfigError, match="trainer.scst_samples must be >= 2"):
         check_config(compose_config("trainer.scst_samples=1"))
@@ -241,15 +262,16 @@ def test_self_critical_and_mixup_bad_settings_are_one_clear_error():
 
 def test_stopped_by_names_early_stopping_only_when_it_cut_a_phase_short():
     """Patience that runs out on a phase's planned last epoch did not stop anything early."""
-    from types import SimpleNamespace
-
     from omegaconf import OmegaConf
 
-    from captioning.training.train import _stopped_early
+    from captioning.training.state import RunState
+    from captioning.training.train import stopped_early
 
     t = OmegaConf.create({"max_epochs": 30, "scst_epochs": 10})
-    assert not _stopped_early(SimpleNamespace(stopped_epoch=0), t, None)         # never triggered
-    assert _stopped_early(SimpleNamespace(stopped_epoch=18), t, None)             # epoch 19 of 30
-    assert not _stopped_early(SimpleNamespace(stopped_epoch=29), t, None)         # epoch 30 of 30
-    assert _stopped_early(SimpleNamespace(stopped_epoch=35), t, 30)               # epoch 36 of 31-40
-    assert not _stopped_early(SimpleNamespace(stopped_epoch=39), t, 30)           # epoch 40, the phase's last
+    ce = lambda stopped: RunState(es_stopped_epoch=stopped)                  # noqa: E731
+    scst = lambda stopped: RunState(es_stopped_epoch=stopped, scst_from=30)  # noqa: E731
+    assert not stopped_early(ce(0), t)            # never triggered
+    assert stopped_early(ce(18), t)               # epoch 19 of 30
+    assert not stopped_early(ce(29), t)           # epoch 30 of 30
+    assert stopped_early(scst(35), t)             # epoch 36 of 31-40
+    assert not stopped_early(scst(39), t)         # epoch 40, the phase's last

@@ -27,7 +27,8 @@ class CaptionData:
     report: DataReport
     captions_per_image: int
     image_size: int
-    features: tuple | None = None          # (array (N, S, C) float16, {image id: row}) from the feature cache
+    # (array (N, S, C) float16, {image id: row}) from the feature cache
+    features: tuple | None = None
 
     def use_features(self, feats, row_of) -> None:
         """Feed cached backbone tokens instead of images (held in memory when they fit)."""
@@ -61,7 +62,8 @@ class CaptionData:
                       sample: int | None = None):
         """Batches of ``(images (B, H, W, 3) float32 0..255, captions (B, C, L) int32)``. With
         ``sample=k`` (``trainer.sample_captions``) each image brings k of its captions, drawn
-        afresh every epoch (C = k): the decoder's work per step shrinks to k/C, the backbone's stays."""
+        afresh every epoch (C = k): the decoder's work per step shrinks to k/C, the backbone's
+        stays."""
         import tensorflow as tf
 
         if sample is not None and sample >= self.captions_per_image:
@@ -71,7 +73,7 @@ class CaptionData:
         if not records:
             raise DatasetError(f"The {split} split is empty: nothing to train or validate on.")
 
-        def per_epoch(ds):                                    # a new order (and caption draw) each epoch
+        def per_epoch(ds):                        # a new order (and caption draw) each epoch
             if shuffle:
                 ds = ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
             return ds.map(_sampler(sample, seed)) if sample else ds
@@ -100,7 +102,8 @@ class CaptionData:
 
         if use_features and self.features is not None:
             rows = np.array([self.features[1][r.id] for r in records], np.int64)
-            ds = tf.data.Dataset.from_tensor_slices(rows).batch(batch_size).map(self._gather_features)
+            ds = tf.data.Dataset.from_tensor_slices(rows).batch(batch_size)
+            ds = ds.map(self._gather_features)
             return _finish(ds)
         ds = tf.data.Dataset.from_tensor_slices([r.image for r in records])
         ds = ds.map(lambda p: tf.cast(load_image(p, self.image_size), tf.float32),
@@ -184,18 +187,21 @@ def synthetic_root(cfg) -> Path:
     return cache / "synthetic" / f"v{VERSION}-n{cfg.num_images}-px{cfg.image_size}-seed{cfg.seed}"
 
 
-def load_records(ds_cfg, seed: int, progress: bool = True) -> tuple[dict[str, list[Record]], DataReport]:
+def load_records(
+    ds_cfg, seed: int, progress: bool = True
+) -> tuple[dict[str, list[Record]], DataReport]:
     """Read, check and split a dataset; every problem ends here as a DatasetError."""
     name = ds_cfg.name
     if name not in READERS:
         raise ConfigError(f"Unknown dataset {name!r}. Known: {sorted(READERS)}")
     from omegaconf import OmegaConf
 
-    for key, example in (("root", "/data/" + name), ("json", "/data/dataset_flickr8k.json"), ("images", "/data/Images"),
-                         ("data_dir", "~/tensorflow_datasets")):
+    for key, example in (("root", "/data/" + name), ("json", "/data/dataset_flickr8k.json"),
+                         ("images", "/data/Images"), ("data_dir", "~/tensorflow_datasets")):
         if key in ds_cfg.keys() and OmegaConf.is_missing(ds_cfg, key):
-            raise DatasetError(f"dataset.{key} is required for dataset={name}. Point it at your copy: "
-                               f"python run.py dataset={name} dataset.{key}={example}")
+            raise DatasetError(
+                f"dataset.{key} is required for dataset={name}. Point it at your copy: "
+                f"python run.py dataset={name} dataset.{key}={example}")
     report = DataReport()
     if name == "synthetic":
         from captioning.data.synthetic import ensure_synthetic
@@ -205,40 +211,55 @@ def load_records(ds_cfg, seed: int, progress: bool = True) -> tuple[dict[str, li
         ds_cfg = _with(ds_cfg, root=str(root))
     records, official_split = READERS[name](ds_cfg, report)
     if not records:
-        raise DatasetError(f"No usable images in dataset={name} ({ds_cfg.get('root') or ds_cfg.get('json')}).")
+        raise DatasetError(
+            f"No usable images in dataset={name} "
+            f"({ds_cfg.get('root') or ds_cfg.get('json')}).")
 
-    if ds_cfg.get("max_images") and name != "coco":    # a deterministic subset (debug runs, quick looks)
+    # a deterministic subset (debug runs, quick looks)
+    if ds_cfg.get("max_images") and name != "coco":
         records = sorted(records, key=lambda r: r.id)
         random.Random(seed).shuffle(records)
         records = records[: int(ds_cfg.max_images)]
 
-    mode = ds_cfg.split
+    records = _apply_split(records, official_split, ds_cfg, seed, report)
+    if ds_cfg.get("verify_images", True):
+        records = _verify_images(records, report, progress)
+    splits = {s: [r for r in records if r.split == s] for s in ("train", "val", "test")}
+    if not splits["test"]:
+        report.notes.append(
+            f"dataset={name} with split={ds_cfg.split} has no test split: only val is scored")
+    return splits, report
+
+
+def _apply_split(
+    records: list[Record], official_split: dict[str, str] | None, ds_cfg, seed: int,
+    report: DataReport,
+) -> list[Record]:
+    """Give each record its split per ``dataset.split`` (random | karpathy)."""
+    name, mode = ds_cfg.name, ds_cfg.split
     if mode == "random":
         records = assign_random_split(records, ds_cfg.val_fraction, ds_cfg.test_fraction, seed)
     elif mode == "karpathy":
         if name in ("flickr8k", "synthetic"):
             if official_split is None:
                 raise DatasetError(
-                    f"dataset.split=karpathy needs the official split lists Flickr_8k.{{train,dev,test}}Images.txt "
-                    f"next to the captions (under {ds_cfg.root} or its Flickr8k_text/). Add them, or use "
+                    f"dataset.split=karpathy needs the official split lists "
+                    f"Flickr_8k.{{train,dev,test}}Images.txt next to the captions (under "
+                    f"{ds_cfg.root} or its Flickr8k_text/). Add them, or use "
                     f"dataset.split=random.")
-            kept = [replace(r, split=official_split[r.id]) for r in records if r.id in official_split]
+            kept = [replace(r, split=official_split[r.id])
+                    for r in records if r.id in official_split]
             if len(kept) < len(records):
                 report.removed["images in no split list"] += len(records) - len(kept)
             records = kept
         elif name == "flickr30k":
-            raise DatasetError("Flickr30k's Kaggle layout has no split lists. Use dataset.split=random, or "
-                               "dataset=karpathy dataset.json=dataset_flickr30k.json for the Karpathy split.")
+            raise DatasetError(
+                "Flickr30k's Kaggle layout has no split lists. Use dataset.split=random, or "
+                "dataset=karpathy dataset.json=dataset_flickr30k.json for the Karpathy split.")
         # karpathy / coco_json readers set the split themselves
     else:
         raise ConfigError(f"dataset.split must be random or karpathy. Received: {mode!r}")
-
-    if ds_cfg.get("verify_images", True):
-        records = _verify_images(records, report, progress)
-    splits = {s: [r for r in records if r.split == s] for s in ("train", "val", "test")}
-    if not splits["test"]:
-        report.notes.append(f"dataset={name} with split={mode} has no test split: only val is scored")
-    return splits, report
+    return records
 
 
 def _with(cfg, **updates):

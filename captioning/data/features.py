@@ -31,9 +31,10 @@ def bypass_reason(cfg) -> str | None:
     if b.get("trainable", False) is not False:
         return "the backbone is trained (backbone.trainable), so its features change every step"
     a = cfg.augment
-    if a.flip != "none" or a.rot90 or a.rotation or a.contrast or a.get("zoom") or a.get("translate"):
-        return ("augmentation is on: a frozen CNN sees a different image every epoch, so its features "
-                "cannot be cached (set augment.* off to use the cache)")
+    if (a.flip != "none" or a.rot90 or a.rotation or a.contrast or a.get("zoom")
+            or a.get("translate")):
+        return ("augmentation is on: a frozen CNN sees a different image every epoch, so its "
+                "features cannot be cached (set augment.* off to use the cache)")
     if b.get("blind", False):
         return "backbone.blind=true (image-blind baseline)"
     return None
@@ -45,15 +46,15 @@ def cache_key(cfg, records) -> str:
     h = hashlib.sha256()
     spec = {k: b[k] for k in b if k not in ("trainable", "blind")}
     weights = b.get("weights")
-    if weights not in (None, "imagenet"):                       # a file: its identity is its content stamp
+    if weights not in (None, "imagenet"):     # a file: its identity is its content stamp
         st = os.stat(os.path.expanduser(str(weights)))
         spec["weights_stamp"] = [st.st_size, st.st_mtime_ns]
     if weights is None:
-        spec["init_seed"] = int(cfg.seed)                       # random init: depends on the run's seed
+        spec["init_seed"] = int(cfg.seed)     # random init: depends on the run's seed
     import keras
 
-    h.update(json.dumps({"v": VERSION, "backbone": spec, "keras": keras.__version__}, sort_keys=True,
-                        default=str).encode())
+    h.update(json.dumps({"v": VERSION, "backbone": spec, "keras": keras.__version__},
+                        sort_keys=True, default=str).encode())
     for r in sorted(records, key=lambda r: r.image):
         st = os.stat(r.image)
         h.update(f"{r.image}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -90,7 +91,8 @@ def _build(folder: Path, backbone, data, records, batch_size: int, progress: boo
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         shape = (len(records), *backbone.output_shape[1:])
-        out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16, shape=shape)
+        out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
+                                        shape=shape)
         batches = data.image_dataset(records, batch_size, use_features=False)
         it = iter(batches)
         if progress:
@@ -100,14 +102,35 @@ def _build(folder: Path, backbone, data, records, batch_size: int, progress: boo
         row = 0
         import tensorflow as tf
 
-        extract = tf.function(lambda x: backbone(x, training=False), reduce_retracing=True)   # graph, not eager
+        # traced once as a graph, not run eagerly
+        extract = tf.function(lambda x: backbone(x, training=False), reduce_retracing=True)
         for images in it:
             tokens = keras.ops.convert_to_numpy(extract(images))
             out[row:row + len(tokens)] = tokens.astype(np.float16)
             row += len(tokens)
         out.flush()
         del out
-        (tmp / "index.json").write_text(json.dumps({"ids": [r.id for r in records], "shape": list(shape)}))
+        index = {"ids": [r.id for r in records], "shape": list(shape)}
+        (tmp / "index.json").write_text(json.dumps(index))
         tmp.rename(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def attach_feature_cache(cfg, data, model) -> None:
+    """Frozen backbone: compute each image's tokens once (shared across runs) and make
+    ``data`` serve them instead of images; otherwise say why the cache is bypassed."""
+    from captioning.console import console
+
+    reason = bypass_reason(cfg)
+    if reason is not None:
+        if cfg.backbone.get("trainable", False) is False:      # only worth saying when frozen
+            console.print(f"  feature cache bypassed: {reason}")
+        return
+    records = [r for split in ("train", "val", "test") for r in data.splits[split]]
+    feats, row_of, folder = ensure_features(cfg, model.backbone, data, records,
+                                            int(cfg.evaluation.batch_size))
+    data.use_features(feats, row_of)
+    console.print(f"  feature cache: {folder} ({feats.shape[0]} images x {feats.shape[1]} tokens "
+                  f"x {feats.shape[2]}, float16, {feats.nbytes / feats.shape[0] / 1024:.1f} "
+                  f"KiB/image)")

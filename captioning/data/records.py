@@ -14,22 +14,23 @@ SPLITS = ("train", "val", "test")
 class Record:
     """One image and all of its reference captions."""
 
-    id: str                        # stable identifier (the file name for Flickr, the image id for COCO)
-    image: str                     # absolute path of the image file
-    captions: tuple[str, ...]      # raw reference captions, as written in the dataset
-    split: str = "train"           # train | val | test (restval is folded into train by readers)
+    id: str                    # stable identifier (the file name for Flickr, the image id for COCO)
+    image: str                 # absolute path of the image file
+    captions: tuple[str, ...]  # raw reference captions, as written in the dataset
+    split: str = "train"       # train | val | test (restval is folded into train by readers)
 
 
 @dataclass
 class DataReport:
     """What loading did to the data, so a run can say it (and a user can check it)."""
 
-    counts: dict[str, int] = field(default_factory=dict)    # images per split after cleaning
-    removed: Counter = field(default_factory=Counter)       # reason -> number removed
-    notes: list[str] = field(default_factory=list)          # one-line remarks (e.g. "no test split")
+    counts: dict[str, int] = field(default_factory=dict)  # images per split after cleaning
+    removed: Counter = field(default_factory=Counter)     # reason -> number removed
+    notes: list[str] = field(default_factory=list)        # one-line remarks (e.g. "no test split")
 
     def as_dict(self) -> dict:
-        return {"counts": dict(self.counts), "removed": dict(self.removed), "notes": list(self.notes)}
+        return {"counts": dict(self.counts), "removed": dict(self.removed),
+                "notes": list(self.notes)}
 
 
 def assign_random_split(

@@ -30,7 +30,8 @@ BACKGROUNDS = {"dark": (45, 45, 55), "light": (200, 200, 190)}
 POSITIONS = {  # (row, col) of a 3x3 grid -> how people say it
     (0, 0): "in the top left corner", (0, 1): "at the top", (0, 2): "in the top right corner",
     (1, 0): "on the left", (1, 1): "in the middle", (1, 2): "on the right",
-    (2, 0): "in the bottom left corner", (2, 1): "at the bottom", (2, 2): "in the bottom right corner",
+    (2, 0): "in the bottom left corner", (2, 1): "at the bottom",
+    (2, 2): "in the bottom right corner",
 }
 
 
@@ -49,7 +50,8 @@ def _an(word: str) -> str:
 def _phrase(s: Shape, rng: random.Random, with_size: bool | None = None) -> str:
     """'a small red circle', 'an orange box', 'a big blue plus sign' ..."""
     with_size = rng.random() < 0.6 if with_size is None else with_size
-    words = ([rng.choice(SIZES[s.size])] if with_size else []) + [s.color, rng.choice(SHAPES[s.kind])]
+    words = (([rng.choice(SIZES[s.size])] if with_size else [])
+             + [s.color, rng.choice(SHAPES[s.kind])])
     return _an(" ".join(words))
 
 
@@ -70,10 +72,15 @@ def _captions(shapes: list[Shape], bg: str, rng: random.Random) -> list[str]:
         s = shapes[0]
         pos = POSITIONS[s.cell]
         pool = [
-            lambda: f"{p(s)}", lambda: f"{p(s)} on a {bg} background", lambda: f"there is {p(s)} {pos}",
-            lambda: f"{p(s)} {pos}", lambda: f"a single {p(s)[2:].lstrip('n ')} {pos}",
-            lambda: f"an image of {p(s)} {pos}", lambda: f"one {s.color} {rng.choice(SHAPES[s.kind])} on a {bg} background",
-            lambda: f"{_an(s.color)} {rng.choice(SHAPES[s.kind])} that is {rng.choice(SIZES[s.size])}",
+            lambda: f"{p(s)}",
+            lambda: f"{p(s)} on a {bg} background",
+            lambda: f"there is {p(s)} {pos}",
+            lambda: f"{p(s)} {pos}",
+            lambda: f"a single {p(s)[2:].lstrip('n ')} {pos}",
+            lambda: f"an image of {p(s)} {pos}",
+            lambda: f"one {s.color} {rng.choice(SHAPES[s.kind])} on a {bg} background",
+            lambda: (f"{_an(s.color)} {rng.choice(SHAPES[s.kind])} "
+                     f"that is {rng.choice(SIZES[s.size])}"),
         ]
     elif len(shapes) == 2:
         a, b = shapes
@@ -94,7 +101,8 @@ def _captions(shapes: list[Shape], bg: str, rng: random.Random) -> list[str]:
             lambda: "three shapes: {}, {} and {}".format(*map(p, three())),
             lambda: "{}, {} and {}".format(*map(p, three())),
             lambda: "there are three objects, {}, {} and {}".format(*map(p, three())),
-            lambda: f"{p(shapes[0])} {_relation(shapes[0], shapes[1], rng)[0]} {p(shapes[1])} and {p(shapes[2])}",
+            lambda: (f"{p(shapes[0])} {_relation(shapes[0], shapes[1], rng)[0]} "
+                     f"{p(shapes[1])} and {p(shapes[2])}"),
             lambda: "{} next to {} and {}".format(*map(p, three())),
             lambda: "three shapes on a {} background, {}, {} and {}".format(bg, *map(p, three())),
         ]
@@ -110,7 +118,8 @@ def _captions(shapes: list[Shape], bg: str, rng: random.Random) -> list[str]:
         if c not in out:
             out.append(c)
     # People write captions with a capital letter and sometimes a final period.
-    return [(c[0].upper() + c[1:] + (" ." if rng.random() < 0.5 else "")) if rng.random() < 0.5 else c
+    return [(c[0].upper() + c[1:] + (" ." if rng.random() < 0.5 else ""))
+            if rng.random() < 0.5 else c
             for c in out]
 
 
@@ -121,7 +130,8 @@ def render(index: int, seed: int, size: int) -> tuple[np.ndarray, list[str]]:
     rng = random.Random(f"{seed}-{index}")
     n = rng.choice([1, 1, 2, 2, 2, 3])
     cells = rng.sample(sorted(POSITIONS), n)
-    shapes = [Shape(rng.choice(sorted(SHAPES)), rng.choice(sorted(COLORS)), rng.choice(["small", "large"]), c)
+    shapes = [Shape(rng.choice(sorted(SHAPES)), rng.choice(sorted(COLORS)),
+                    rng.choice(["small", "large"]), c)
               for c in cells]
     bg = rng.choice(sorted(BACKGROUNDS))
     noise = np.random.default_rng(rng.getrandbits(32)).normal(0, 12, (size, size, 1))
@@ -130,7 +140,8 @@ def render(index: int, seed: int, size: int) -> tuple[np.ndarray, list[str]]:
     draw = ImageDraw.Draw(img)
     for s in shapes:
         r = size * (0.09 if s.size == "small" else 0.155) * rng.uniform(0.9, 1.1)
-        cy, cx = ((np.array(s.cell) * 2 + 1) / 6 * size + [rng.uniform(-1, 1) * size * 0.03 for _ in range(2)])
+        cy, cx = ((np.array(s.cell) * 2 + 1) / 6 * size
+                  + [rng.uniform(-1, 1) * size * 0.03 for _ in range(2)])
         color = tuple(int(np.clip(v + rng.uniform(-20, 20), 0, 255)) for v in COLORS[s.color])
         box = [cx - r, cy - r, cx + r, cy + r]
         if s.kind == "circle":
@@ -148,7 +159,9 @@ def render(index: int, seed: int, size: int) -> tuple[np.ndarray, list[str]]:
     return np.asarray(img), _captions(shapes, bg, rng)
 
 
-def ensure_synthetic(root: Path, num_images: int, image_size: int, seed: int, progress: bool = True) -> Path:
+def ensure_synthetic(
+    root: Path, num_images: int, image_size: int, seed: int, progress: bool = True
+) -> Path:
     """Write the dataset to ``root`` (Kaggle Flickr8k layout) unless it is already there.
 
     Written to a temporary folder and renamed into place, so an interrupted or concurrent
@@ -167,7 +180,8 @@ def ensure_synthetic(root: Path, num_images: int, image_size: int, seed: int, pr
         indices = range(num_images)
         if progress:
             from rich.progress import track
-            indices = track(indices, description=f"Rendering {num_images} synthetic scenes", transient=True)
+            indices = track(indices, description=f"Rendering {num_images} synthetic scenes",
+                            transient=True)
         for i in indices:
             pixels, caps = render(i, seed, image_size)
             name = f"synth_{i:05d}.jpg"

@@ -55,7 +55,8 @@ def filter_captions(
     """
     if policy not in ("drop_image", "drop_caption", "none"):
         raise ConfigError(
-            f"text.filter must be drop_image, drop_caption or none. Received: text.filter={policy!r}")
+            f"text.filter must be drop_image, drop_caption or none. "
+            f"Received: text.filter={policy!r}")
     removed: Counter = Counter()
     kept: list[list[str]] = []
     for caps in captions_per_image:
@@ -83,7 +84,8 @@ class Vocabulary:
 
     def __init__(self, tokens: Sequence[str], seq_len: int):
         if list(tokens[:2]) != [PAD, UNK]:
-            raise ValueError(f"A vocabulary starts with {PAD!r}, {UNK!r}. Received: {list(tokens[:2])}")
+            raise ValueError(
+                f"A vocabulary starts with {PAD!r}, {UNK!r}. Received: {list(tokens[:2])}")
         self.tokens = list(tokens)
         self.seq_len = int(seq_len)
         self.index = {t: i for i, t in enumerate(self.tokens)}
@@ -94,7 +96,8 @@ class Vocabulary:
     def build(cls, wrapped_captions: Sequence[str], size: int, seq_len: int) -> Vocabulary:
         """Learn the ``size`` most frequent tokens (including pad/unk) from wrapped captions."""
         if size < 4:
-            raise ConfigError(f"text.vocab_size must be at least 4 (pad, unk, start, end). Received: {size}")
+            raise ConfigError(
+                f"text.vocab_size must be at least 4 (pad, unk, start, end). Received: {size}")
         # Counting in Python is exact and fast for caption corpora; it gives the same order as
         # TextVectorization.adapt (frequency, ties broken by first appearance is not guaranteed
         # there, so we sort ties by token for determinism across runs).

@@ -48,13 +48,21 @@ _CLITICS = re.compile(r"(?i)\b(\w+)(n't)\b|(\w)('s|'re|'ve|'ll|'d|'m)\b")
 _PUNCT_SPLIT = re.compile(r"(\.\.\.|--|[.,!?;:()\[\]{}\"`]|'(?!(?:s|re|ve|ll|d|m|t)\b))")
 
 
+_BRACKETS_AND_QUOTES = {'"', "(", ")", "[", "]", "{", "}"}
+
+
+def _split_clitic(m: re.Match) -> str:
+    """``_CLITICS`` match -> the word and its clitic, apart ("don't" -> "do n't")."""
+    return f"{m.group(1)} {m.group(2)}" if m.group(1) else f"{m.group(3)} {m.group(4)}"
+
+
 def python_tokenize(caption: str) -> str:
     """Pure-Python stand-in for PTB tokenisation + the toolkit's punctuation removal."""
     text = caption.replace("\n", " ").lower()
-    text = _CLITICS.sub(lambda m: f"{m.group(1)} {m.group(2)}" if m.group(1) else f"{m.group(3)} {m.group(4)}", text)
+    text = _CLITICS.sub(_split_clitic, text)
     text = _PUNCT_SPLIT.sub(r" \1 ", text)
     # A hyphen inside a word stays ("t-shirt"); a standalone one is punctuation.
-    words = [w for w in text.split() if w not in PUNCTUATIONS and w not in {'"', "(", ")", "[", "]", "{", "}"}]
+    words = [w for w in text.split() if w not in PUNCTUATIONS and w not in _BRACKETS_AND_QUOTES]
     return " ".join(words)
 
 
@@ -107,7 +115,8 @@ def _spice_ready() -> str | None:
         return "SPICE skipped: it needs Java"
     if not (lib / "stanford-corenlp-3.6.0-models.jar").exists():
         return (f"SPICE skipped: it needs Stanford CoreNLP 3.6.0 models in {lib} (pycocoevalcap "
-                f"downloads them on first use; run `python -m pycocoevalcap.spice.get_stanford_models` once "
+                f"downloads them on first use; "
+                f"run `python -m pycocoevalcap.spice.get_stanford_models` once "
                 f"with network access)")
     return None
 
@@ -115,65 +124,86 @@ def _spice_ready() -> str | None:
 def score(references: dict[str, list[str]], predictions: dict[str, str], spice: bool = False,
           use_java: bool | None = None, meteor: bool = True) -> Scores:
     """Corpus and per-image scores for ``predictions`` against ``references`` (same keys)."""
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
-
     if set(references) != set(predictions):
         raise ValueError(f"references and predictions must cover the same images. "
-                         f"Received: {len(references)} references, {len(predictions)} predictions")
+                         f"Received: {len(references)} references, "
+                         f"{len(predictions)} predictions")
     if not references:
         raise ValueError("Nothing to score: no images.")
     ids = sorted(references)
     java = java_available() if use_java is None else use_java
-    notes = [] if java else ["Java not found: PTB tokenisation replaced by the Python tokenizer, METEOR "
-                             "skipped (install a JRE, e.g. apt-get install default-jre-headless)"]
+    notes = [] if java else ["Java not found: PTB tokenisation replaced by the Python tokenizer, "
+                             "METEOR skipped (install a JRE, "
+                             "e.g. apt-get install default-jre-headless)"]
     gts = tokenize({i: list(references[i]) for i in ids}, java)
     res = tokenize({i: [predictions[i]] for i in ids}, java)
 
-    corpus: dict[str, float] = {}
-    per_image: dict[str, dict[str, float]] = {i: {} for i in ids}
+    out = Scores({}, {i: {} for i in ids}, notes)
+    _add_bleu(out, ids, gts, res)
+    if java and meteor:
+        _add_meteor(out, ids, gts, res)
+    _add_rouge_and_cider(out, ids, gts, res)
+    if spice:
+        _add_spice(out, ids, gts, res)
+    return out
+
+
+# Each _add_* scores the tokenised ``res`` (id -> [prediction]) against ``gts`` (id -> references)
+# and records the results in ``out``: corpus scores, per-image scores (in ``ids`` order), notes.
+def _add_bleu(out: Scores, ids: list[str], gts: dict, res: dict) -> None:
+    from pycocoevalcap.bleu.bleu import Bleu
+
     with contextlib.redirect_stdout(io.StringIO()):     # the toolkit prints its internals
         bleu, bleu_imgs = Bleu(4).compute_score(gts, res, verbose=0)
     for n in range(4):
-        corpus[f"bleu_{n + 1}"] = float(bleu[n])
+        out.corpus[f"bleu_{n + 1}"] = float(bleu[n])
     for i, s in zip(ids, bleu_imgs[3], strict=True):
-        per_image[i]["bleu_4"] = float(s)
-    if java and meteor:
-        from pycocoevalcap.meteor.meteor import Meteor
+        out.per_image[i]["bleu_4"] = float(s)
 
-        meteor = Meteor()
-        try:
-            # METEOR's Java process chokes on empty hypotheses; they score 0 by definition.
-            nonempty = [i for i in ids if res[i][0].strip()]
-            m, m_imgs = (meteor.compute_score({i: gts[i] for i in nonempty}, {i: res[i] for i in nonempty})
-                         if nonempty else (0.0, []))
-            m_of = dict(zip(nonempty, m_imgs, strict=True))
-            if len(nonempty) == len(ids):
-                corpus["meteor"] = float(m)           # the toolkit's own corpus aggregate
-            else:
-                corpus["meteor"] = float(sum(m_of.values()) / len(ids))
-                notes.append(f"METEOR: {len(ids) - len(nonempty)} empty prediction(s) scored 0; corpus "
-                             f"METEOR is the mean of per-image scores")
-            for i in ids:
-                per_image[i]["meteor"] = float(m_of.get(i, 0.0))
-        finally:
-            del meteor                                # its __del__ stops the Java process
-    rouge, rouge_imgs = Rouge().compute_score(gts, res)
-    corpus["rouge_l"] = float(rouge)
-    cider, cider_imgs = Cider().compute_score(gts, res)
-    corpus["cider"] = float(cider)
-    for i, r, c in zip(ids, rouge_imgs, cider_imgs, strict=True):
-        per_image[i]["rouge_l"], per_image[i]["cider"] = float(r), float(c)
-    if spice:
-        why = _spice_ready()
-        if why:
-            notes.append(why)
+
+def _add_meteor(out: Scores, ids: list[str], gts: dict, res: dict) -> None:
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    meteor = Meteor()
+    try:
+        # METEOR's Java process chokes on empty hypotheses; they score 0 by definition.
+        nonempty = [i for i in ids if res[i][0].strip()]
+        m, m_imgs = (meteor.compute_score({i: gts[i] for i in nonempty},
+                                          {i: res[i] for i in nonempty})
+                     if nonempty else (0.0, []))
+        m_of = dict(zip(nonempty, m_imgs, strict=True))
+        if len(nonempty) == len(ids):
+            out.corpus["meteor"] = float(m)           # the toolkit's own corpus aggregate
         else:
-            from pycocoevalcap.spice.spice import Spice
+            out.corpus["meteor"] = float(sum(m_of.values()) / len(ids))
+            out.notes.append(f"METEOR: {len(ids) - len(nonempty)} empty prediction(s) scored 0; "
+                             f"corpus METEOR is the mean of per-image scores")
+        for i in ids:
+            out.per_image[i]["meteor"] = float(m_of.get(i, 0.0))
+    finally:
+        del meteor                                # its __del__ stops the Java process
 
-            s, s_imgs = Spice().compute_score(gts, res)
-            corpus["spice"] = float(s)
-            for i, si in zip(ids, s_imgs, strict=True):
-                per_image[i]["spice"] = float(si["All"]["f"])
-    return Scores(corpus, per_image, notes)
+
+def _add_rouge_and_cider(out: Scores, ids: list[str], gts: dict, res: dict) -> None:
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    rouge, rouge_imgs = Rouge().compute_score(gts, res)
+    out.corpus["rouge_l"] = float(rouge)
+    cider, cider_imgs = Cider().compute_score(gts, res)
+    out.corpus["cider"] = float(cider)
+    for i, r, c in zip(ids, rouge_imgs, cider_imgs, strict=True):
+        out.per_image[i]["rouge_l"], out.per_image[i]["cider"] = float(r), float(c)
+
+
+def _add_spice(out: Scores, ids: list[str], gts: dict, res: dict) -> None:
+    why = _spice_ready()
+    if why:
+        out.notes.append(why)
+        return
+    from pycocoevalcap.spice.spice import Spice
+
+    s, s_imgs = Spice().compute_score(gts, res)
+    out.corpus["spice"] = float(s)
+    for i, si in zip(ids, s_imgs, strict=True):
+        out.per_image[i]["spice"] = float(si["All"]["f"])

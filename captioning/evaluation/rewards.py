@@ -31,7 +31,8 @@ SCORES = ("cider", "bleu_1", "bleu_2", "bleu_3", "bleu_4")    # the keys of trai
 
 
 def ngrams(tokens: Sequence[int], n: int = N) -> Counter:
-    return Counter(tuple(tokens[i:i + k]) for k in range(1, n + 1) for i in range(len(tokens) - k + 1))
+    return Counter(tuple(tokens[i:i + k])
+                   for k in range(1, n + 1) for i in range(len(tokens) - k + 1))
 
 
 def strip(row: Iterable[int], start_id: int, end_id: int) -> tuple[int, ...]:
@@ -46,8 +47,10 @@ def strip(row: Iterable[int], start_id: int, end_id: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def references(rows: Iterable[Iterable[int]], start_id: int, end_id: int) -> tuple[tuple[int, ...], ...]:
-    """One image's (C, L) caption rows -> its references; all-padding rows (absent captions) dropped."""
+def references(rows: Iterable[Iterable[int]], start_id: int,
+               end_id: int) -> tuple[tuple[int, ...], ...]:
+    """One image's (C, L) caption rows -> its references; all-padding rows (absent captions)
+    dropped."""
     return tuple(r for r in (strip(row, start_id, end_id) for row in rows) if r)
 
 
@@ -59,7 +62,8 @@ class CiderD:
     whose references contain it.
     """
 
-    def __init__(self, train_refs: Sequence[Sequence[Sequence[int]]], n: int = N, sigma: float = SIGMA):
+    def __init__(self, train_refs: Sequence[Sequence[Sequence[int]]], n: int = N,
+                 sigma: float = SIGMA):
         if not train_refs:
             raise ValueError("CiderD needs the training references to count document frequencies")
         self.n, self.sigma = n, sigma
@@ -133,7 +137,8 @@ class SentenceBleu:
         correct, guess = [0] * self.n, [max(0, length - k) for k in range(self.n)]
         for g, c in ngrams(candidate, self.n).items():
             correct[len(g) - 1] += min(c, most.get(g, 0))
-        ref_len = min(lens, key=lambda r: (abs(r - length), r))          # "closest", ties to the shorter
+        # The "closest" reference length, ties to the shorter.
+        ref_len = min(lens, key=lambda r: (abs(r - length), r))
         ratio = (length + self.TINY) / (ref_len + self.SMALL)
         brevity = math.exp(1 - 1 / ratio) if ratio < 1 else 1.0
         out, product = [], 1.0
@@ -159,7 +164,8 @@ class Reward:
 
     def __str__(self) -> str:
         names = {"cider": "CIDEr-D", **{f"bleu_{n}": f"BLEU-{n}" for n in range(1, N + 1)}}
-        return " + ".join(names[k] if w == 1 else f"{w:g}×{names[k]}" for k, w in self.weights.items())
+        return " + ".join(names[k] if w == 1 else f"{w:g}×{names[k]}"
+                          for k, w in self.weights.items())
 
     def score(self, candidate: Sequence[int], refs: Sequence[Sequence[int]]) -> float:
         total = 0.0
@@ -167,10 +173,12 @@ class Reward:
             total += self.weights["cider"] * self.cider.score(candidate, refs)
         if self.bleu is not None:
             bleu = self.bleu.score(candidate, refs)
-            total += sum(w * bleu[int(k[-1]) - 1] for k, w in self.weights.items() if k.startswith("bleu"))
+            total += sum(w * bleu[int(k[-1]) - 1]
+                         for k, w in self.weights.items() if k.startswith("bleu"))
         return total
 
-    def batch(self, samples: np.ndarray, captions: np.ndarray, start_id: int, end_id: int) -> np.ndarray:
+    def batch(self, samples: np.ndarray, captions: np.ndarray, start_id: int,
+              end_id: int) -> np.ndarray:
         b = captions.shape[0]
         k = samples.shape[0] // max(b, 1)
         out = np.zeros(samples.shape[0], np.float32)

@@ -50,14 +50,18 @@ def build_augmentation(cfg, seed: int):
     if a.rotation:
         out.append(layers.RandomRotation(a.rotation, seed=seed, name="aug_rotation"))
     if a.contrast:
-        out.append(layers.RandomContrast(a.contrast, seed=seed, name="aug_contrast", value_range=(0, 255)))
+        out.append(layers.RandomContrast(a.contrast, seed=seed, name="aug_contrast",
+                                         value_range=(0, 255)))
     zoom, shift = float(a.get("zoom", 0.0)), float(a.get("translate", 0.0))
     if not (0 <= zoom < 1 and 0 <= shift < 1):
         from captioning import ConfigError
-        raise ConfigError(f"augment.zoom and augment.translate are fractions of the image side in [0, 1). "
+        raise ConfigError(f"augment.zoom and augment.translate are fractions of the image side "
+                          f"in [0, 1). "
                           f"Received: zoom={zoom}, translate={shift}")
-    if zoom:   # negative factors zoom in only: crops that keep the scene's scale close to the original
+    if zoom:
+        # Negative factors zoom in only: crops that keep the scene's scale close to the original.
         out.append(layers.RandomZoom((-zoom, 0.0), seed=seed, fill_mode="reflect", name="aug_zoom"))
     if shift:
-        out.append(layers.RandomTranslation(shift, shift, seed=seed, fill_mode="reflect", name="aug_translate"))
+        out.append(layers.RandomTranslation(shift, shift, seed=seed, fill_mode="reflect",
+                                            name="aug_translate"))
     return out

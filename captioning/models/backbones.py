@@ -39,9 +39,11 @@ def _small_cnn(filters=(32, 64, 128, 192), dropout=0.0, convs=1, stem=0, stem_st
     """
     per_stage = [int(convs)] * len(filters) if isinstance(convs, int) else [int(c) for c in convs]
     if isinstance(stem_stride, bool) or stem_stride not in (1, 2, 3, 4):
-        raise ConfigError(f"backbone.stem_stride must be 1, 2, 3 or 4 (4: a patchify stem). Received: {stem_stride!r}")
+        raise ConfigError(f"backbone.stem_stride must be 1, 2, 3 or 4 (4: a patchify stem). "
+                          f"Received: {stem_stride!r}")
     if not stem and stem_stride != 2:
-        raise ConfigError(f"backbone.stem_stride={stem_stride} needs a stem: set backbone.stem to its channels "
+        raise ConfigError(f"backbone.stem_stride={stem_stride} needs a stem: "
+                          f"set backbone.stem to its channels "
                           f"(e.g. backbone.stem=32), or leave stem_stride at 2.")
     if len(per_stage) != len(filters) or min(per_stage) < 1:
         raise ConfigError(f"backbone.convs_per_stage must be >= 1, one number or one per stage "
@@ -52,22 +54,29 @@ def _small_cnn(filters=(32, 64, 128, 192), dropout=0.0, convs=1, stem=0, stem_st
         from keras import layers
 
         def conv_bn(x, f, conv_name, bn_name, stride=1, kernel=3):
-            x = layers.Conv2D(f, kernel, strides=stride, padding="same", use_bias=False, name=conv_name)(x)
-            return layers.BatchNormalization(momentum=0.9, name=bn_name)(x)   # short runs: fast-moving stats
+            x = layers.Conv2D(f, kernel, strides=stride, padding="same", use_bias=False,
+                              name=conv_name)(x)
+            # momentum 0.9: short runs want fast-moving statistics.
+            return layers.BatchNormalization(momentum=0.9, name=bn_name)(x)
 
         inputs = keras.Input(input_shape)
         x = inputs
         if stem:
-            kernel = 3 if stem_stride <= 2 else stem_stride           # larger strides: non-overlapping patches
-            x = layers.ReLU(name="stem_relu")(conv_bn(x, stem, "stem_conv", "stem_bn", stem_stride, kernel))
+            # Larger strides: non-overlapping patches.
+            kernel = 3 if stem_stride <= 2 else stem_stride
+            x = conv_bn(x, stem, "stem_conv", "stem_bn", stem_stride, kernel)
+            x = layers.ReLU(name="stem_relu")(x)
         for i, (f, k) in enumerate(zip(filters, per_stage, strict=True)):
             if stem and i > 0:
                 x = layers.MaxPooling2D(2, name=f"stage{i}_pool_in")(x)
-            # The first conv keeps the original stage{i}_conv0/bn0 names (saved small_cnn weights load).
-            x = layers.ReLU(name=f"stage{i}_relu0")(conv_bn(x, f, f"stage{i}_conv0", f"stage{i}_bn0"))
+            # The first conv keeps the original stage{i}_conv0/bn0 names (saved small_cnn
+            # weights load).
+            x = conv_bn(x, f, f"stage{i}_conv0", f"stage{i}_bn0")
+            x = layers.ReLU(name=f"stage{i}_relu0")(x)
             for j in range(1, k):
                 y = conv_bn(x, f, f"stage{i}_{j}_conv", f"stage{i}_{j}_bn")
-                x = layers.ReLU(name=f"stage{i}_relu{j}")(layers.Add(name=f"stage{i}_add{j}")([x, y]))
+                x = layers.Add(name=f"stage{i}_add{j}")([x, y])
+                x = layers.ReLU(name=f"stage{i}_relu{j}")(x)
             if not stem:
                 x = layers.MaxPooling2D(2, name=f"stage{i}_pool")(x)
             if dropout:
@@ -90,7 +99,8 @@ def _application(name: str) -> Backbone:
     fn = APPLICATIONS()[name]
     module = importlib.import_module(fn.__module__)
     preprocess = getattr(module, "preprocess_input", _scale_pm1)
-    size = {"inceptionresnetv2": 299, "inceptionv3": 299, "xception": 299, "efficientnetb0": 224}.get(name, 224)
+    sizes = {"inceptionresnetv2": 299, "inceptionv3": 299, "xception": 299, "efficientnetb0": 224}
+    size = sizes.get(name, 224)
 
     def build(input_shape, weights="imagenet"):
         return fn(include_top=False, weights=weights, input_shape=input_shape)
@@ -99,7 +109,8 @@ def _application(name: str) -> Backbone:
     return Backbone(name, build, preprocess, FEATURE_DIMS.get(name), size)
 
 
-FEATURE_DIMS = {"efficientnetb0": 1280, "inceptionresnetv2": 1536, "resnet50": 2048, "mobilenetv2": 1280}
+FEATURE_DIMS = {"efficientnetb0": 1280, "inceptionresnetv2": 1536, "resnet50": 2048,
+                "mobilenetv2": 1280}
 
 
 def APPLICATIONS() -> dict[str, Callable]:
@@ -115,14 +126,15 @@ def get_backbone(name: str, **options) -> Backbone:
     if name == "small_cnn":
         convs = options.get("convs_per_stage", 1)
         convs = convs if isinstance(convs, int) else list(convs)
-        return Backbone("small_cnn", _small_cnn(tuple(options.get("filters") or (32, 64, 128, 192)),
-                                                options.get("dropout", 0.0), convs, int(options.get("stem") or 0),
-                                                options.get("stem_stride", 2)),
-                        _scale_pm1, (options.get("filters") or [192])[-1], 64)
+        build = _small_cnn(tuple(options.get("filters") or (32, 64, 128, 192)),
+                           options.get("dropout", 0.0), convs, int(options.get("stem") or 0),
+                           options.get("stem_stride", 2))
+        return Backbone("small_cnn", build, _scale_pm1, (options.get("filters") or [192])[-1], 64)
     known = APPLICATIONS()
     if name not in known:
         raise ConfigError(f"Unknown backbone {name!r}. Known: {['small_cnn'] + sorted(known)} "
-                          f"(or select a preset: backbone=small_cnn|efficientnetb0|inceptionresnetv2).")
+                          f"(or select a preset: "
+                          f"backbone=small_cnn|efficientnetb0|inceptionresnetv2).")
     return _application(name)
 
 
@@ -150,14 +162,15 @@ def build_backbone(cfg):
     try:
         net = spec.build((size, size, 3), None if is_file or spec.name == "small_cnn" else weights)
     except Exception as e:  # noqa: BLE001 - keras raises plain Exception for failed downloads
-        if weights == "imagenet" and ("URL fetch failure" in str(e) or "HTTP" in str(e) or "urlopen" in str(e)
-                                      or "Name or service" in str(e) or "Errno" in str(e)):
+        network = ("URL fetch failure", "HTTP", "urlopen", "Name or service", "Errno")
+        if weights == "imagenet" and any(word in str(e) for word in network):
             cache = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "models"
             raise ConfigError(
-                f"Could not download ImageNet weights for {spec.name} (no network?). Keras caches them "
-                f"in {cache}/: copy the .h5 file there from a machine with network access, or pass a "
-                f"local file with backbone.weights=/path/to/{spec.name}_notop.h5, or train from "
-                f"scratch with backbone.weights=null. ({e})") from None
+                f"Could not download ImageNet weights for {spec.name} (no network?). "
+                f"Keras caches them in {cache}/: copy the .h5 file there from a machine with "
+                f"network access, or pass a local file with "
+                f"backbone.weights=/path/to/{spec.name}_notop.h5, or train from scratch with "
+                f"backbone.weights=null. ({e})") from None
         raise
     if is_file:
         path = Path(os.path.expanduser(weights))
@@ -181,5 +194,6 @@ def build_backbone(cfg):
     # backbone with no trainable weights.
     x = net(x, training=False) if trainable is False else net(x)
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
-    tokens = keras.layers.Reshape((h * w, c), name="to_tokens")(x)   # (B, S, C): cross-attention wants a sequence
+    # (B, S, C): cross-attention wants a sequence.
+    tokens = keras.layers.Reshape((h * w, c), name="to_tokens")(x)
     return keras.Model(inputs, tokens, name=f"backbone_{spec.name}")

@@ -24,6 +24,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from captioning.models.decoder import Decoder
+
 
 def masked_loss_and_accuracy(targets, logits, label_smoothing=0.0):
     """Mean cross-entropy and token accuracy over positions whose target is not padding (0).
@@ -35,7 +37,8 @@ def masked_loss_and_accuracy(targets, logits, label_smoothing=0.0):
     logits = ops.cast(logits, "float32")
     if label_smoothing:
         v = ops.shape(logits)[-1]
-        onehot = ops.one_hot(targets, v) * (1.0 - label_smoothing) + label_smoothing / ops.cast(v, "float32")
+        onehot = (ops.one_hot(targets, v) * (1.0 - label_smoothing)
+                  + label_smoothing / ops.cast(v, "float32"))
         ce = keras.losses.categorical_crossentropy(onehot, logits, from_logits=True)
     else:
         ce = keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)
@@ -50,7 +53,8 @@ def trim_to_longest(ids, end_id: int):
     decoder's training pass covers only positions some sample uses."""
     length = tf.shape(ids)[1]
     hit = tf.cast(ids == end_id, "int32")
-    first_end = tf.where(tf.reduce_any(hit > 0, axis=1), tf.argmax(hit, axis=1, output_type="int32"), length - 1)
+    first_end = tf.where(tf.reduce_any(hit > 0, axis=1),
+                         tf.argmax(hit, axis=1, output_type="int32"), length - 1)
     return ids[:, :tf.minimum(tf.reduce_max(first_end) + 1, length)]
 
 
@@ -65,15 +69,18 @@ def leave_one_out_advantage(rewards, k: int):
 
 @keras.saving.register_keras_serializable("captioning")
 class Captioner(keras.Model):
-    def __init__(self, backbone, encoder, decoder, augmentation=(), blind=False, label_smoothing=0.0,
-                 word_loss=0.0, mixup=0.0, seed=None, **kwargs):
+    """images -> backbone -> encoder -> memory (B, S, D) -> ``decoder`` (a ``Decoder``)."""
+
+    def __init__(self, backbone, encoder, decoder: Decoder, augmentation=(), blind=False,
+                 label_smoothing=0.0, word_loss=0.0, mixup=0.0, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.backbone, self.encoder, self.decoder = backbone, encoder, decoder
         self.augmentation = list(augmentation)
-        self.blind = blind                     # feed zeros instead of the image: the image-blind baseline
+        self.blind = blind             # feed zeros instead of the image: the image-blind baseline
         self.label_smoothing = label_smoothing
         self.word_loss_weight = float(word_loss)
-        self.mixup = float(mixup)              # Beta(alpha, alpha) mixing of training images (0 = off)
+        self.mixup = float(mixup)      # Beta(alpha, alpha) mixing of training images (0 = off)
+        self.seed = seed
         self.mixup_seed = keras.random.SeedGenerator(seed) if self.mixup else None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.acc_tracker = keras.metrics.Mean(name="accuracy")
@@ -86,17 +93,44 @@ class Captioner(keras.Model):
         self.self_critical = None                  # set by enable_self_critical
         self.reward_tracker = keras.metrics.Mean(name="reward")   # reported only then
 
-    def enable_self_critical(self, reward, samples: int, start_id: int, end_id: int, max_len: int, seed=None):
-        """Switch ``fit`` to self-critical training. ``reward(samples (B*K, L), captions (B, C, L))``
-        -> (B*K,) float32 (``rewards.Reward.batch``); ``samples``: K captions drawn per image."""
+    def get_config(self):
+        """The constructor's arguments: plain values as they are, the backbone, encoder, decoder
+        and augmentation layers as their Keras-serialised configs (JSON-serialisable).
+
+        For inspection and records, not for rebuilding: models are built from the run's config
+        by ``build.build_model`` and then load their weights (see ``from_config``)."""
+        serialize = keras.saving.serialize_keras_object
+        return {**super().get_config(),
+                "backbone": serialize(self.backbone), "encoder": serialize(self.encoder),
+                "decoder": serialize(self.decoder),
+                "augmentation": [serialize(layer) for layer in self.augmentation],
+                "blind": self.blind, "label_smoothing": self.label_smoothing,
+                "word_loss": self.word_loss_weight, "mixup": self.mixup, "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # The backbone's preprocessing is a Lambda around a plain function, which Keras cannot
+        # revive by name, so a Captioner is rebuilt from the Hydra config, not from this one.
+        raise NotImplementedError("A Captioner is rebuilt with captioning.models.build.build_model"
+                                  "(cfg, vocab_size) and load_weights, not from get_config().")
+
+    def enable_self_critical(self, reward, samples: int, start_id: int, end_id: int,
+                             max_len: int, seed=None):
+        """Switch ``fit`` to self-critical training.
+
+        ``reward(samples (B*K, L), captions (B, C, L))`` -> (B*K,) float32
+        (``rewards.Reward.batch``); ``samples``: K captions drawn per image."""
         from captioning.models.decoding import Generator
 
         if samples < 2:
-            raise ValueError(f"self-critical training needs >= 2 samples per image (the baseline is the "
-                             f"mean of the others). Received: {samples}")
-        sampler = Generator(self, start_id, end_id, max_len, method="top_k", k=self.decoder.vocab_size, seed=seed)
-        self.self_critical = {"reward": reward, "k": int(samples), "end_id": int(end_id), "sampler": sampler}
-        self.jit_compile = False             # the reward is Python (numpy_function): XLA cannot compile it
+            raise ValueError(f"self-critical training needs >= 2 samples per image "
+                             f"(the baseline is the mean of the others). Received: {samples}")
+        sampler = Generator(self, start_id, end_id, max_len, method="top_k",
+                            k=self.decoder.vocab_size, seed=seed)
+        self.self_critical = {"reward": reward, "k": int(samples), "end_id": int(end_id),
+                              "sampler": sampler}
+        # The reward is Python (numpy_function): XLA cannot compile it.
+        self.jit_compile = False
         self.train_function = None           # the next fit traces the new train_step
 
     def build(self, input_shape=None):
@@ -111,8 +145,9 @@ class Captioner(keras.Model):
         return [self.loss_tracker, self.acc_tracker, *extra]
 
     def encode(self, inputs, training=False):
-        """images (B, H, W, 3) float 0..255, or cached backbone tokens (B, S, C) -> memory (B, S, D)."""
-        if len(inputs.shape) == 3:                   # features from the cache: the backbone already ran
+        """images (B, H, W, 3) float 0..255, or cached backbone tokens (B, S, C)
+        -> memory (B, S, D)."""
+        if len(inputs.shape) == 3:         # features from the cache: the backbone already ran
             return self.encoder(inputs, training=training)
         images = inputs
         if training:
@@ -123,7 +158,8 @@ class Captioner(keras.Model):
         # A frozen backbone runs in inference mode even in a training step. Keras 3 lets the outer
         # call's training=True override the training=False recorded inside build_backbone's graph,
         # which turned on EfficientNet's stochastic-depth dropout: noisy features from frozen
-        # weights, unlike the feature cache. BatchNorm already follows `trainable`; Dropout does not.
+        # weights, unlike the feature cache. BatchNorm already follows `trainable`; Dropout does
+        # not.
         backbone_training = training and bool(self.backbone.trainable_weights)
         return self.encoder(self.backbone(images, training=backbone_training), training=training)
 
@@ -131,7 +167,8 @@ class Captioner(keras.Model):
         """(images, tokens (B, T)) -> logits (B, T, V). For summaries and tests; training uses
         ``caption_loss`` which projects only real tokens."""
         images, tokens = inputs
-        return self.decoder.project(self.decoder(tokens, self.encode(images, training), training=training))
+        hidden = self.decoder(tokens, self.encode(images, training), training=training)
+        return self.decoder.project(hidden)
 
     def caption_loss(self, images, captions, training=False):
         """Loss, accuracy and token count for (B, H, W, 3) images and (B, C, L) captions."""
@@ -143,17 +180,21 @@ class Captioner(keras.Model):
         words present, so it is on the scale of a per-token cross-entropy."""
         logits = ops.cast(self.word_head(ops.mean(memory, axis=1)), "float32")       # (B, V)
         v = ops.shape(logits)[-1]
-        present = ops.max(ops.one_hot(ops.reshape(captions, (ops.shape(captions)[0], -1)), v), axis=1)
-        present = ops.concatenate([ops.zeros_like(present[:, :1]), present[:, 1:]], axis=1)   # id 0 is padding
+        words = ops.reshape(captions, (ops.shape(captions)[0], -1))
+        present = ops.max(ops.one_hot(words, v), axis=1)
+        # Id 0 is padding.
+        present = ops.concatenate([ops.zeros_like(present[:, :1]), present[:, 1:]], axis=1)
         bce = ops.sum(ops.binary_crossentropy(present, logits, from_logits=True), axis=-1)
         return ops.mean(bce / ops.maximum(ops.sum(present, axis=-1), 1.0))
 
     def decode_loss(self, memory, captions, training=False):
-        """Teacher-forced loss, accuracy and token count of (B, C, L) captions on (B, S, D) memory."""
+        """Teacher-forced loss, accuracy and token count of (B, C, L) captions
+        on (B, S, D) memory."""
         c, length = captions.shape[1], ops.shape(captions)[2]
         if c is None:                                                    # C unknown while tracing
             memory, c = ops.repeat(memory, ops.shape(captions)[1], axis=0), 1
-        captions = ops.reshape(captions, (-1, length))                   # (B*C, L), an image's rows together
+        # (B*C, L), an image's rows together.
+        captions = ops.reshape(captions, (-1, length))
         # Cut the batch to its longest caption: positions past it are padding everywhere. Rows of
         # images with fewer than C captions are all padding: they cost a little compute and
         # nothing else (their targets are masked), and keep the (B, C) layout the decoder
@@ -166,7 +207,8 @@ class Captioner(keras.Model):
         # positions, and the (D x V) projection is the largest matmul of the decoder.
         real = targets > 0
         logits = self.decoder.project(tf.boolean_mask(hidden, real))     # (n_tokens, V)
-        return masked_loss_and_accuracy(tf.boolean_mask(targets, real), logits, self.label_smoothing)
+        return masked_loss_and_accuracy(tf.boolean_mask(targets, real), logits,
+                                        self.label_smoothing)
 
     def train_step(self, data):
         if self.self_critical is not None:
@@ -204,7 +246,8 @@ class Captioner(keras.Model):
     def _mix(self, images, captions):
         """mixup (Zhang et al., 2018) for captioning: each image is blended with another of the
         batch, x = lam * x_i + (1 - lam) * x_j with one lam ~ Beta(alpha, alpha) per batch; the
-        loss is the same blend of the two images' caption losses. Returns (images, captions_j, lam)."""
+        loss is the same blend of the two images' caption losses.
+        Returns (images, captions_j, lam)."""
         lam = keras.random.beta((), self.mixup, self.mixup, seed=self.mixup_seed)
         perm = keras.random.shuffle(ops.arange(ops.shape(images)[0]), seed=self.mixup_seed)
         other = ops.take(images, perm, axis=0)
@@ -219,8 +262,10 @@ class Captioner(keras.Model):
             memory = self.encode(images, training=True)                  # (B, S, D)
             with tape.stop_recording():
                 # K samples per image, an image's rows together (what repeats=K expects below).
-                ids = sc["sampler"].generate(ops.repeat(tf.stop_gradient(memory), k, axis=0))   # (B*K, L)
-                rewards = tf.numpy_function(sc["reward"], [ids, captions], tf.float32, stateful=False)
+                repeated = ops.repeat(tf.stop_gradient(memory), k, axis=0)
+                ids = sc["sampler"].generate(repeated)                                # (B*K, L)
+                rewards = tf.numpy_function(sc["reward"], [ids, captions], tf.float32,
+                                            stateful=False)
                 advantage = ops.reshape(leave_one_out_advantage(rewards, k), (-1, 1))
                 loss, acc, n = self.decode_loss(memory, captions, training=False)   # for the logs
             ids = trim_to_longest(ids, end_id)
@@ -232,7 +277,8 @@ class Captioner(keras.Model):
             # A sample's tokens are those up to and including its first end token.
             ended = tf.cumsum(tf.cast(targets == end_id, "int32"), axis=1, exclusive=True) > 0
             real = tf.cast(tf.logical_and(tf.logical_not(ended), targets > 0), "float32")
-            objective = -tf.reduce_sum(advantage * token_logp * real) / tf.maximum(tf.reduce_sum(real), 1.0)
+            total = tf.reduce_sum(advantage * token_logp * real)
+            objective = -total / tf.maximum(tf.reduce_sum(real), 1.0)
             scaled = self.optimizer.scale_loss(objective)
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)

@@ -2,11 +2,11 @@
 ``caption.py``, ``eval.py`` and the export all call ``Generator``).
 
 Greedy, top-k and top-p use keras-hub's samplers on the decoders' incremental step (a cache
-of keys/values or the GRU state). Beam search is our own: keras-hub's ``BeamSampler`` keeps
-extending beams after their end token and ranks them with that tail included and no length
-penalty, which picks wrong captions once beams finish at different lengths. Here a finished
-beam is frozen (it can only append padding, at no cost) and final scores are divided by the
-GNMT length penalty ((5 + len) / 6) ** alpha.
+of keys/values or the GRU state; the interface is ``decoder.Decoder``). Beam search is our
+own: keras-hub's ``BeamSampler`` keeps extending beams after their end token and ranks them
+with that tail included and no length penalty, which picks wrong captions once beams finish
+at different lengths. Here a finished beam is frozen (it can only append padding, at no cost)
+and final scores are divided by the GNMT length penalty ((5 + len) / 6) ** alpha.
 
 Test-time augmentation (``decode.tta``): each image is captioned from several views at once
 (``flip``: itself and its mirror image; ``dihedral``: its 8 flips and 90-degree rotations, for
@@ -24,22 +24,27 @@ from keras import ops
 
 from captioning import ConfigError
 from captioning.models.augment import rotate90
+from captioning.models.decoder import Decoder
 
 METHODS = ("greedy", "beam", "top_k", "top_p")
 TTA = {"none": 1, "flip": 2, "dihedral": 8}   # decode.tta -> views per image
-STEP_STATE = ("self", "state")   # cache entries that differ between the beams of one image
 
 
-def _check(method: str, beam_size: int, k: int, p: float, temperature: float, tta: str = "none") -> None:
+def _check(method: str, beam_size: int, k: int, p: float, temperature: float,
+           tta: str = "none") -> None:
     if tta not in TTA:
-        raise ConfigError(f"decode.tta must be one of {list(TTA)} (flip: each image and its mirror image; "
-                          f"dihedral: its 8 flips and 90-degree rotations, for square overhead images). "
+        raise ConfigError(f"decode.tta must be one of {list(TTA)} "
+                          f"(flip: each image and its mirror image; "
+                          f"dihedral: its 8 flips and 90-degree rotations, "
+                          f"for square overhead images). "
                           f"Received: {tta!r}")
     if method not in METHODS:
         raise ConfigError(f"decode.method must be one of {list(METHODS)}. Received: {method!r}")
     if beam_size < 1 or k < 1 or not 0 < p <= 1 or temperature <= 0:
-        raise ConfigError(f"decode settings out of range: beam_size >= 1, k >= 1, 0 < p <= 1, temperature > 0. "
-                          f"Received: beam_size={beam_size}, k={k}, p={p}, temperature={temperature}")
+        raise ConfigError(f"decode settings out of range: "
+                          f"beam_size >= 1, k >= 1, 0 < p <= 1, temperature > 0. "
+                          f"Received: beam_size={beam_size}, k={k}, p={p}, "
+                          f"temperature={temperature}")
 
 
 class Generator:
@@ -50,7 +55,8 @@ class Generator:
     """
 
     def __init__(self, model, start_id, end_id, max_len, method="greedy", beam_size=3,
-                 length_penalty=0.0, k=10, p=0.9, temperature=1.0, seed=None, jit_compile=False, tta="none"):
+                 length_penalty=0.0, k=10, p=0.9, temperature=1.0, seed=None, jit_compile=False,
+                 tta="none"):
         _check(method, beam_size, k, p, temperature, tta)
         self.model, self.start_id, self.end_id, self.max_len = model, start_id, end_id, max_len
         self.tta = tta
@@ -64,15 +70,18 @@ class Generator:
         else:
             self.sampler = None
         self.temperature = temperature
-        self._from_images = tf.function(self._images_to_ids, jit_compile=jit_compile, reduce_retracing=True)
-        self._from_memory = tf.function(self.generate, jit_compile=jit_compile, reduce_retracing=True)
+        self._from_images = tf.function(self._images_to_ids, jit_compile=jit_compile,
+                                        reduce_retracing=True)
+        self._from_memory = tf.function(self.generate, jit_compile=jit_compile,
+                                        reduce_retracing=True)
 
     @classmethod
     def from_config(cls, model, vocab, decode_cfg, seed=None):
         return cls(model, vocab.start_id, vocab.end_id, vocab.seq_len, decode_cfg.method,
-                   int(decode_cfg.beam_size), float(decode_cfg.length_penalty), int(decode_cfg.k),
-                   float(decode_cfg.p), float(decode_cfg.temperature), seed,
-                   bool(decode_cfg.get("jit_compile", False)), str(decode_cfg.get("tta", "none")))
+                   int(decode_cfg.beam_size), float(decode_cfg.length_penalty),
+                   int(decode_cfg.k), float(decode_cfg.p), float(decode_cfg.temperature), seed,
+                   bool(decode_cfg.get("jit_compile", False)),
+                   str(decode_cfg.get("tta", "none")))
 
     def __call__(self, images):
         return self._from_images(ops.convert_to_tensor(images, "float32"))
@@ -102,35 +111,40 @@ class Generator:
             logits, cache = decoder.step(prompt[:, index - 1], cache, index - 1)
             return _no_padding(logits), None, cache
 
-        mask = ops.concatenate([ops.ones((b, 1), "bool"), ops.zeros((b, self.max_len - 1), "bool")], axis=1)
-        return self.sampler(next_fn, prompt, cache=cache, index=1, mask=mask, stop_token_ids=[self.end_id])
+        mask = ops.concatenate([ops.ones((b, 1), "bool"),
+                                ops.zeros((b, self.max_len - 1), "bool")], axis=1)
+        return self.sampler(next_fn, prompt, cache=cache, index=1, mask=mask,
+                            stop_token_ids=[self.end_id])
 
-    def _beam(self, decoder, prompt, cache):
+    def _beam(self, decoder: Decoder | _ViewEnsemble, prompt, cache):
         k, length = self.beam_size, self.max_len
         b = ops.shape(prompt)[0]
+        per_beam = _beam_state(decoder, cache)
         expand = lambda x: ops.repeat(x, k, axis=0)  # noqa: E731   (B, ...) -> (B*K, ...)
         seqs, cache = expand(prompt), tf.nest.map_structure(expand, cache)
         # Only the first beam of each image is live at the start, so the K beams differ.
-        scores = ops.reshape(ops.tile(ops.convert_to_tensor([[0.0] + [-1e9] * (k - 1)]), (b, 1)), (-1,))
+        first_live = ops.convert_to_tensor([[0.0] + [-1e9] * (k - 1)])
+        scores = ops.reshape(ops.tile(first_live, (b, 1)), (-1,))
         finished = ops.zeros((b * k,), "bool")
 
         def body(index, seqs, cache, scores, finished):
             logits, cache = decoder.step(seqs[:, index - 1], cache, index - 1)
-            logp = tf.nn.log_softmax(_no_padding(logits) / self.temperature)            # (B*K, V)
+            logp = tf.nn.log_softmax(_no_padding(logits) / self.temperature)    # (B*K, V)
             v = ops.shape(logp)[-1]
             # A finished beam may only continue with padding (id 0), which costs nothing.
             frozen = ops.where(ops.arange(v)[None, :] == 0, 0.0, -1e9)
             logp = ops.where(finished[:, None], frozen, logp)
             cand = ops.reshape(scores[:, None] + logp, (b, k * v))
-            top, idx = tf.math.top_k(cand, k)                                           # (B, K)
-            beam = idx // v + ops.arange(b)[:, None] * k                                # flat source beam
+            top, idx = tf.math.top_k(cand, k)                              # (B, K)
+            beam = idx // v + ops.arange(b)[:, None] * k                   # flat source beam
             token = ops.reshape(idx % v, (-1,))
             gather = lambda x: ops.take(x, ops.reshape(beam, (-1,)), axis=0)  # noqa: E731
             seqs, finished = gather(seqs), gather(finished)
             # Beams are only reordered within their image, and an image's memory and cross-
             # attention keys/values are the same for all its beams: gather only what each beam
-            # accumulates (self-attention keys/values, the GRU state).
-            cache = {k: tf.nest.map_structure(gather, v) if k in STEP_STATE else v for k, v in cache.items()}
+            # accumulates, the entries the decoder declares in ``beam_state``.
+            cache = {k: tf.nest.map_structure(gather, v) if k in per_beam else v
+                     for k, v in cache.items()}
             seqs = seqs + ops.cast(ops.one_hot(index, length), "int32")[None, :] * token[:, None]
             finished = finished | (token == self.end_id) | (token == 0)
             return index + 1, seqs, cache, ops.reshape(top, (-1,)), finished
@@ -138,11 +152,22 @@ class Generator:
         def cond(index, seqs, cache, scores, finished):
             return ops.logical_and(index < length, ops.logical_not(ops.all(finished)))
 
-        _, seqs, _, scores, _ = tf.while_loop(cond, body, (ops.convert_to_tensor(1), seqs, cache, scores, finished))
-        lengths = ops.cast(ops.sum(ops.cast(seqs[:, 1:] > 0, "int32"), axis=1), "float32")  # incl. <end>
+        start = (ops.convert_to_tensor(1), seqs, cache, scores, finished)
+        _, seqs, _, scores, _ = tf.while_loop(cond, body, start)
+        real = ops.cast(seqs[:, 1:] > 0, "int32")
+        lengths = ops.cast(ops.sum(real, axis=1), "float32")                    # incl. <end>
         norm = scores / ((5.0 + lengths) / 6.0) ** self.length_penalty
         best = ops.argmax(ops.reshape(norm, (b, k)), axis=1) + ops.arange(b) * k
         return ops.take(seqs, best, axis=0)
+
+
+def _beam_state(decoder: Decoder | _ViewEnsemble, cache) -> frozenset[str]:
+    """The cache entries ``decoder`` declares per-beam, checked against its cache."""
+    per_beam = frozenset(decoder.beam_state)
+    if not per_beam <= set(cache):
+        raise ValueError(f"{type(decoder).__name__}.beam_state names cache entries it does not "
+                         f"have: {sorted(per_beam - set(cache))}. Cache: {sorted(cache)}")
+    return per_beam
 
 
 def test_time_views(images, tta: str):
@@ -152,8 +177,10 @@ def test_time_views(images, tta: str):
     views = [images, mirror]
     if tta == "dihedral":
         if images.shape[1] != images.shape[2]:
-            raise ConfigError(f"decode.tta=dihedral rotates images by 90 degrees and needs square images. "
-                              f"Received: {images.shape[1]}x{images.shape[2]}; use decode.tta=flip.")
+            raise ConfigError(f"decode.tta=dihedral rotates images by 90 degrees "
+                              f"and needs square images. "
+                              f"Received: {images.shape[1]}x{images.shape[2]}; "
+                              f"use decode.tta=flip.")
         for x in (images, mirror):
             rot = x
             for _ in range(3):
@@ -168,8 +195,9 @@ class _ViewEnsemble:
     rows and returns the views' mean log-probabilities (B, vocab). The cache is kept as
     (B, V, ...) so that beam search can repeat and reorder it by row, as for one decoder."""
 
-    def __init__(self, decoder, views: int):
+    def __init__(self, decoder: Decoder, views: int):
         self.decoder, self.views = decoder, views
+        self.beam_state = decoder.beam_state       # the same entries, folded
 
     def _fold(self, x):                  # (B*V, ...) -> (B, V, ...)
         return ops.reshape(x, (-1, self.views, *x.shape[1:]))
@@ -194,7 +222,8 @@ def _no_padding(logits):
     return ops.where(ops.arange(ops.shape(logits)[-1])[None, :] == 0, -1e9, logits)
 
 
-def caption_records(generator: Generator, data, records, batch_size: int, progress=None) -> list[str]:
+def caption_records(generator: Generator, data, records, batch_size: int,
+                    progress=None) -> list[str]:
     """Caption ``records`` in batches; returns one string per record (stops at the end token)."""
     out: list[str] = []
     for images in data.image_dataset(records, batch_size):

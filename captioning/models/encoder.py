@@ -20,7 +20,9 @@ class ImageEncoder(layers.Layer):
         self.dropout, self.input_norm = dropout, input_norm
 
     def build(self, input_shape):
-        self.norm_in = layers.LayerNormalization(epsilon=1e-5, name="norm_in") if self.input_norm else None
+        self.norm_in = None
+        if self.input_norm:
+            self.norm_in = layers.LayerNormalization(epsilon=1e-5, name="norm_in")
         if self.norm_in is not None:
             self.norm_in.build(input_shape)
         self.proj = layers.Dense(self.dim, activation="relu", name="proj")

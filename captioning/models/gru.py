@@ -10,6 +10,11 @@ from keras import layers, ops
 
 @keras.saving.register_keras_serializable("captioning")
 class GRUDecoder(layers.Layer):
+    """A ``captioning.models.decoder.Decoder``. Cache: ``memory`` (B, S, D) and ``state``, the
+    GRU state (B, D), which differs between beams."""
+
+    beam_state = ("state",)      # cache entries beam search reorders with the beams
+
     def __init__(self, vocab_size, max_len, dim=512, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.max_len, self.dim, self.dropout = vocab_size, max_len, dim, dropout
@@ -49,7 +54,8 @@ class GRUDecoder(layers.Layer):
         return self.head(hidden)
 
     def init_cache(self, memory, max_len):
-        return {"memory": memory, "state": ops.zeros((ops.shape(memory)[0], self.dim), self.compute_dtype)}
+        state = ops.zeros((ops.shape(memory)[0], self.dim), self.compute_dtype)
+        return {"memory": memory, "state": state}
 
     def step(self, token, cache, index):
         hidden, state = self._decode(token[:, None], cache["memory"], cache["state"])

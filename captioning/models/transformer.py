@@ -18,14 +18,21 @@ from keras import layers, ops
 
 @keras.saving.register_keras_serializable("captioning")
 class TransformerDecoder(layers.Layer):
+    """A ``captioning.models.decoder.Decoder``. Cache: ``memory`` (B, S, D); ``self``, per block,
+    the self-attention keys/values (B, 2, max_len, heads, head_dim), which differ between beams;
+    ``cross``, per block, the cross-attention keys/values of the memory (B, 2, S, heads, head_dim).
+    """
+
+    beam_state = ("self",)       # cache entries beam search reorders with the beams
+
     def __init__(self, vocab_size, max_len, dim=512, num_layers=1, num_heads=2, ff_dim=512,
                  dropout=0.1, output_dropout=0.5, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.max_len, self.dim = vocab_size, max_len, dim
         self.num_layers, self.num_heads, self.ff_dim = num_layers, num_heads, ff_dim
         self.dropout, self.output_dropout = dropout, output_dropout
-        if dim % num_heads:
-            raise ValueError(f"decoder.dim must be divisible by decoder.num_heads. "
+        if num_heads < 1 or dim % num_heads:
+            raise ValueError(f"num_heads must be >= 1 and divide dim. "
                              f"Received: dim={dim}, num_heads={num_heads}")
 
     def build(self, input_shape=None):
@@ -82,7 +89,8 @@ class TransformerDecoder(layers.Layer):
             # A 2-long self-attention cache for the dummy token: with length 1 Keras warns about
             # a softmax over a size-1 axis (the dummy's output is discarded anyway).
             self_cache = ops.zeros((b, 2, 2, self.num_heads, head_dim), self.compute_dtype)
-            cross = ops.zeros((b, 2, ops.shape(memory)[1], self.num_heads, head_dim), self.compute_dtype)
+            cross = ops.zeros((b, 2, ops.shape(memory)[1], self.num_heads, head_dim),
+                              self.compute_dtype)
             # Index 0 asks the block to compute the cross-attention keys/values from memory.
             _, _, cross = block(dummy, memory, self_attention_cache=self_cache,
                                 self_attention_cache_update_index=0, cross_attention_cache=cross,
@@ -106,10 +114,12 @@ class TransformerDecoder(layers.Layer):
         """token (B,) at position ``index`` -> logits (B, V) for position index + 1, new cache."""
         x = self._embed(token[:, None], start_index=index)    # (B, 1, D)
         new_self = []
-        for block, self_cache, cross in zip(self.blocks, cache["self"], cache["cross"], strict=True):
+        blocks = zip(self.blocks, cache["self"], cache["cross"], strict=True)
+        for block, self_cache, cross in blocks:
             x, self_cache, _ = block(x, cache["memory"], self_attention_cache=self_cache,
                                      self_attention_cache_update_index=index,
-                                     cross_attention_cache=cross, cross_attention_cache_update_index=None)
+                                     cross_attention_cache=cross,
+                                     cross_attention_cache_update_index=None)
             new_self.append(self_cache)
         logits = self.head(x[:, 0])
         return logits, {"memory": cache["memory"], "self": new_self, "cross": cache["cross"]}
@@ -117,4 +127,5 @@ class TransformerDecoder(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "max_len": self.max_len,
                 "dim": self.dim, "num_layers": self.num_layers, "num_heads": self.num_heads,
-                "ff_dim": self.ff_dim, "dropout": self.dropout, "output_dropout": self.output_dropout}
+                "ff_dim": self.ff_dim, "dropout": self.dropout,
+                "output_dropout": self.output_dropout}

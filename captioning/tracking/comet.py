@@ -55,23 +55,25 @@ class CometLogger:
             self._warn(f"comet_ml is not installed ({e}); logging only to the run directory")
             return
         c = self.cfg
-        common = dict(project_name=c.project, workspace=c.workspace, log_code=False, log_graph=False,
-                      auto_param_logging=False, auto_metric_logging=False, parse_args=False,
-                      log_git_metadata=False, log_git_patch=False, display_summary_level=0,
-                      log_env_network=False, log_env_host=False)
+        common = dict(project_name=c.project, workspace=c.workspace, log_code=False,
+                      log_graph=False, auto_param_logging=False, auto_metric_logging=False,
+                      parse_args=False, log_git_metadata=False, log_git_patch=False,
+                      display_summary_level=0, log_env_network=False, log_env_host=False)
         want_online = c.online is True or (c.online == "auto" and api_key_configured())
         if want_online:
             try:
                 self.exp, self.offline = comet_ml.Experiment(**common), False
             except Exception as e:  # noqa: BLE001 - network, bad key, server errors
-                self._warn(f"Comet online logging failed ({type(e).__name__}: {e}); logging offline instead")
+                self._warn(f"Comet online logging failed ({type(e).__name__}: {e}); "
+                           "logging offline instead")
         if self.exp is None:
             directory = Path(c.offline_directory or self.run_dir / "comet")
             try:
                 directory.mkdir(parents=True, exist_ok=True)
                 self.exp = comet_ml.OfflineExperiment(offline_directory=str(directory), **common)
             except Exception as e:  # noqa: BLE001
-                self._warn(f"Comet offline logging failed too ({e}); logging only to the run directory")
+                self._warn(f"Comet offline logging failed too ({e}); "
+                           "logging only to the run directory")
                 return
         from omegaconf import OmegaConf
 
@@ -112,3 +114,39 @@ class CometLogger:
             self.archive = zips[-1] if zips else None
         self.exp = None
         return self.archive
+
+    def close_and_report(self) -> Path | None:
+        """``end()``, then say where an offline archive is and how to upload it."""
+        from captioning.console import console
+
+        archive = self.end()
+        if archive is not None:
+            console.print(f"[bold]Comet offline archive:[/] {archive}\n"
+                          f"  upload it with: comet upload {archive}")
+        return archive
+
+    def log_outputs(self, run_dir: Path, results: dict, log_model: bool = False) -> None:
+        """The end of a run: final scores as metrics, the run's files as assets, its plots as
+        images and, with ``log_model``, the best weights as a model."""
+        run_dir = Path(run_dir)
+        for split in ("val", "test"):
+            for k, v in results.get(split, {}).items():
+                self.call("log_metric", f"{split}_{k}" if split == "test" else f"final_val_{k}", v)
+        for f in ("metrics.json", "history.csv", "predictions.csv", "data.json", "config.yaml"):
+            if (run_dir / f).exists():
+                self.call("log_asset", str(run_dir / f), file_name=f)
+        for png in sorted((run_dir / "plots").glob("*.png")):
+            self.call("log_image", str(png), name=f"plots/{png.stem}")
+        best = run_dir / "checkpoints" / "best.weights.h5"
+        if log_model and best.exists():
+            self.call("log_model", "captioner", str(best))
+
+
+def open_tracker(cfg, run_dir: Path, data) -> CometLogger | None:
+    """The run's Comet experiment (with the dataset's counts logged), or None for logger=none."""
+    if cfg.logger.name != "comet":
+        return None
+    tracker = CometLogger(cfg, run_dir)
+    counts = {f"images_{k}": v for k, v in data.report.counts.items()}
+    tracker.call("log_others", {"vocab_size": data.vocab.size, **counts})
+    return tracker

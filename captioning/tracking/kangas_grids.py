@@ -11,7 +11,8 @@ from pathlib import Path
 
 from captioning.io import atomic_path
 
-PREDICTION_COLUMNS = ["image", "id", "references", "prediction", "bleu_4", "cider", "length", "epoch", "run"]
+PREDICTION_COLUMNS = ["image", "id", "references", "prediction", "bleu_4", "cider", "length",
+                      "epoch", "run"]
 
 
 def pick_rows(records, max_rows: int | None, seed: int = 0):
@@ -33,20 +34,24 @@ def _image(path: str, thumb: int = 256):
         return kangas.Image(im.copy(), source=None)
 
 
-def write_predictions_grid(path: Path, records, predictions, per_image: dict, epoch, run_name: str) -> Path:
-    """One row per image: image, id, all references, prediction, BLEU-4, CIDEr, length, epoch, run."""
+def write_predictions_grid(path: Path, records, predictions, per_image: dict, epoch,
+                           run_name: str) -> Path:
+    """One row per image: image, id, all references, prediction, BLEU-4, CIDEr, length,
+    epoch, run."""
     import kangas
 
     rows = []
     for r, p in zip(records, predictions, strict=True):
         s = per_image.get(r.id, {})
-        rows.append([_image(r.image), r.id, " | ".join(r.captions), p, round(s.get("bleu_4", 0.0), 4),
-                     round(s.get("cider", 0.0), 4), len(p.split()), epoch, run_name])
+        rows.append([_image(r.image), r.id, " | ".join(r.captions), p,
+                     round(s.get("bleu_4", 0.0), 4), round(s.get("cider", 0.0), 4),
+                     len(p.split()), epoch, run_name])
     dg = kangas.DataGrid(rows, columns=PREDICTION_COLUMNS, name=Path(path).stem)
     return _save(dg, Path(path))
 
 
-def write_dataset_grid(path: Path, splits: dict, max_rows: int | None = None, seed: int = 0) -> Path:
+def write_dataset_grid(path: Path, splits: dict, max_rows: int | None = None,
+                       seed: int = 0) -> Path:
     """Recipe A's first step: browse (image, captions, split) before training."""
     import kangas
 
@@ -54,7 +59,8 @@ def write_dataset_grid(path: Path, splits: dict, max_rows: int | None = None, se
     for split, records in splits.items():
         for r in pick_rows(records, max_rows, seed):
             rows.append([_image(r.image), r.id, split, " | ".join(r.captions), len(r.captions)])
-    dg = kangas.DataGrid(rows, columns=["image", "id", "split", "captions", "num_captions"], name=Path(path).stem)
+    dg = kangas.DataGrid(rows, columns=["image", "id", "split", "captions", "num_captions"],
+                         name=Path(path).stem)
     return _save(dg, Path(path))
 
 
@@ -67,4 +73,19 @@ def _save(dg, path: Path) -> Path:
         # Kangas prints progress bars and status lines; a training log does not need them.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             dg.save(str(tmp))
+    return path
+
+
+def write_grid(run_dir: Path, name: str, records, preds, per_image, epoch, cfg,
+               tracker=None) -> Path | None:
+    """predictions/<name>.datagrid (and a Comet asset); a failure is a warning, not a crash."""
+    run_name = cfg.logger.get("experiment_name") or Path(run_dir).name
+    try:
+        path = write_predictions_grid(Path(run_dir) / "predictions" / f"{name}.datagrid", records,
+                                      preds, per_image, epoch, run_name)
+    except Exception as e:  # noqa: BLE001 - a broken grid must not end the training
+        print(f"warning: could not write the Kangas grid {name}: {type(e).__name__}: {e}")
+        return None
+    if tracker is not None:
+        tracker.call("log_asset", str(path), file_name=f"predictions/{path.name}")
     return path

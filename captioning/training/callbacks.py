@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
 
 from captioning.io import atomic_path, atomic_write_text
+from captioning.tracking.kangas_grids import write_grid
 
 
 class History(keras.callbacks.Callback):
@@ -88,7 +91,8 @@ def monitor_mode(monitor: str, mode: str = "auto") -> str:
     """'max' for scores (accuracy, BLEU, CIDEr, ...), 'min' for losses, unless set explicitly."""
     if mode != "auto":
         return mode
-    return "max" if any(s in monitor for s in ("acc", "bleu", "cider", "meteor", "rouge", "spice")) else "min"
+    scores = ("acc", "bleu", "cider", "meteor", "rouge", "spice")
+    return "max" if any(s in monitor for s in scores) else "min"
 
 
 class SaveWeights(keras.callbacks.Callback):
@@ -155,31 +159,20 @@ class ValidationCaptions(keras.callbacks.Callback):
             # val_captions.method / .tta override decode.* while training (e.g. greedy without
             # views per epoch, the configured beam and views for the final scores); null keeps it.
             val = self.cfg.callbacks.val_captions
-            decode = OmegaConf.merge(self.cfg.decode, {k: str(val[k]) for k in ("method", "tta") if val.get(k)})
-            self.generator = Generator.from_config(self.model, self.data.vocab, decode, seed=int(self.cfg.seed))
-        preds = caption_records(self.generator, self.data, self.records, int(self.cfg.evaluation.batch_size))
+            over = {k: str(val[k]) for k in ("method", "tta") if val.get(k)}
+            decode = OmegaConf.merge(self.cfg.decode, over)
+            self.generator = Generator.from_config(self.model, self.data.vocab, decode,
+                                                   seed=int(self.cfg.seed))
+        preds = caption_records(self.generator, self.data, self.records,
+                                int(self.cfg.evaluation.batch_size))
         scores = score({r.id: list(r.captions) for r in self.records},
                        {r.id: p for r, p in zip(self.records, preds, strict=True)}, meteor=False)
         if logs is not None and due_score:
             logs["val_bleu_4"], logs["val_cider"] = scores.corpus["bleu_4"], scores.corpus["cider"]
         if due_grid:
-            write_grid(self.run_dir, f"epoch_{e:03d}", self.records[: self.grid_rows], preds[: self.grid_rows],
+            n = self.grid_rows
+            write_grid(self.run_dir, f"epoch_{e:03d}", self.records[:n], preds[:n],
                        scores.per_image, e, self.cfg, self.tracker)
-
-
-def write_grid(run_dir: Path, name: str, records, preds, per_image, epoch, cfg, tracker=None) -> Path | None:
-    """predictions/<name>.datagrid (and a Comet asset); a failure is a warning, not a crash."""
-    from captioning.tracking.kangas_grids import write_predictions_grid
-
-    try:
-        path = write_predictions_grid(Path(run_dir) / "predictions" / f"{name}.datagrid", records, preds,
-                                      per_image, epoch, cfg.logger.get("experiment_name") or Path(run_dir).name)
-    except Exception as e:  # noqa: BLE001 - a broken grid must not end the training
-        print(f"warning: could not write the Kangas grid {name}: {type(e).__name__}: {e}")
-        return None
-    if tracker is not None:
-        tracker.call("log_asset", str(path), file_name=f"predictions/{path.name}")
-    return path
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -221,3 +214,59 @@ class CometEpochs(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.tracker.log_epoch(epoch + 1, logs or {})
+
+
+@dataclass
+class CallbackSet:
+    """The run's callbacks, in the order Keras must call them, with handles on the ones the
+    phases and the final report read."""
+
+    all: list
+    history: History
+    saver: SaveWeights
+    early: keras.callbacks.EarlyStopping
+    budget: TimeBudget | None
+    verbose: int = field(default_factory=lambda: 1 if sys.stdout.isatty() else 2)  # bar or lines
+
+
+def make_callbacks(cfg, data, run_dir: Path, state, tracker=None, t0=None,
+                   clock=None) -> CallbackSet:
+    """Signals, EMA swap, validation captions, history, checkpoints, early stopping, the resume
+    state (after the two it records), NaN guard, time budget, Comet; resumed from ``state``."""
+    from captioning.training.resume import ResumableEarlyStopping, SaveState, StopOnSignal
+
+    ckpt_dir, es = Path(run_dir) / "checkpoints", cfg.callbacks.early_stopping
+    saver = SaveWeights(ckpt_dir, es.monitor, es.mode, best=state.best)
+    saver.best_epoch = state.best_epoch
+    history = History(run_dir, rows=[r for r in read_history(run_dir) if r["epoch"] <= state.epoch])
+    early = ResumableEarlyStopping(monitor=es.monitor, patience=int(es.patience),
+                                   mode=monitor_mode(es.monitor, es.mode),
+                                   min_delta=float(es.min_delta),
+                                   restore_best_weights=False,   # the best checkpoint is reloaded
+                                   state=state)
+    ema = EMAWeights(restored_in_model=state.ema_in_model) if cfg.trainer.get("ema") else None
+    callbacks = [
+        StopOnSignal(),                                       # Ctrl-C / SIGTERM: after the batch
+        *([ema] if ema is not None else []),                  # averaged weights in for all below
+        ValidationCaptions(data, cfg, run_dir, tracker),      # adds val_cider for the ones below
+        history,
+        saver,
+        early,
+        SaveState(ckpt_dir / "last.state.npz", state, saver, early, ema, t0),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    minutes = cfg.trainer.get("max_minutes")
+    budget = TimeBudget(minutes, t0, clock) if minutes else None
+    callbacks += [budget] if budget is not None else []
+    callbacks += [CometEpochs(tracker)] if tracker is not None else []
+    return CallbackSet(callbacks, history, saver, early, budget)
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """The rows of ``history.csv`` ([] when there is none yet)."""
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(f)]

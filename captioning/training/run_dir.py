@@ -19,8 +19,10 @@ def load_run(run_dir, which: str = "best"):
     weights = run_dir / "checkpoints" / f"{which}.weights.h5"
     for path in (cfg_path, vocab_path, weights):
         if not path.is_file():
-            raise CaptioningError(f"{run_dir} is not a finished run: {path.relative_to(run_dir)} is missing. "
-                                  f"Point run_dir at a folder under outputs/ that holds config.yaml and checkpoints/.")
+            raise CaptioningError(f"{run_dir} is not a finished run: "
+                                  f"{path.relative_to(run_dir)} is missing. "
+                                  f"Point run_dir at a folder under outputs/ that holds "
+                                  f"config.yaml and checkpoints/.")
     cfg = OmegaConf.load(cfg_path)
     # A run saved before a decode/evaluation option existed gets that option's default, so
     # eval.py and caption.py can use and override it on older runs too.
@@ -42,9 +44,11 @@ def merge_overrides(cfg, overrides: list[str], allowed=("decode", "evaluation", 
     for item in overrides:
         key = item.split("=", 1)[0]
         if key.split(".")[0] not in allowed:
-            raise CaptioningError(f"{key} cannot change after training; only {', '.join(a + '.*' for a in allowed)} can. "
+            raise CaptioningError(f"{key} cannot change after training; "
+                                  f"only {', '.join(a + '.*' for a in allowed)} can. "
                                   f"Received: {item}")
         if OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
-            raise CaptioningError(f"Unknown key {key} (see the run's config.yaml). Received: {item}")
+            raise CaptioningError(f"Unknown key {key} (see the run's config.yaml). "
+                                  f"Received: {item}")
     OmegaConf.set_struct(cfg, True)
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))

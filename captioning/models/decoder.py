@@ -1,0 +1,63 @@
+"""The interface every caption decoder implements, written down once.
+
+``TransformerDecoder`` (transformer.py) and ``GRUDecoder`` (gru.py) implement it; the
+``Captioner`` trains through ``call``/``project`` and ``decoding.Generator`` generates through
+``init_cache``/``step``, reading ``beam_state`` for beam search. A new decoder is a Keras layer
+with these members, registered in ``build.build_model``; no other module knows the names of its
+cache entries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """A caption decoder (a ``keras.layers.Layer``).
+
+    Shapes: B images, N token rows, T positions, S memory tokens (image regions),
+    D = ``dim``, V = ``vocab_size``. Token id 0 is padding, never a target.
+
+    ``beam_state`` names the cache entries that belong to one hypothesis: what it has generated
+    so far (self-attention keys/values, a recurrent state). Beam search repeats every cache entry
+    once per beam at the start; when it reorders an image's beams it gathers the ``beam_state``
+    entries along with them and leaves the others (the image memory, cross-attention keys/values:
+    the same for all beams of an image) in place. An entry missing from ``beam_state`` that does
+    depend on the generated tokens gives wrong beams silently, so each decoder declares its own.
+    """
+
+    vocab_size: int
+    dim: int
+    beam_state: ClassVar[tuple[str, ...]]
+
+    def call(self, tokens, memory, training=None, repeats: int = 1):
+        """Teacher forcing (callers write ``decoder(tokens, memory, ...)``; Keras calls this).
+
+        tokens (N, T) int ids, memory (N / repeats, S, D) -> hidden states (N, T, D) before the
+        vocabulary head; position t depends on tokens 0..t only (causal). With ``repeats=C``,
+        memory row i serves token rows i*C .. i*C+C-1 (an image's C captions): the same result
+        as repeating each memory row C times.
+        """
+        ...
+
+    def project(self, hidden):
+        """hidden (..., D) -> logits (..., V) over the vocabulary."""
+        ...
+
+    def init_cache(self, memory, max_len: int) -> dict[str, Any]:
+        """memory (B, S, D) -> the cache for decoding positions 0 .. max_len - 1.
+
+        A dict of tensors or lists of tensors, each with B as its leading axis (``Generator``
+        repeats and folds entries along it), holding ``memory`` and every ``beam_state`` key.
+        """
+        ...
+
+    def step(self, token, cache: dict[str, Any], index) -> tuple[Any, dict[str, Any]]:
+        """One incremental step: token (B,) int ids at position ``index`` (an int or a scalar
+        tensor) -> (logits (B, V) for position index + 1, the updated cache, same structure).
+
+        Stepping through tokens[:, 0..T-1] from ``init_cache(memory, T)`` gives the logits of
+        ``project(call(tokens, memory))`` (``tests/test_models.py`` checks it).
+        """
+        ...

@@ -1,0 +1,175 @@
+"""The optimizer and its learning-rate schedules.
+
+``make_optimizer(cfg, ...)``: Adam (AdamW when ``trainer.weight_decay`` > 0) with the schedule
+``trainer.lr_schedule`` / ``warmup_steps`` ask for, optional Polyak averaging (``trainer.ema``)
+and a learning-rate multiplier for the backbone (``trainer.backbone_lr_multiplier``).
+
+Two Keras private attributes are used, each in one function below: ``_var_key`` (to recognise a
+variable inside ``update_step``) and the optimizer's EMA variables (``ema_pairs``). Keras has no
+public API for either; ``tests/test_train.py`` fails with a clear message if a Keras release
+renames them (tested: the range pinned in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import keras
+
+SERIALIZABLE = "captioning"
+
+
+def make_optimizer(cfg, steps_per_epoch: int, clock=None, backbone_variables=()):
+    """Adam(W) with the configured learning-rate schedule; ``trainer.ema`` > 0 makes it keep a
+    moving average of the weights (the EMAWeights callback puts it in the model between
+    epochs); ``trainer.backbone_lr_multiplier`` scales the step of ``backbone_variables``."""
+    t = cfg.trainer
+    schedule = make_schedule(cfg, steps_per_epoch, clock)
+    ema = float(t.get("ema", 0.0))
+    common = {"clipnorm": t.get("clipnorm"), "use_ema": ema > 0, "ema_momentum": ema or 0.99}
+    decay = float(t.weight_decay)
+    extra = {"weight_decay": decay} if decay else {}
+    factor = float(t.get("backbone_lr_multiplier", 1.0))
+    if factor != 1.0 and backbone_variables:
+        base = AdamWLRMultiplied if decay else AdamLRMultiplied
+        return base(schedule, multiplied=backbone_variables, factor=factor, **extra, **common)
+    base = keras.optimizers.AdamW if decay else keras.optimizers.Adam
+    return base(schedule, **extra, **common)
+
+
+def uses_schedule(cfg) -> bool:
+    """Whether ``make_schedule`` returns a schedule (True) or a plain float (False)."""
+    return cfg.trainer.lr_schedule == "cosine" or bool(cfg.trainer.warmup_steps)
+
+
+def make_schedule(cfg, steps_per_epoch: int, clock=None):
+    """``trainer.lr_schedule`` / ``warmup_steps`` -> a float or a Keras schedule. ``clock``: a
+    scalar variable holding the fraction of ``trainer.max_minutes`` used (the TimeBudget
+    callback keeps it up to date); a cosine schedule then follows whichever runs out first,
+    the steps or the time."""
+    t = cfg.trainer
+    lr = float(t.learning_rate)
+    total = max(1, steps_per_epoch * int(t.max_epochs))
+    if t.lr_schedule == "cosine":
+        warm = min(int(t.warmup_steps), total - 1)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0 if warm else lr, decay_steps=max(1, total - warm), alpha=0.01,
+            warmup_target=lr if warm else None, warmup_steps=warm)
+        return ClockAware(schedule, total, clock) if clock is not None else schedule
+    if t.warmup_steps:
+        return Warmup(lr, int(t.warmup_steps))
+    return lr
+
+
+def set_constant_learning_rate(optimizer, lr: float, scheduled: bool) -> None:
+    """Switch to a constant ``lr`` (the self-critical phase). An optimizer built with a
+    schedule (``scheduled``, see ``uses_schedule``) only accepts another schedule."""
+    optimizer.learning_rate = Constant(lr) if scheduled else float(lr)
+
+
+def ema_pairs(optimizer) -> list[tuple]:
+    """(variable, its moving average) for every trainable variable of an optimizer built with
+    ``use_ema``; [] without it. The only place that reads Keras's private EMA attributes: Keras
+    has no public accessor for the average, and keeps it aligned with the optimizer's
+    trainable variables."""
+    if not getattr(optimizer, "use_ema", False):
+        return []
+    names = ("_model_variables_moving_average", "_trainable_variables")
+    missing = [n for n in names if not hasattr(optimizer, n)]
+    if missing:
+        raise RuntimeError(f"keras {keras.__version__} optimizers have no {missing}: trainer.ema "
+                           f"relies on these private attributes (tested with the keras range in "
+                           f"pyproject.toml). Pin keras to that range or set trainer.ema=0.")
+    averages = getattr(optimizer, names[0]) or []
+    return list(zip(getattr(optimizer, names[1]), averages, strict=True)) if averages else []
+
+
+def reset_ema(optimizer) -> None:
+    """With ``trainer.ema``, the optimizer's average still holds the last epoch's weights, and
+    EMAWeights swaps it into the model when the next epoch begins: set it to the weights just
+    loaded, so the self-critical epochs start from (and average from) the selected checkpoint."""
+    for variable, average in ema_pairs(optimizer):
+        average.assign(variable)
+
+
+class _LRMultiplied:
+    """Mixin: the step is ``factor`` x the learning rate for some variables. Keras 3 optimizers
+    have no parameter groups; this is the smallest override that gives one (the per-variable
+    ``update_step``), and it keeps use_ema, weight decay and clipping as they are. (Scaling
+    gradients would not do it: Adam's step ignores the gradient's scale.)"""
+
+    def __init__(self, *args, multiplied=(), factor=1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.factor = float(factor)
+        self._multiplied = {self._var_key(v) for v in multiplied}
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self._var_key(variable) in self._multiplied:        # decided while tracing, once
+            learning_rate = keras.ops.multiply(learning_rate, self.factor)
+        return super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+@keras.saving.register_keras_serializable(SERIALIZABLE)
+class AdamLRMultiplied(_LRMultiplied, keras.optimizers.Adam):
+    """Adam with ``backbone_lr_multiplier`` (see ``_LRMultiplied``)."""
+
+
+@keras.saving.register_keras_serializable(SERIALIZABLE)
+class AdamWLRMultiplied(_LRMultiplied, keras.optimizers.AdamW):
+    """AdamW with ``backbone_lr_multiplier`` (see ``_LRMultiplied``)."""
+
+
+@keras.saving.register_keras_serializable(SERIALIZABLE)
+class Warmup(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to ``lr`` over ``steps`` optimizer steps, then constant (recipe A on
+    keras.io; counted in optimizer steps, which here are batches, not captions)."""
+
+    def __init__(self, lr, steps):
+        self.lr, self.steps = lr, steps
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        return self.lr * keras.ops.minimum(1.0, (step + 1.0) / self.steps)
+
+    def get_config(self):
+        return {"lr": self.lr, "steps": self.steps}
+
+
+@keras.saving.register_keras_serializable(SERIALIZABLE)
+class ClockAware(keras.optimizers.schedules.LearningRateSchedule):
+    """A schedule evaluated at max(step, time used / time budget x total steps): on a machine
+    slower than planned the decay still ends when the budget does, instead of training being
+    cut at a high learning rate ("budgeted training", Li et al., ICLR 2020). Keras has none.
+    ``clock`` is a live variable, so a schedule rebuilt from its config follows the steps only."""
+
+    def __init__(self, inner, total_steps, clock=None):
+        if isinstance(inner, dict):
+            inner = keras.optimizers.schedules.deserialize(inner)
+        self.inner, self.total_steps, self.clock = inner, int(total_steps), clock
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        if self.clock is not None:
+            used = keras.ops.cast(self.clock, "float32") * float(self.total_steps)
+            step = keras.ops.maximum(step, used)
+        return self.inner(step)
+
+    def get_config(self):
+        return {"inner": keras.optimizers.schedules.serialize(self.inner),
+                "total_steps": self.total_steps}
+
+
+@keras.saving.register_keras_serializable(SERIALIZABLE)
+class Constant(keras.optimizers.schedules.LearningRateSchedule):
+    """A schedule that returns ``lr``: an optimizer built with a schedule only accepts another
+    schedule as its new learning rate."""
+
+    def __init__(self, lr):
+        self.lr = float(lr)
+
+    def __call__(self, step):
+        return keras.ops.convert_to_tensor(self.lr, "float32")
+
+    def get_config(self):
+        return {"lr": self.lr}

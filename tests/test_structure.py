@@ -1,0 +1,125 @@
+"""The shape of the code: what keeps it readable for the next person (issue 20's rules)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "captioning"
+MAX_FUNCTION_LINES = 60
+LONG_ALLOWED = {("bench.py", "main")}          # the benchmark's script body may stay long
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        mods[name.removesuffix(".__init__")] = path
+    return mods
+
+
+def _imports(path: Path, mods: dict[str, Path]) -> set[str]:
+    """Package modules imported anywhere in ``path``, inside functions too."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            found |= {n for n in [node.module, *names] if n in mods}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in mods}
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle_in_the_package():
+    mods = _modules()
+    graph = {m: _imports(p, mods) - {m} for m, p in mods.items()}
+    # A module importing its own package's __init__ is how Python loads it, not a cycle.
+    graph = {m: {t for t in ts if not m.startswith(t + ".")} for m, ts in graph.items()}
+    assert _cycles(graph) == []
+
+
+def test_no_function_longer_than_60_lines():
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES and (path.name, node.name) not in LONG_ALLOWED:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.name} ({lines} lines)")
+    assert long == []
+
+
+def test_train_only_composes():
+    lines = (PACKAGE / "training" / "train.py").read_text().count("\n")
+    assert lines <= 200, f"training/train.py has {lines} lines: move concerns out of it"
+
+
+def test_config_check_runs_without_tensorflow():
+    """Every value rule runs before TensorFlow is imported (a fresh interpreter proves it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom tests.conftest import compose_config\n"
+            "from captioning.config_check import check_config\n"
+            "check_config(compose_config())\n"
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=PACKAGE.parent)
+
+
+def test_keras_ema_internals_are_where_trainer_ema_reads_them():
+    """trainer.ema reads two private attributes of Keras optimizers (no public accessor):
+    this fails, naming them, the day a Keras release renames them."""
+    import keras
+    import numpy as np
+
+    from captioning.training.optim import ema_pairs, reset_ema
+
+    variable = keras.Variable(np.ones(3, "float32"))
+    optimizer = keras.optimizers.Adam(0.1, use_ema=True)
+    optimizer.build([variable])
+    pairs = ema_pairs(optimizer)
+    assert len(pairs) == 1 and pairs[0][0] is variable
+    variable.assign(np.full(3, 5.0, "float32"))
+    reset_ema(optimizer)
+    np.testing.assert_array_equal(np.array(pairs[0][1]), np.full(3, 5.0, "float32"))
+    assert ema_pairs(keras.optimizers.Adam(0.1)) == []          # no averaging, nothing to touch
+
+    class Renamed:
+        use_ema = True
+
+    with pytest.raises(RuntimeError, match="_model_variables_moving_average"):
+        ema_pairs(Renamed())
