@@ -15,6 +15,9 @@ import hydra
 from omegaconf import DictConfig
 
 from captioning import CaptioningError, TrainingInterrupted
+from captioning.privacy import no_phone_home
+
+no_phone_home()   # before Kangas or Comet is imported: no usage pings, no cloud-metadata probes
 
 # Quiet TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) unless asked for;
 # TensorFlow is imported later, inside train().
@@ -25,8 +28,6 @@ warnings.filterwarnings("ignore", message=".*input ran out of data.*")
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     if cfg.logger.name == "comet":
-        # No third-party error reports from Comet's import (see captioning/tracking/comet.py).
-        os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
         import comet_ml  # noqa: F401 - before TensorFlow/Keras, so Comet's hooks attach
 
         _name_the_run(cfg)
@@ -65,7 +66,7 @@ def _locate_resume(cfg: DictConfig) -> None:
 
     if not cfg.resume:
         return
-    from captioning.training.resume import find_resumable
+    from captioning.training.run_dir import find_resumable
 
     if cfg.resume is True:
         run = find_resumable(Path("outputs"), list(HydraConfig.get().overrides.task))
@@ -99,5 +100,67 @@ def _name_the_run(cfg: DictConfig) -> None:
         cfg.logger.tags = tags
 
 
+# Flags with which Hydra runs no job (and so must not get a run folder).
+NO_JOB = ("-m", "--multirun", "-c", "--cfg", "-h", "--help", "--hydra-help", "-i", "--info",
+          "--shell-completion", "-p", "--package")
+
+
+def _prepare_run_dir(argv: list[str]) -> list[str]:
+    """Before Hydra starts: a ``resume=`` is found and checked (a mistyped one leaves no stray
+    folder) and its run becomes Hydra's run directory, whose ``.hydra/`` is left as the run
+    wrote it; a new run gets a folder no other run has, even one started in the same second
+    (``outputs/<date>/<time>``, else ``<time>-2``, ``-3``: claimed with an atomic mkdir)."""
+    from pathlib import Path
+
+    if any(a.split("=")[0] in NO_JOB for a in argv[1:]):
+        return argv
+    values = dict(a.split("=", 1) for a in argv[1:] if "=" in a and not a.startswith("-"))
+    resume = values.get("resume", "false")
+    if resume.lower() in ("false", "null", "none", ""):
+        return argv if "hydra.run.dir" in values else [*argv, f"hydra.run.dir={_claim()}"]
+    from captioning.training.run_dir import find_resumable, has_state, running_pid
+
+    if resume.lower() == "true":
+        named = values.get("hydra.run.dir")
+        run = Path(named) if named and has_state(Path(named)) else find_resumable(
+            Path("outputs"), [f"{k}={v}" for k, v in values.items()])
+        if run is None:
+            raise CaptioningError("resume=true: no unfinished run under outputs/ "
+                                  "was started with the same overrides. "
+                                  "Give the run directory instead: resume=outputs/<date>/<time>")
+    else:
+        run = Path(resume)
+    if not has_state(run):
+        raise CaptioningError(f"resume={resume}: {run} has no checkpoints/last.state.npz to "
+                              f"resume from. Point resume= at a run directory that was "
+                              f"interrupted (outputs/<date>/<time>), or drop resume.")
+    if running_pid(run) is not None:
+        raise CaptioningError(f"resume={resume}: {run} is still running (pid "
+                              f"{running_pid(run)}). Wait for it to end.")
+    kept = [a for a in argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
+    return [*kept, f"hydra.run.dir={run}", "hydra.output_subdir=null"]
+
+
+def _claim() -> str:
+    import time
+    from pathlib import Path
+
+    base = Path("outputs") / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            folder.mkdir()
+            return str(folder)
+        except FileExistsError:
+            continue
+    raise CaptioningError(f"Could not claim a new run folder next to {base}.")
+
+
 if __name__ == "__main__":
+    try:
+        sys.argv = _prepare_run_dir(sys.argv)
+    except CaptioningError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -27,10 +27,26 @@ def atomic_path(path: Path):
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
+        _fsync(tmp)                       # the data is on disk before the name points at it
         os.replace(tmp, path)
+        _fsync(path.parent)               # and the rename itself survives a power cut
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync(path) -> None:
+    """Flush a file's (or a folder's) data to the disk; a no-op where the OS refuses."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:                       # e.g. folders on some file systems
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -13,6 +13,13 @@ import keras
 
 from captioning.io import atomic_path, atomic_write_text
 from captioning.tracking.kangas_grids import write_grid
+from captioning.training.resume import (
+    ResumableEarlyStopping,
+    SaveState,
+    StopOnSignal,
+    fault_point,
+)
+from captioning.training.run_dir import read_history
 
 
 class History(keras.callbacks.Callback):
@@ -27,6 +34,7 @@ class History(keras.callbacks.Callback):
         self._t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        fault_point("epoch_end")
         row = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - self._t0, 3)}
         lr = self.model.optimizer.learning_rate
         row["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
@@ -233,8 +241,6 @@ def make_callbacks(cfg, data, run_dir: Path, state, tracker=None, t0=None,
                    clock=None) -> CallbackSet:
     """Signals, EMA swap, validation captions, history, checkpoints, early stopping, the resume
     state (after the two it records), NaN guard, time budget, Comet; resumed from ``state``."""
-    from captioning.training.resume import ResumableEarlyStopping, SaveState, StopOnSignal
-
     ckpt_dir, es = Path(run_dir) / "checkpoints", cfg.callbacks.early_stopping
     saver = SaveWeights(ckpt_dir, es.monitor, es.mode, best=state.best)
     saver.best_epoch = state.best_epoch
@@ -256,17 +262,8 @@ def make_callbacks(cfg, data, run_dir: Path, state, tracker=None, t0=None,
         keras.callbacks.TerminateOnNaN(),
     ]
     minutes = cfg.trainer.get("max_minutes")
-    budget = TimeBudget(minutes, t0, clock) if minutes else None
+    # The budget counts the time earlier processes of a resumed run spent, too.
+    budget = TimeBudget(minutes, t0 - state.seconds, clock) if minutes else None
     callbacks += [budget] if budget is not None else []
     callbacks += [CometEpochs(tracker)] if tracker is not None else []
     return CallbackSet(callbacks, history, saver, early, budget)
-
-
-def read_history(run_dir: Path) -> list[dict]:
-    """The rows of ``history.csv`` ([] when there is none yet)."""
-    path = Path(run_dir) / "history.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
-                for row in csv.DictReader(f)]

@@ -9,8 +9,10 @@ every epoch, so a kill at any moment leaves a consistent state from the last com
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import keras
@@ -19,12 +21,44 @@ import numpy as np
 from captioning import CaptioningError, TrainingInterrupted
 from captioning.config_check import CAPTION_SCORES
 from captioning.io import atomic_path
+from captioning.training.run_dir import previous_state
 from captioning.training.state import RunState, finite
 
 
+@contextmanager
+def stop_signals():
+    """For a whole run: the first SIGINT/SIGTERM raises TrainingInterrupted wherever the run is
+    (indexing, feature cache, between phases, final evaluation); inside ``fit`` StopOnSignal
+    defers it to the end of the batch. Every write is atomic, so what is complete stays. The
+    handlers in place before are back afterwards, however the run ends."""
+    def handle(signum, frame):
+        raise TrainingInterrupted(signum)
+
+    previous = {}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[s] = signal.signal(s, handle)
+        except ValueError:           # not the main thread (e.g. a launcher's worker): no handlers
+            pass
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def fault_point(phase: str) -> None:
+    """Fault injection for the tests: ``CAPTIONING_SIGNAL_AT=<phase>`` sends this process a
+    real SIGTERM as the run enters ``phase`` (index, datasets, features, epoch_end,
+    between_phases, evaluation). Without the variable it does nothing."""
+    if os.environ.get("CAPTIONING_SIGNAL_AT") == phase:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 class StopOnSignal(keras.callbacks.Callback):
-    """First SIGINT/SIGTERM: stop after the current batch (nothing of the partial epoch is
-    recorded). A second Ctrl-C stops at once."""
+    """Inside ``fit``, the first SIGINT/SIGTERM stops after the current batch (nothing of the
+    partial epoch is recorded), or, when it comes during the end-of-epoch callbacks, once they
+    have saved the epoch. A second Ctrl-C stops at once."""
 
     def __init__(self):
         super().__init__()
@@ -39,6 +73,7 @@ class StopOnSignal(keras.callbacks.Callback):
               f"(Ctrl-C again to stop at once)", flush=True)
 
     def on_train_begin(self, logs=None):
+        self.signum = None
         for s in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[s] = signal.signal(s, self._handle)
@@ -47,6 +82,7 @@ class StopOnSignal(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.restore()
+        self._stop_if_signalled()
 
     def restore(self):
         for s, h in self._previous.items():
@@ -54,6 +90,12 @@ class StopOnSignal(keras.callbacks.Callback):
         self._previous = {}
 
     def on_train_batch_end(self, batch, logs=None):
+        self._stop_if_signalled()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._stop_if_signalled()
+
+    def _stop_if_signalled(self):
         if self.signum is not None:
             self.restore()
             raise TrainingInterrupted(self.signum)
@@ -106,45 +148,53 @@ class SaveState(keras.callbacks.Callback):
         arrays = {f"w{i}": np.asarray(v) for i, v in enumerate(self.model.weights)}
         optimizer = self.model.optimizer.variables
         arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(optimizer)})
+        if self.path.exists():          # keep the previous epoch's state, should this write die
+            os.replace(self.path, previous_state(self.path))
         with atomic_path(self.path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, meta=np.array(json.dumps(s.to_meta())), **arrays)
 
 
 def load_state(path: Path, model) -> RunState:
-    """Restore weights and optimizer from ``last.state.npz``; returns the run's state."""
+    """Restore weights and optimizer from ``last.state.npz`` (or, when that file is missing,
+    truncated or corrupt, from ``previous.state.npz``, the epoch before); returns the state."""
+    problems = []
+    for candidate in (Path(path), previous_state(path)):
+        if not candidate.is_file():
+            problems.append(f"{candidate.name} is missing")
+            continue
+        try:
+            meta, weights, slots = _read_state(candidate, len(model.weights))
+        except Exception as e:  # noqa: BLE001 - any unreadable file: say what, try the other
+            problems.append(f"{candidate.name} is unreadable ({type(e).__name__}: {e})")
+            continue
+        if candidate != Path(path):
+            print(f"warning: {'; '.join(problems)}: resuming from {candidate.name} (epoch "
+                  f"{meta['epoch']}) instead")
+        _apply(model, weights, slots, candidate)
+        return RunState.from_meta(meta)
+    raise CaptioningError(f"Cannot resume from {Path(path).parent}: {'; '.join(problems)}. "
+                          f"Start the run afresh (drop resume=).")
+
+
+def _read_state(path: Path, n_weights: int):
+    """The whole file, read and checked before anything is applied to the model."""
     with np.load(path) as z:
         meta = json.loads(str(z["meta"]))
-        weights = [z[f"w{i}"] for i in range(len(model.weights))]
-        model.set_weights(weights)
-        opt = model.optimizer
-        opt.build(model.trainable_variables)
-        n = sum(1 for k in z.files if k.startswith("o"))
-        if n != len(opt.variables):
-            raise CaptioningError(f"{path} does not match this model's optimizer ({n} vs "
-                                  f"{len(opt.variables)} variables): was the config changed "
-                                  f"between the run and the resume?")
-        for i, v in enumerate(opt.variables):
-            v.assign(z[f"o{i}"])
-    return RunState.from_meta(meta)
+        weights = [np.array(z[f"w{i}"]) for i in range(n_weights)]
+        slots = [np.array(z[k]) for k in sorted((k for k in z.files if k.startswith("o")),
+                                                 key=lambda k: int(k[1:]))]
+    int(meta["epoch"])
+    return meta, weights, slots
 
 
-def find_resumable(outputs: Path, overrides: list[str]) -> Path | None:
-    """The newest unfinished run under ``outputs`` started with the same overrides."""
-    import yaml
-
-    wanted = sorted(o for o in overrides if not o.startswith(("resume=", "hydra.")))
-    candidates = sorted(outputs.glob("*/*/checkpoints/last.state.npz"),
-                        key=lambda p: p.stat().st_mtime, reverse=True)
-    candidates += sorted(outputs.glob("multirun/*/*/*/checkpoints/last.state.npz"),
-                         key=lambda p: p.stat().st_mtime, reverse=True)
-    for state in candidates:
-        run = state.parent.parent
-        ov = run / ".hydra" / "overrides.yaml"
-        if (run / "metrics.json").exists() or not ov.exists():
-            continue
-        theirs = sorted(o for o in (yaml.safe_load(ov.read_text()) or [])
-                        if not o.startswith(("resume=", "hydra.")))
-        if theirs == wanted:
-            return run
-    return None
+def _apply(model, weights, slots, path: Path) -> None:
+    model.set_weights(weights)
+    opt = model.optimizer
+    opt.build(model.trainable_variables)
+    if len(slots) != len(opt.variables):
+        raise CaptioningError(f"{path} does not match this model's optimizer ({len(slots)} vs "
+                              f"{len(opt.variables)} variables): was the config changed "
+                              f"between the run and the resume?")
+    for v, value in zip(opt.variables, slots, strict=True):
+        v.assign(value)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
-from captioning import CaptioningError
+from captioning import CaptioningError, ConfigError
 
 
 def load_run(run_dir, which: str = "best"):
@@ -52,3 +53,165 @@ def merge_overrides(cfg, overrides: list[str], allowed=("decode", "evaluation", 
                                   f"Received: {item}")
     OmegaConf.set_struct(cfg, True)
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+
+
+# --- Finding, checking and locking the run directory of a resumed run (pure Python: run.py
+# --- calls this before Hydra writes anything, so a wrong resume= leaves no trace).
+
+LOCK = "run.lock"
+# Config sections a resumed run must keep: they define the model's shapes and its data.
+RESUME_FIXED = ("dataset", "backbone", "decoder", "text", "seed")
+# Keys that locate things on disk: moving the data or the cache is fine.
+RESUME_MOVABLE = ("root", "json", "images", "data_dir", "cache_dir", "output_dir")
+
+
+def previous_state(path: Path) -> Path:
+    """``previous.state.npz`` beside ``last.state.npz``: the epoch before, kept as a fallback."""
+    return Path(path).with_name("previous.state.npz")
+
+
+def has_state(run_dir: Path) -> bool:
+    last = Path(run_dir) / "checkpoints" / "last.state.npz"
+    return last.is_file() or previous_state(last).is_file()
+
+
+def running_pid(run_dir: Path) -> int | None:
+    """The pid of the live process on this machine that holds ``run_dir``'s lock, or None."""
+    import json
+    import os
+    import socket
+
+    try:
+        owner = json.loads((Path(run_dir) / LOCK).read_text())
+    except (OSError, ValueError):
+        return None
+    pid = int(owner.get("pid", 0))
+    if owner.get("host") != socket.gethostname():
+        return pid or None              # another machine's run: assume it is alive
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None                     # a stale lock: its process is gone
+    except PermissionError:
+        pass
+    return pid
+
+
+class RunLock:
+    """``run.lock`` in a run directory (pid and host) for as long as a process trains in it:
+    ``resume=`` refuses a run that is still running, and ``resume=true`` skips it."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK
+
+    def __enter__(self):
+        import json
+        import os
+        import socket
+
+        pid = running_pid(self.path.parent)
+        if pid is not None and pid != os.getpid():
+            raise CaptioningError(f"{self.path.parent} is in use by another run (pid {pid}). "
+                                  f"Wait for it to end, or stop it first.")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
+def find_resumable(outputs: Path, overrides: list[str]) -> Path | None:
+    """The newest unfinished run under ``outputs`` started with the same overrides and not
+    running now."""
+    import yaml
+
+    def same(o: str) -> bool:
+        return not o.startswith(("resume=", "hydra."))
+
+    wanted = sorted(o for o in overrides if same(o))
+    states = [*outputs.glob("*/*/checkpoints/*.state.npz"),
+              *outputs.glob("multirun/*/*/*/checkpoints/*.state.npz")]
+    runs = sorted({p.parent.parent for p in states}, key=lambda r: r.stat().st_mtime,
+                  reverse=True)
+    for run in runs:
+        ov = run / ".hydra" / "overrides.yaml"
+        if (run / "metrics.json").exists() or not ov.exists() or running_pid(run) is not None:
+            continue
+        theirs = sorted(o for o in (yaml.safe_load(ov.read_text()) or []) if same(o))
+        if theirs == wanted:
+            return run
+    return None
+
+
+def resume_changes(run_dir: Path, cfg) -> list[str]:
+    """The model- and data-defining settings (``RESUME_FIXED``) that ``cfg`` changes from the
+    run's own ``config.yaml``, as "key: old -> new" lines."""
+    from omegaconf import OmegaConf
+
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        return []
+    old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+    new = OmegaConf.to_container(cfg, resolve=True)
+    changes = []
+    for section in RESUME_FIXED:
+        a, b = _leaves(old.get(section), section), _leaves(new.get(section), section)
+        for key in sorted(set(a) | set(b)):
+            if key.rsplit(".", 1)[-1] not in RESUME_MOVABLE and a.get(key) != b.get(key):
+                changes.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return changes
+
+
+def _leaves(node, prefix: str) -> dict:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out = {}
+    for k, v in node.items():
+        out.update(_leaves(v, f"{prefix}.{k}"))
+    return out
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """The rows of ``history.csv`` ([] when there is none yet)."""
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(f)]
+
+
+def check_resume(cfg, run_dir: Path) -> bool:
+    """``resume=``: whether this run continues ``run_dir`` (it must hold a resume state, not be
+    running, and keep its model and data settings)."""
+    import os
+
+    if not cfg.get("resume"):
+        return False
+    if not has_state(run_dir):
+        raise ConfigError(f"resume: {run_dir} has no checkpoints/last.state.npz to resume from. "
+                          f"Point resume= at a run directory that was interrupted, or drop resume.")
+    pid = running_pid(run_dir)
+    if pid is not None and pid != os.getpid():
+        raise ConfigError(f"resume: {run_dir} is still running (pid {pid}). Wait for it to end.")
+    changes = [] if (run_dir / "metrics.json").is_file() else resume_changes(run_dir, cfg)
+    if changes:
+        raise ConfigError(f"resume: these settings differ from {run_dir / 'config.yaml'}: "
+                          f"{'; '.join(changes)}. A resumed run keeps its model and data: drop "
+                          f"these overrides, or start a new run.")
+    return True
+
+
+def report_interrupted(run_dir: Path, e) -> None:
+    """What an interrupted run has saved, and the command that resumes it."""
+    from captioning.console import console
+
+    done = len(read_history(run_dir))
+    if not has_state(run_dir):
+        console.print(f"[bold yellow]Interrupted[/] ({e}) before the first epoch ended; nothing "
+                      f"to resume: run the same command again.")
+        return
+    console.print(f"[bold yellow]Interrupted[/] ({e}) after {done} completed epoch(s); "
+                  f"everything up to epoch {done} is saved in {run_dir}.\nResume with the "
+                  f"same command plus: resume={run_dir}")

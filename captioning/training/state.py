@@ -26,6 +26,11 @@ class RunState:
     def self_critical(self) -> bool:
         return self.scst_from is not None
 
+    def cross_entropy_done(self, max_epochs: int) -> bool:
+        """Whether the cross-entropy phase has nothing left: all its epochs ran, patience ended
+        it, or the self-critical phase has begun."""
+        return self.self_critical or self.epoch >= max_epochs or bool(self.es_stopped_epoch)
+
     def to_meta(self) -> dict:
         """The JSON kept in ``last.state.npz`` (the same keys as before RunState existed)."""
         meta = asdict(self)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from captioning import ConfigError, TrainingInterrupted
+from captioning import TrainingInterrupted
 from captioning.config_check import check_config
 from captioning.io import atomic_write_text
 from captioning.training.state import RunState
@@ -37,61 +37,54 @@ class Run:
 def train(cfg) -> dict:
     """Train, evaluate and write a run; returns ``{"val": {...}, "test": {...}, "meta": {...}}``."""
     check_config(cfg)                                   # before TensorFlow is imported
+    from captioning.console import console
+    from captioning.training.resume import stop_signals
+    from captioning.training.run_dir import RunLock, check_resume, report_interrupted
+
+    run_dir = Path(cfg.paths.output_dir)
+    resuming = check_resume(cfg, run_dir)               # before anything is written
+    if resuming and (run_dir / "metrics.json").is_file():
+        console.print(f"{run_dir} already finished; its scores are in metrics.json")
+        return json.loads((run_dir / "metrics.json").read_text())
+    with stop_signals(), RunLock(run_dir):
+        try:
+            return _run(cfg, run_dir, resuming)
+        except TrainingInterrupted as e:
+            report_interrupted(run_dir, e)
+            raise
+
+
+def _run(cfg, run_dir: Path, resuming: bool) -> dict:
     from captioning.console import console, print_data_report
     from captioning.data.datamodule import build_data
+    from captioning.data.features import attach_feature_cache
+    from captioning.tracking.comet import open_tracker
+    from captioning.training.resume import fault_point, load_state
     from captioning.training.runtime import prepare_runtime
 
     prepare_runtime(cfg)                                # session, seeds, determinism, precision
     t0 = time.perf_counter()
-    run_dir = Path(cfg.paths.output_dir)
-    resuming = _resuming(cfg, run_dir)
-    if resuming and (run_dir / "metrics.json").is_file():
-        console.print(f"{run_dir} already finished; its scores are in metrics.json")
-        return json.loads((run_dir / "metrics.json").read_text())
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    fault_point("index")
     data = build_data(cfg, vocab=_run_vocabulary(run_dir) if resuming else None)
     data.vocab.save(run_dir / "checkpoints" / "vocab.json")
     report = {**data.report.as_dict(), "vocab_size": data.vocab.size}
     atomic_write_text(run_dir / "data.json", json.dumps(report, indent=2))
     print_data_report(cfg, data)
-
     model, clock = _build_model(cfg, data)
-    from captioning.data.features import attach_feature_cache
-
+    fault_point("features")
     attach_feature_cache(cfg, data, model)
     state = RunState()
     if resuming:
-        from captioning.training.resume import load_state
-
         state = load_state(run_dir / "checkpoints" / "last.state.npz", model)
         console.print(f"[bold]Resuming[/] {run_dir} after epoch {state.epoch}")
-    from captioning.tracking.comet import open_tracker
-
     run = Run(run_dir, state, t0, open_tracker(cfg, run_dir, data), clock)
     try:
         return _fit_and_evaluate(cfg, data, model, run)
-    except TrainingInterrupted as e:
-        from captioning.training.callbacks import read_history
-
-        done = len(read_history(run_dir))
-        console.print(f"[bold yellow]Interrupted[/] ({e}) after {done} completed epoch(s); "
-                      f"everything up to epoch {done} is saved in {run_dir}.\nResume with the "
-                      f"same command plus: resume={run_dir}")
-        raise
     finally:
         if run.tracker is not None:
             run.tracker.close_and_report()
-
-
-def _resuming(cfg, run_dir: Path) -> bool:
-    """``resume=``: whether this run continues ``run_dir``; checked before anything is written."""
-    if not cfg.get("resume"):
-        return False
-    if not (run_dir / "checkpoints" / "last.state.npz").is_file():
-        raise ConfigError(f"resume: {run_dir} has no checkpoints/last.state.npz to resume from. "
-                          f"Point resume= at a run directory that was interrupted, or drop resume.")
-    return True
 
 
 def _run_vocabulary(run_dir: Path):
@@ -130,9 +123,11 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     from captioning.console import console, print_scores
     from captioning.evaluation.evaluate import final_evaluation
     from captioning.training.callbacks import make_callbacks
+    from captioning.training.resume import fault_point
     from captioning.training.scst import self_critical
 
     t, state = cfg.trainer, run.state
+    fault_point("datasets")
     sample = t.get("sample_captions")
     train_ds = data.train_dataset(int(t.batch_size), int(cfg.seed),
                                   sample=int(sample) if sample else None)
@@ -142,10 +137,11 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     steps = math.ceil(len(data.splits["train"]) / int(t.batch_size))
     console.rule(f"Training ({len(data.splits['train'])} images, {steps} steps/epoch, up to "
                  f"{t.max_epochs} epochs)")
-    if not state.self_critical and state.epoch < int(t.max_epochs) and not state.es_stopped_epoch:
+    if not state.cross_entropy_done(int(t.max_epochs)):
         model.fit(train_ds, validation_data=val_ds, epochs=int(t.max_epochs), callbacks=cbs.all,
                   verbose=cbs.verbose, shuffle=False,           # the pipeline shuffles, seeded
                   initial_epoch=state.epoch)
+    fault_point("between_phases")
     self_critical(cfg, data, model, val_ds, cbs, state)
     train_seconds = time.perf_counter() - run.t0
     best = run.dir / "checkpoints" / "best.weights.h5"
@@ -153,6 +149,7 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
         model.load_weights(str(best))   # the selected epoch, whatever stopped the run
 
     console.rule("Evaluation")
+    fault_point("evaluation")
     results, notes = final_evaluation(model, data, cfg, run.dir, run.tracker, cbs.saver.best_epoch)
     results["meta"] = _meta(cfg, cbs, state, train_seconds, notes + data.report.notes)
     atomic_write_text(run.dir / "metrics.json", json.dumps(results, indent=2))
