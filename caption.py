@@ -3,7 +3,9 @@
     python caption.py run_dir=outputs/2026-11-21/12-00-00 images=[a.jpg,photos/] \
 [decode.method=beam ...]
 
-Folders are searched for .jpg/.jpeg/.png/.bmp/.gif files; decode.* settings apply.
+Folders are searched for .jpg/.jpeg/.png/.bmp/.gif/.webp/.tif/.tiff files; decode.* settings
+apply. Images are read upright (EXIF orientation). A file that cannot be read (truncated,
+corrupt, over the pixel limit) is named in one line on stderr and the others are captioned.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from captioning import CaptioningError, run_cli  # noqa: E402
+from captioning.privacy import no_phone_home  # noqa: E402
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
+no_phone_home()   # before Kangas or Comet is imported (captioning/privacy.py)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def image_files(items) -> list[Path]:
@@ -46,20 +51,31 @@ def main(argv: list[str]) -> int:
     files = image_files(images)
 
     from captioning.data.datamodule import CaptionData
+    from captioning.data.images import check_records, explain, set_pixel_limit
     from captioning.data.records import Record
     from captioning.models.decoding import Generator, caption_records
     from captioning.training.run_dir import load_run, merge_overrides
 
     cfg, vocab, model = load_run(args.run_dir)
     cfg = merge_overrides(cfg, rest)
-    records = [Record(id=str(f), image=str(f), captions=()) for f in files]
+    set_pixel_limit(cfg.dataset.get("max_image_pixels"))
+    records, bad = check_records([Record(id=str(f), image=str(f), captions=()) for f in files])
+    if bad:
+        import sys
+
+        print(f"skipped {len(bad)} image(s) that cannot be read: "
+              + "; ".join(f"{r.image} ({explain(kind, why)})" for r, kind, why in bad),
+              file=sys.stderr)
+    if not records:
+        raise CaptioningError(f"None of the {len(files)} image(s) can be read (truncated, corrupt "
+                              f"or over the pixel limit, named above).")
     data = CaptionData({"train": [], "val": [], "test": []}, vocab, None, 1,
                        int(cfg.backbone.image_size))
     generator = Generator.from_config(model, vocab, cfg.decode, seed=int(cfg.seed))
-    for f, caption in zip(files, caption_records(generator, data, records,
-                                                 int(args.get("batch_size", 32))),
+    for r, caption in zip(records, caption_records(generator, data, records,
+                                                   int(args.get("batch_size", 32))),
                           strict=True):
-        print(f"{f}\t{caption}")
+        print(f"{r.image}\t{caption}")
     return 0
 
 

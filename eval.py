@@ -16,6 +16,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from captioning import CaptioningError, run_cli  # noqa: E402
+from captioning.privacy import no_phone_home  # noqa: E402
+
+no_phone_home()   # before Kangas or Comet is imported (captioning/privacy.py)
 
 OWN_KEYS = ("run_dir", "split", "which")
 
@@ -34,6 +37,22 @@ def _method_name(decode) -> str:
     if decode.method == "top_p":
         return f"top_p{decode.p:g}_t{decode.temperature:g}"
     return "greedy"
+
+
+def result_name(split: str, decode, which: str, overrides: list[str]) -> str:
+    """``<split>_<decoding>[_last][_<hash>]``: the decoding in words, the weights when not the
+    best, and a short hash of every other override (a dataset or evaluation setting, a
+    temperature the decoding's name leaves out), so no two settings share a result file."""
+    import hashlib
+
+    name = f"{split}_{decoding_name(decode)}" + ("" if which == "best" else f"_{which}")
+    named = {"decode.method", "decode.beam_size", "decode.length_penalty", "decode.tta"}
+    named |= {"decode.k", "decode.temperature"} if decode.method == "top_k" else set()
+    named |= {"decode.p", "decode.temperature"} if decode.method == "top_p" else set()
+    other = sorted(o for o in overrides if o.split("=")[0].lstrip("+~") not in named)
+    if other:
+        name += "_" + hashlib.sha1(" ".join(other).encode()).hexdigest()[:6]
+    return name
 
 
 def main(argv: list[str]) -> int:
@@ -66,7 +85,7 @@ def main(argv: list[str]) -> int:
         raise CaptioningError(f"The run's dataset has no {split} split "
                               f"({'; '.join(data.report.notes)}).")
     r = evaluate(model, data, split, cfg, seed=int(cfg.seed))
-    name = f"{split}_{decoding_name(cfg.decode)}"
+    name = result_name(split, cfg.decode, args.get("which", "best"), rest)
     result = {split: r.summary,
               "meta": {"decode": OmegaConf.to_container(cfg.decode), "images": len(records),
                        "weights": args.get("which", "best"), "notes": r.notes}}

@@ -254,7 +254,8 @@ def main(argv=None) -> int:
 
     proc = subprocess.Popen([sys.executable, "run.py", "trainer.max_epochs=1", "logger=none",
                              "callbacks.kangas.enabled=false",
-                             "hydra.run.dir=/tmp/captioning-bench-run", "evaluation.show=0"],
+                             f"hydra.run.dir={tempfile.mkdtemp(prefix='bench-run-')}",
+                             "evaluation.show=0"],
                             cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Poll the process tree's resident memory (getrusage would count this big process's pages,
     # inherited at fork, as the child's peak).

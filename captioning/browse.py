@@ -10,6 +10,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from captioning.privacy import no_phone_home
+
+no_phone_home()   # before Kangas is imported (captioning/privacy.py)
+
 
 def main(argv: list[str]) -> int:
     from hydra import compose, initialize_config_dir

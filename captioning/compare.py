@@ -14,6 +14,10 @@ import json
 import sys
 from pathlib import Path
 
+from captioning.privacy import no_phone_home
+
+no_phone_home()   # as every entry point does (captioning/privacy.py)
+
 COLUMNS = ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "loss", "accuracy")
 
 

@@ -15,6 +15,9 @@ import os
 from pathlib import Path
 
 from captioning import run_cli
+from captioning.privacy import no_phone_home
+
+no_phone_home()   # before Kangas or Comet is imported (captioning/privacy.py)
 
 
 def export(run_dir, out=None, overrides=()) -> Path:
@@ -29,8 +32,7 @@ def export(run_dir, out=None, overrides=()) -> Path:
     out = Path(out) if out else Path(run_dir) / "export"
     size = int(cfg.backbone.image_size)
     generator = Generator.from_config(model, vocab, cfg.decode, seed=int(cfg.seed))
-    tokens = tf.constant(vocab.tokens)
-    end_id = vocab.end_id
+    tokens, end_id = tf.constant(vocab.tokens), vocab.end_id
 
     def caption(jpegs):
         """(N,) encoded images -> (N,) captions."""
@@ -40,24 +42,44 @@ def export(run_dir, out=None, overrides=()) -> Path:
             return tf.clip_by_value(tf.round(img), 0, 255)
         images = tf.map_fn(load, jpegs,
                            fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
-        ids = generator.generate(model.encode(images, training=False))[:, 1:]  # drop <start>
-        before_end = tf.cumsum(tf.cast(ids == end_id, tf.int32), axis=1, exclusive=False) == 0
-        words = tf.where(before_end & (ids > 1), tf.gather(tokens, ids), "")
-        text = tf.strings.reduce_join(words, axis=1, separator=" ")
-        return tf.strings.strip(tf.strings.regex_replace(text, " +", " "))
+        ids = generator.generate(model.encode(images, training=False))
+        return ids_to_text(ids, tokens, vocab.start_id, end_id)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("caption", caption,
                          input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    archive.write_out(str(tmp), verbose=False)
-    if out.exists():
-        import shutil
-        shutil.rmtree(out)
-    tmp.rename(out)
+    _replace_dir(out, lambda tmp: archive.write_out(str(tmp), verbose=False))
     return out
+
+
+def ids_to_text(ids, tokens, start_id: int, end_id: int):
+    """(N, T) ids -> (N,) captions in TensorFlow, the same text as ``Vocabulary.decode``: up to
+    the first end token, without padding and start tokens, keeping ``[UNK]``."""
+    import tensorflow as tf
+
+    before_end = tf.cumsum(tf.cast(ids == end_id, tf.int32), axis=1, exclusive=False) == 0
+    keep = before_end & (ids > 0) & (ids != start_id)
+    words = tf.where(keep, tf.gather(tokens, ids), "")
+    text = tf.strings.reduce_join(words, axis=1, separator=" ")
+    return tf.strings.strip(tf.strings.regex_replace(text, " +", " "))
+
+
+def _replace_dir(out: Path, write) -> None:
+    """Write a folder beside ``out`` and swap it in: ``out`` is never half-written. The old
+    export is moved aside (one rename) before the new one is renamed in, then deleted."""
+    import shutil
+
+    tmp, old = out.with_name(out.name + ".partial"), out.with_name(out.name + ".old")
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    write(tmp)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv):

@@ -52,3 +52,25 @@ def _fsync(path) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+@contextmanager
+def build_lock(folder: Path):
+    """Hold ``<folder>.lock`` (an exclusive flock) while ``folder`` is built: a second process
+    waits, then finds it built. Inside the lock, temporary folders that a killed build left
+    (``.<name>.*`` beside it, see ``tempfile.mkdtemp`` in the builders) are removed first:
+    no live build can own them while the lock is held."""
+    import fcntl
+    import shutil
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            for stale in folder.parent.glob(f".{folder.name}.*"):
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -202,9 +202,14 @@ def test_length_penalty_never_picks_a_shorter_beam():
 def test_sampling_is_seeded_and_batched(tiny_model, method):
     model, _ = tiny_model
     images = np.zeros((5, 32, 32, 3), "float32")
-    ids = Generator(model, 2, 3, 8, method=method, k=5, p=0.8, seed=1)(images)
-    ids = keras.ops.convert_to_numpy(ids)
+    def sample(seed):
+        gen = Generator(model, 2, 3, 8, method=method, k=5, p=0.8, temperature=2.0, seed=seed)
+        return keras.ops.convert_to_numpy(gen(images))
+
+    ids = sample(1)
     assert ids.shape == (5, 8) and (ids[:, 0] == 2).all() and (ids[:, 1:] != 0).any()
+    np.testing.assert_array_equal(sample(1), ids)               # one seed, one set of samples
+    assert not np.array_equal(sample(2), ids)                   # another seed, other samples
 
 
 def test_test_time_views_are_the_eight_symmetries_of_each_image():
@@ -496,3 +501,35 @@ def test_mixup_blends_image_pairs_and_takes_the_partners_captions():
     batches = tf.data.Dataset.from_tensor_slices((images, ok)).batch(3)
     history = model.fit(batches, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_self_critical_objective_is_weighted_by_each_replicas_tokens():
+    """Both train steps weight a replica's per-token mean by its share of the tokens, so two
+    replicas sum to the global mean (the self-critical step used to sum the two means)."""
+    import subprocess
+    import sys
+
+    code = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from captioning.models.captioner import replica_weighted
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+def step():
+    first = tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group) == 0
+    count, mean = (3.0, 2.0) if first else (1.0, 6.0)   # token sums 6 and 6: global mean 3
+    return replica_weighted(tf.constant(mean), tf.constant(count))
+
+total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(step), axis=None)
+assert abs(float(total) - 3.0) < 1e-6, float(total)
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, env={**__import__("os").environ,
+                                              "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+    source = __import__("inspect").getsource(
+        __import__("captioning.models.captioner", fromlist=["Captioner"]).Captioner
+        ._self_critical_step)
+    assert "replica_weighted(" in source

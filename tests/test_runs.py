@@ -176,3 +176,13 @@ def test_a_stop_signal_in_every_phase_saves_what_is_complete(tmp_path, monkeypat
         epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) == 2 + len(extra) // 2
     assert results["val"]["loss"] > 0 and (tmp_path / "metrics.json").is_file()
+
+
+def test_the_next_build_removes_temporary_folders_a_killed_build_left(tmp_path):
+    from captioning.data.synthetic import ensure_synthetic
+
+    stale = tmp_path / ".synth.k1ll3d"                        # what kill -9 mid-render leaves
+    (stale / "Images").mkdir(parents=True)
+    root = ensure_synthetic(tmp_path / "synth", 4, 32, seed=0, progress=False)
+    assert (root / "captions.txt").is_file() and not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth", "synth.lock"]

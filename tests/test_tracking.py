@@ -117,8 +117,7 @@ def test_kangas_page_shows_rows(comet_run, tmp_path):
             capture_output=True, text=True, timeout=120).stdout
     finally:
         stop(proc)
-    rows = json.loads(Path(out / "metrics.json").read_text())
-    assert "final" in dom and rows
+    assert "final" in dom                                  # the grid's name, in the page
     first_id = next(iter(_grid_ids(out)))
     assert first_id in dom
 

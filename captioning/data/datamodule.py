@@ -83,12 +83,15 @@ class CaptionData:
             ds = per_epoch(tf.data.Dataset.from_tensor_slices((rows, self.encode(records))))
             ds = ds.batch(batch_size).map(lambda r, c: (self._gather_features(r), c))
             return _finish(ds)
+        modes = [_MODE[r.decoder] for r in records]
+        load = _loader(self.image_size, set(modes), strict=True)
         paths = [r.image for r in records]
-        ds = tf.data.Dataset.from_tensor_slices((paths, self.encode(records)))
-        ds = ds.map(lambda p, c: (load_image(p, self.image_size), c),
+        ds = tf.data.Dataset.from_tensor_slices((paths, modes, self.encode(records)))
+        ds = ds.map(lambda p, m, c: (load(p, m), c),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        # A file that passed the index check but still fails to decode is dropped with a warning
-        # instead of ending a long run mid-epoch.
+        # A file that passed the index check but still fails to decode (or one never checked:
+        # dataset.verify_images=false) is dropped with a warning instead of ending a long run
+        # mid-epoch.
         ds = ds.ignore_errors(log_warning=True)
         if _fits_in_memory(len(records), self.image_size):
             ds = ds.cache()                                      # decode + resize once per run
@@ -105,10 +108,40 @@ class CaptionData:
             ds = tf.data.Dataset.from_tensor_slices(rows).batch(batch_size)
             ds = ds.map(self._gather_features)
             return _finish(ds)
-        ds = tf.data.Dataset.from_tensor_slices([r.image for r in records])
-        ds = ds.map(lambda p: tf.cast(load_image(p, self.image_size), tf.float32),
+        modes = self._image_modes(records)
+        load = _loader(self.image_size, set(modes), strict=False)
+        ds = tf.data.Dataset.from_tensor_slices(([r.image for r in records], modes))
+        ds = ds.map(lambda p, m: tf.cast(load(p, m), tf.float32),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return _finish(ds.batch(batch_size))
+
+    def _image_modes(self, records: list[Record]) -> list[int]:
+        """One decoding mode per record, in order. Records the image check has not seen
+        (``dataset.verify_images=false``) are checked here, so that one bad file cannot end a
+        captioning pass or the feature-cache build: it becomes a blank (black) image, which
+        keeps every row in place, and is named in the data report."""
+        if all(r.decoder for r in records):
+            return [_MODE[r.decoder] for r in records]
+        from captioning.console import console
+        from captioning.data.images import check_image
+
+        modes, bad = [], []
+        for r in records:
+            kind, why = (r.decoder, "") if r.decoder else check_image(r.image)
+            if kind not in _MODE:
+                kind = "blank"
+                bad.append(f"{r.id} ({why})")
+            modes.append(_MODE[kind])
+        if bad:
+            more = ", ..." if len(bad) > MAX_NAMED else ""
+            note = (f"{len(bad)} image(s) cannot be decoded and were fed as blank (black) images, "
+                    f"first: {', '.join(bad[:MAX_NAMED])}{more}. Set dataset.verify_images=true "
+                    f"to leave them out of the splits instead")
+            if self.report is None or note not in self.report.notes:    # once per run
+                console.print(f"  [yellow]warning[/]: {note}")
+            if self.report is not None and note not in self.report.notes:
+                self.report.notes.append(note)
+        return modes
 
 
 def _finish(ds, buffer: int = 2):
@@ -147,34 +180,60 @@ def _fits_in_memory(n: int, size: int, budget_bytes: float = 2e9) -> bool:
 
 
 def load_image(path, size: int):
-    """File -> (size, size, 3) uint8. JPEG/PNG/BMP/GIF (first frame); resize as the recipes do."""
+    """File -> (size, size, 3) uint8 with tf.io.decode_image (JPEG/PNG/BMP/WebP, the first
+    frame of a GIF; EXIF orientation is not applied); resize as the recipes do."""
     import tensorflow as tf
 
     img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return _resize(img, size)
+
+
+def _resize(img, size: int):
+    import tensorflow as tf
+
     img = tf.image.resize(img, (size, size), antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
 
 
-def _verify_images(records: list[Record], report: DataReport, progress: bool) -> list[Record]:
-    """Open every image's header with Pillow (fast: no full decode); drop the unreadable ones."""
-    from PIL import Image, UnidentifiedImageError
+# Record.decoder -> the branch of _loader ("" = never checked: TensorFlow, as before the check).
+_MODE = {"": 0, "tf": 0, "pil": 1, "blank": 2}
 
-    it = records
-    if progress and len(records) > 2000:
-        from rich.progress import track
-        it = track(records, description="Checking images", transient=True)
-    good, bad = [], []
-    for r in it:
-        try:
-            with Image.open(r.image) as im:
-                im.verify()
-            good.append(r)
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
-            bad.append(r.id)
-    if bad:
-        report.removed["unreadable images"] += len(bad)
-        report.notes.append(f"skipped {len(bad)} image(s) that cannot be decoded, first: "
-                            f"{', '.join(bad[:MAX_NAMED])}")
+
+def _loader(size: int, modes: set[int], strict: bool):
+    """(path, mode) -> (size, size, 3) uint8. Mode 0: tf.io.decode_image; 1: Pillow, with the
+    EXIF orientation applied (``images.pil_pixels``; ``strict=False``: a failure gives a black
+    image); 2: a black image without reading the file. Only the branches in use are built."""
+    import tensorflow as tf
+
+    from captioning.data.images import pil_pixels
+
+    def pil(path):
+        img = tf.numpy_function(lambda p: pil_pixels(p, strict), [path], tf.uint8,
+                                stateful=False)
+        img.set_shape((None, None, 3))
+        return _resize(img, size)
+
+    def branches(path):
+        return [lambda: load_image(path, size), lambda: pil(path),
+                lambda: tf.zeros((size, size, 3), tf.uint8)]
+
+    def load(path, mode):
+        if len(modes) == 1:
+            return branches(path)[next(iter(modes))]()
+        return tf.switch_case(tf.cast(mode, tf.int32), branches(path))
+
+    return load
+
+
+def _verify_images(records: list[Record], report: DataReport, progress: bool) -> list[Record]:
+    """Check every image (``images.check_image``: the header, completeness, the pixel limit,
+    the EXIF orientation); drop and count the unusable ones, note how to decode the others."""
+    from captioning.data.images import REPORT_KEY, check_records, describe_skipped
+
+    good, bad = check_records(records, progress)
+    for _, kind, _ in bad:
+        report.removed[REPORT_KEY[kind]] += 1
+    report.notes += describe_skipped(bad, MAX_NAMED)
     return good
 
 
@@ -202,6 +261,9 @@ def load_records(
             raise DatasetError(
                 f"dataset.{key} is required for dataset={name}. Point it at your copy: "
                 f"python run.py dataset={name} dataset.{key}={example}")
+    from captioning.data.images import set_pixel_limit
+
+    set_pixel_limit(ds_cfg.get("max_image_pixels"))
     report = DataReport()
     if name == "synthetic":
         from captioning.data.synthetic import ensure_synthetic

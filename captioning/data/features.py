@@ -9,18 +9,20 @@ changes the key, which is how the cache is invalidated.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-VERSION = 1
+from captioning.io import build_lock
+
+# 2: images with an EXIF orientation are decoded upright (through Pillow); caches built before
+# held their features sideways, so they are not reused.
+VERSION = 2
 
 
 def bypass_reason(cfg) -> str | None:
@@ -37,6 +39,12 @@ def bypass_reason(cfg) -> str | None:
                 "features cannot be cached (set augment.* off to use the cache)")
     if b.get("blind", False):
         return "backbone.blind=true (image-blind baseline)"
+    if a.get("mixup"):
+        return "augment.mixup blends images, not their features (the backbone must see the blend)"
+    tta = [cfg.decode.get("tta", "none"), cfg.callbacks.val_captions.get("tta") or "none"]
+    if any(v != "none" for v in tta):
+        return ("test-time augmentation (decode.tta / callbacks.val_captions.tta) flips and "
+                "rotates images, which cached features cannot be")
     return None
 
 
@@ -57,19 +65,8 @@ def cache_key(cfg, records) -> str:
                         sort_keys=True, default=str).encode())
     for r in sorted(records, key=lambda r: r.image):
         st = os.stat(r.image)
-        h.update(f"{r.image}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{r.image}\0{st.st_size}\0{st.st_mtime_ns}\0{r.decoder}\n".encode())
     return h.hexdigest()[:20]
-
-
-@contextmanager
-def _lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)               # a second job waits here while the first builds
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def ensure_features(cfg, backbone, data, records, batch_size: int, progress: bool = True):
@@ -77,7 +74,7 @@ def ensure_features(cfg, backbone, data, records, batch_size: int, progress: boo
     root = Path(os.path.expanduser(str(cfg.paths.cache_dir))) / "features"
     key = cache_key(cfg, records)
     folder = root / key
-    with _lock(root / f"{key}.lock"):
+    with build_lock(folder):
         if not (folder / "index.json").is_file():
             _build(folder, backbone, data, records, batch_size, progress)
     index = json.loads((folder / "index.json").read_text())

@@ -18,6 +18,9 @@ class Record:
     image: str                 # absolute path of the image file
     captions: tuple[str, ...]  # raw reference captions, as written in the dataset
     split: str = "train"       # train | val | test (restval is folded into train by readers)
+    # how to decode the image, set by the image check (captioning.data.images): "" not checked,
+    # "tf" tf.io.decode_image as is, "pil" through Pillow (EXIF orientation, TIFF, ...)
+    decoder: str = ""
 
 
 @dataclass

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from captioning.io import build_lock
+
 VERSION = 1   # bump when rendering or captions change: it is part of the cache folder name
 
 COLORS = {
@@ -170,9 +172,15 @@ def ensure_synthetic(
     root = Path(root)
     if (root / "captions.txt").is_file():
         return root
+    with build_lock(root):
+        if not (root / "captions.txt").is_file():     # another process may have finished it
+            _write(root, num_images, image_size, seed, progress)
+    return root
+
+
+def _write(root: Path, num_images: int, image_size: int, seed: int, progress: bool) -> None:
     from PIL import Image
 
-    root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         (tmp / "Images").mkdir()
@@ -198,4 +206,3 @@ def ensure_synthetic(
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return root

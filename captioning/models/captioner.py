@@ -67,6 +67,18 @@ def leave_one_out_advantage(rewards, k: int):
     return ops.reshape(r - baseline, (-1,))
 
 
+def replica_weighted(objective, count):
+    """Under tf.distribute each replica sees part of the batch and the gradients are summed:
+    weight this replica's per-token mean by its share of all ``count`` tokens, so the summed
+    gradient is the gradient of the global per-token mean (what one device computes). One
+    device: ``objective`` as it is."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is not None and ctx.num_replicas_in_sync > 1:
+        total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
+        return objective * count / tf.maximum(total, 1.0)
+    return objective
+
+
 @keras.saving.register_keras_serializable("captioning")
 class Captioner(keras.Model):
     """images -> backbone -> encoder -> memory (B, S, D) -> ``decoder`` (a ``Decoder``)."""
@@ -227,13 +239,7 @@ class Captioner(keras.Model):
             if self.word_head is not None:
                 words = self.word_loss(memory, captions)
                 objective = loss + self.word_loss_weight * words
-            # Under tf.distribute each replica sees part of the batch and gradients are summed:
-            # weight this replica's token mean by its share of all tokens, so the summed gradient
-            # is the gradient of the global per-token mean (what one device computes).
-            ctx = tf.distribute.get_replica_context()
-            if ctx is not None and ctx.num_replicas_in_sync > 1:
-                total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, n)
-                objective = objective * n / tf.maximum(total, 1.0)
+            objective = replica_weighted(objective, n)
             scaled = self.optimizer.scale_loss(objective)               # mixed precision
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
@@ -277,8 +283,8 @@ class Captioner(keras.Model):
             # A sample's tokens are those up to and including its first end token.
             ended = tf.cumsum(tf.cast(targets == end_id, "int32"), axis=1, exclusive=True) > 0
             real = tf.cast(tf.logical_and(tf.logical_not(ended), targets > 0), "float32")
-            total = tf.reduce_sum(advantage * token_logp * real)
-            objective = -total / tf.maximum(tf.reduce_sum(real), 1.0)
+            total, count = tf.reduce_sum(advantage * token_logp * real), tf.reduce_sum(real)
+            objective = replica_weighted(-total / tf.maximum(count, 1.0), count)
             scaled = self.optimizer.scale_loss(objective)
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)

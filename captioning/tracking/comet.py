@@ -1,6 +1,11 @@
 """Comet experiments that never cost a run: online with credentials, offline otherwise, and
 every call guarded so a network failure, a bad key or a Comet bug is a warning, not a crash.
 
+An online experiment that does not start (no connection, a rejected key: ``comet_ml`` does not
+raise, it only leaves the experiment not ``alive``) falls back to an offline archive. The API key
+is never printed or written: Comet's own messages and ours are scrubbed of it (Comet itself
+prints a key that its server rejected).
+
 ``comet_ml`` must be imported before TensorFlow/Keras for its auto-logging hooks; ``run.py``
 does that when ``logger=comet``.
 """
@@ -11,11 +16,73 @@ import logging
 import os
 from pathlib import Path
 
+from captioning.privacy import no_phone_home
+
 log = logging.getLogger("captioning")
 
-# Comet reports its own internal errors to a third-party service at import time; a run must
-# not phone anywhere it was not asked to (and offline machines would retry and log noise).
-os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
+# The entry points call this first; here too in case comet_ml is reached another way (a
+# notebook, a test): no cloud-metadata probes, usage pings or error reports (see privacy.py).
+no_phone_home()
+
+MASK = "***"
+
+
+def api_keys() -> set[str]:
+    """The Comet API key(s) this process may use: COMET_API_KEY and Comet's own config."""
+    keys = {os.environ.get("COMET_API_KEY")}
+    try:
+        import comet_ml
+
+        keys.add(comet_ml.get_config().get_string(None, "comet.api_key"))
+    except Exception:  # noqa: BLE001
+        pass
+    # Strings this short are not keys, and masking them would garble every message.
+    return {k.strip() for k in keys if k and len(k.strip()) >= 8}
+
+
+def redact(text: str, keys: set[str] | None = None) -> str:
+    """``text`` with every API key replaced by ``***``."""
+    for key in api_keys() if keys is None else keys:
+        text = text.replace(key, MASK)
+    return text
+
+
+class _Redact(logging.Filter):
+    """A handler filter that masks the API keys in a record's message and traceback."""
+
+    def __init__(self):
+        super().__init__()
+        self.keys: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.keys:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is its handler's business
+            return True
+        if any(k in message for k in self.keys):
+            record.msg, record.args = redact(message, self.keys), ()
+        if record.exc_info and not record.exc_text:
+            text = logging.Formatter().formatException(record.exc_info)
+            if any(k in text for k in self.keys):
+                record.exc_text = redact(text, self.keys)   # formatters print exc_text as is
+        if record.stack_info and any(k in record.stack_info for k in self.keys):
+            record.stack_info = redact(record.stack_info, self.keys)
+        return True
+
+
+_REDACT = _Redact()
+
+
+def scrub_logs() -> None:
+    """Mask the API keys in everything Comet's logger (which does not propagate) and the root
+    logger's handlers (console, Hydra's run log) write."""
+    _REDACT.keys = api_keys()
+    for logger in (logging.getLogger("comet_ml"), logging.getLogger()):
+        for handler in logger.handlers:
+            if _REDACT not in handler.filters:
+                handler.addFilter(_REDACT)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -54,37 +121,64 @@ class CometLogger:
         except ImportError as e:
             self._warn(f"comet_ml is not installed ({e}); logging only to the run directory")
             return
+        scrub_logs()
         c = self.cfg
         common = dict(project_name=c.project, workspace=c.workspace, log_code=False,
                       log_graph=False, auto_param_logging=False, auto_metric_logging=False,
                       parse_args=False, log_git_metadata=False, log_git_patch=False,
                       display_summary_level=0, log_env_network=False, log_env_host=False)
+        failure = None
         want_online = c.online is True or (c.online == "auto" and api_key_configured())
         if want_online:
-            try:
-                self.exp, self.offline = comet_ml.Experiment(**common), False
-            except Exception as e:  # noqa: BLE001 - network, bad key, server errors
-                self._warn(f"Comet online logging failed ({type(e).__name__}: {e}); "
-                           "logging offline instead")
+            failure = self._start_online(comet_ml, common)
         if self.exp is None:
             directory = Path(c.offline_directory or self.run_dir / "comet")
             try:
                 directory.mkdir(parents=True, exist_ok=True)
                 self.exp = comet_ml.OfflineExperiment(offline_directory=str(directory), **common)
             except Exception as e:  # noqa: BLE001
-                self._warn(f"Comet offline logging failed too ({e}); "
-                           "logging only to the run directory")
+                what = f"Comet online logging {failure}, and offline" if failure else \
+                    "Comet offline"
+                self._warn(f"{what} logging failed ({e}); logging only to the run directory")
                 return
+            if failure:
+                self._warn(f"Comet online logging {failure}; logging offline instead, to "
+                           f"{directory / f'{self.exp.id}.zip'} (`comet upload` it later)")
+        if not getattr(self.exp, "log_env_details", True):
+            # Comet's environment logging is off (privacy.py: it probes the cloud metadata
+            # address); the package lists it would have logged are local, so log those here.
+            self.call("set_pip_packages")
+            self.call("set_os_packages")
         from omegaconf import OmegaConf
 
         self.call("set_name", c.experiment_name or self.run_dir.name)
-        self.call("add_tags", list(c.tags or []))
+        if c.tags:
+            self.call("add_tags", list(c.tags))
         self.call("log_parameters", flatten(OmegaConf.to_container(cfg, resolve=True)))
         import platform
 
         self.call("log_others", {"run_dir": str(self.run_dir), "host": platform.node()})
 
+    def _start_online(self, comet_ml, common: dict) -> str | None:
+        """An online experiment in ``self.exp``; or what went wrong, with ``self.exp`` None."""
+        try:
+            exp = comet_ml.Experiment(**common)
+        except Exception as e:  # noqa: BLE001 - a missing key, server errors
+            return f"failed ({type(e).__name__}: {e})"
+        if exp.alive or exp.disabled:        # disabled: the user switched Comet off (a no-op)
+            self.exp, self.offline = exp, False
+            return None
+        # comet_ml does not raise when its server cannot be reached or rejects the key: it
+        # logs an error and leaves the experiment not alive, and every later call is dropped.
+        try:
+            exp.end()
+        except Exception:  # noqa: BLE001
+            pass
+        return ("did not start (the Comet server could not be reached or rejected the API key; "
+                "Comet's message is above)")
+
     def _warn(self, message: str) -> None:
+        message = redact(message)
         log.warning(message)
         print(f"warning: {message}")
 

@@ -24,14 +24,28 @@ def pick_rows(records, max_rows: int | None, seed: int = 0):
 
 
 def _image(path: str, thumb: int = 256):
-    """A kangas.Image of the file, downsized so grids stay small."""
-    import kangas
-    from PIL import Image
+    """A kangas.Image of the file, upright (EXIF orientation applied) and downsized so grids
+    stay small. A file that cannot be decoded, or one over Pillow's decompression-bomb limit,
+    becomes a grey square instead of ending the grid."""
+    import warnings
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        im.thumbnail((thumb, thumb))
-        return kangas.Image(im.copy(), source=None)
+    import kangas
+    from PIL import Image, ImageOps
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit and im.width * im.height > limit:
+                    raise Image.DecompressionBombError(f"{im.width}x{im.height}")
+                im.draft("RGB", (thumb, thumb))          # JPEG: decode at a reduced scale
+                im = ImageOps.exif_transpose(im).convert("RGB")
+                im.thumbnail((thumb, thumb))
+                return kangas.Image(im, source=None)
+    except Exception:  # noqa: BLE001 - a bad file must not end the grid
+        return kangas.Image(Image.new("RGB", (thumb // 4, thumb // 4), (128, 128, 128)),
+                            source=None)
 
 
 def write_predictions_grid(path: Path, records, predictions, per_image: dict, epoch,

@@ -7,8 +7,10 @@ Nothing here knows about a particular layout; each reader module imports only th
 
 from __future__ import annotations
 
+import codecs
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from captioning import DatasetError
@@ -29,6 +31,44 @@ def require_dir(root, what: str, dataset: str) -> Path:
             f"Dataset folder {root} does not exist. Download {dataset} and set dataset.root to "
             f"the folder that contains {what}.")
     return root
+
+
+def text_encoding(cfg) -> str:
+    """``dataset.encoding`` (default utf-8) as the codec to open the captions files with. UTF-8
+    is read as utf-8-sig, so a byte-order mark (as Windows editors write it) is accepted."""
+    name = str(cfg.get("encoding") or "utf-8")
+    try:
+        codec = codecs.lookup(name).name
+    except LookupError:
+        raise DatasetError(
+            f"dataset.encoding={name!r} is not a known text encoding. Use e.g. utf-8, "
+            f"latin-1, cp1252 or utf-16.") from None
+    return "utf-8-sig" if codec in ("utf-8", "utf-8-sig") else name
+
+
+@contextmanager
+def decoding(path: Path, encoding: str) -> Iterator[None]:
+    """Turn a UnicodeDecodeError while reading ``path`` into one DatasetError that names the
+    file, the line of the first bad byte, and the ``dataset.encoding`` key."""
+    try:
+        yield
+    except UnicodeDecodeError as e:
+        where = f"byte 0x{e.object[e.start]:02x}: {e.reason}"
+        hint = "e.g. dataset.encoding=latin-1 or dataset.encoding=cp1252"
+        try:                  # a stream's error counts from its buffer: find the file position
+            raw = Path(path).read_bytes()
+            if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                hint = "it starts with a UTF-16 byte-order mark: dataset.encoding=utf-16"
+            raw.decode(encoding)
+        except UnicodeDecodeError as first:
+            line = raw.count(b"\n", 0, first.start) + 1
+            where = f"line {line}, byte 0x{raw[first.start]:02x}: {first.reason}"
+        except OSError:
+            pass
+        shown = "utf-8" if encoding == "utf-8-sig" else encoding
+        raise DatasetError(
+            f"{path} is not valid {shown} text ({where}). Set dataset.encoding to the file's "
+            f"encoding ({hint}), or convert the file to UTF-8.") from None
 
 
 def first_existing(root: Path, candidates: Iterable[str]) -> Path | None:

@@ -14,7 +14,15 @@ from __future__ import annotations
 from collections import defaultdict
 
 from captioning import DatasetError
-from captioning.data.readers.common import Malformed, assemble, dedupe, first_existing, require_dir
+from captioning.data.readers.common import (
+    Malformed,
+    assemble,
+    decoding,
+    dedupe,
+    first_existing,
+    require_dir,
+    text_encoding,
+)
 from captioning.data.records import DataReport, Record
 
 # Our own code rather than csv or pandas: despite its name the file is "|"-separated, with a
@@ -32,7 +40,8 @@ def read_flickr30k(cfg, report: DataReport) -> tuple[list[Record], None]:
             f"folder that contains results.csv and flickr30k_images/.")
     bad = Malformed(path, cfg.on_malformed)
     captions: dict[str, list[str]] = defaultdict(list)
-    with open(path, encoding="utf-8") as f:
+    encoding = text_encoding(cfg)
+    with decoding(path, encoding), open(path, encoding=encoding) as f:
         header = f.readline()
         if not header.replace(" ", "").lower().startswith("image_name|comment_number|comment"):
             raise DatasetError(

@@ -22,19 +22,28 @@ from collections import defaultdict
 from pathlib import Path
 
 from captioning import DatasetError
-from captioning.data.readers.common import Malformed, assemble, dedupe, first_existing, require_dir
+from captioning.data.readers.common import (
+    Malformed,
+    assemble,
+    decoding,
+    dedupe,
+    first_existing,
+    require_dir,
+    text_encoding,
+)
 from captioning.data.records import DataReport, Record
 
 # Our own code rather than pandas or a dataset library: the files are a few thousand lines,
 # and a bad line must be reported as file:line with the fix, not as a parser traceback.
 
 
-def read_captions_csv(path: Path, on_malformed: str, report: DataReport) -> dict[str, list[str]]:
+def read_captions_csv(path: Path, on_malformed: str, report: DataReport,
+                      encoding: str = "utf-8-sig") -> dict[str, list[str]]:
     """Kaggle ``captions.txt``: CSV with header ``image,caption``; captions with commas are
     quoted."""
     bad = Malformed(path, on_malformed)
     captions: dict[str, list[str]] = defaultdict(list)
-    with open(path, newline="", encoding="utf-8") as f:
+    with decoding(path, encoding), open(path, newline="", encoding=encoding) as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
@@ -50,11 +59,12 @@ def read_captions_csv(path: Path, on_malformed: str, report: DataReport) -> dict
     return captions
 
 
-def read_token_file(path: Path, on_malformed: str, report: DataReport) -> dict[str, list[str]]:
+def read_token_file(path: Path, on_malformed: str, report: DataReport,
+                    encoding: str = "utf-8-sig") -> dict[str, list[str]]:
     """Original Flickr8k ``Flickr8k.token.txt``: ``NAME.jpg#K<TAB>caption`` per line."""
     bad = Malformed(path, on_malformed)
     captions: dict[str, list[str]] = defaultdict(list)
-    with open(path, encoding="utf-8") as f:
+    with decoding(path, encoding), open(path, encoding=encoding) as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -68,7 +78,7 @@ def read_token_file(path: Path, on_malformed: str, report: DataReport) -> dict[s
     return captions
 
 
-def _read_split_lists(text_dir: Path) -> dict[str, str] | None:
+def _read_split_lists(text_dir: Path, encoding: str) -> dict[str, str] | None:
     """{image name: split} from the official split lists, or None when any list is absent."""
     files = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
              "test": "Flickr_8k.testImages.txt"}
@@ -76,7 +86,9 @@ def _read_split_lists(text_dir: Path) -> dict[str, str] | None:
         return None
     split_of = {}
     for split, f in files.items():
-        for name in (text_dir / f).read_text(encoding="utf-8").split():
+        with decoding(text_dir / f, encoding):
+            names = (text_dir / f).read_text(encoding=encoding).split()
+        for name in names:
             split_of[name] = split
     return split_of
 
@@ -90,15 +102,16 @@ def read_flickr8k(cfg, report: DataReport) -> tuple[list[Record], dict[str, str]
     token = first_existing(root, ["Flickr8k.token.txt", "Flickr8k_text/Flickr8k.token.txt"])
     kaggle = root / "captions.txt"
     text_dir = token.parent if token else first_existing(root, ["Flickr8k_text", "."])
-    split_of = _read_split_lists(text_dir) if text_dir else None
+    encoding = text_encoding(cfg)
+    split_of = _read_split_lists(text_dir, encoding) if text_dir else None
     layout = cfg.get("layout", "auto")
     if layout == "original" or (layout == "auto" and not kaggle.exists() and token):
         if token is None:
             raise DatasetError(
                 f"No Flickr8k.token.txt under {root} (looked in . and Flickr8k_text/).")
-        captions = read_token_file(token, cfg.on_malformed, report)
+        captions = read_token_file(token, cfg.on_malformed, report, encoding)
     elif kaggle.exists():
-        captions = read_captions_csv(kaggle, cfg.on_malformed, report)
+        captions = read_captions_csv(kaggle, cfg.on_malformed, report, encoding)
     else:
         raise DatasetError(
             f"No Flickr8k captions under {root}: looked for captions.txt (Kaggle layout) and "

@@ -8,7 +8,8 @@ then, per TFDS split, writes and afterwards reads::
     <cache_dir>/tfds_coco_captions/<split>/NAME.jpg        the JPEG bytes, unchanged
     <cache_dir>/tfds_coco_captions/<split>/captions.json   {"NAME.jpg": ["caption", ...]}
 
-(``<split>-first<N>/`` when ``dataset.max_images=N``.)
+(``<split>-first<N>/`` when ``dataset.max_images=N``.) An image listed there but gone from
+the folder is an error, or skipped and counted with ``dataset.on_missing=skip``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from captioning import DatasetError
 from captioning.data.readers.common import assemble, dedupe
 from captioning.data.records import DataReport, Record
+from captioning.io import build_lock
 
 # Why the on-disk copy is our own code: TFDS stores images inside its record files. To keep
 # one record type (a path per image) for every dataset, each split's JPEG bytes are written
@@ -89,12 +91,13 @@ def read_coco_tfds(cfg, report: DataReport) -> tuple[list[Record], None]:
         if tfds_split == "restval" and not cfg.get("restval", True):
             continue
         folder = cache / (tfds_split if limit is None else f"{tfds_split}-first{limit}")
-        if (folder / "captions.json").is_file():
-            index = json.loads((folder / "captions.json").read_text(encoding="utf-8"))
-        else:
-            examples = _load_split(cfg.tfds_name, tfds_split, cfg.get("data_dir"),
-                                   bool(cfg.get("download", False)), limit)
-            index = _materialise(folder, examples)
-        records += assemble(dedupe(index, report), folder, dict.fromkeys(index, ours), "error",
-                            report)
+        with build_lock(folder):                  # one copy, however many jobs start together
+            if (folder / "captions.json").is_file():
+                index = json.loads((folder / "captions.json").read_text(encoding="utf-8"))
+            else:
+                examples = _load_split(cfg.tfds_name, tfds_split, cfg.get("data_dir"),
+                                       bool(cfg.get("download", False)), limit)
+                index = _materialise(folder, examples)
+        records += assemble(dedupe(index, report), folder, dict.fromkeys(index, ours),
+                            cfg.get("on_missing", "error"), report)
     return records, None
