@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -252,13 +253,17 @@ def test_deterministic_runs_repeat_exactly_and_the_switch_goes_back_off(tmp_path
             history = [{k: v for k, v in row.items() if k != "seconds"}
                        for row in csv.DictReader(f)]
         # The resume state holds every weight and optimizer variable (w*, o*) and the epoch's meta.
+        # Its meta also counts the seconds spent (RunState.seconds), which no two runs share.
         with np.load(tmp_path / name / "checkpoints" / "last.state.npz") as state:
-            return history, {k: state[k] for k in state.files}
+            arrays = {k: state[k] for k in state.files if k != "meta"}
+            meta = {k: v for k, v in json.loads(str(state["meta"])).items() if k != "seconds"}
+            return history, {**arrays, "meta": meta}
 
     try:
         (hist_a, state_a), (hist_b, state_b) = run("a", True), run("b", True)
         assert len(hist_a) == 1 and hist_a == hist_b
         assert any(k.startswith("w") for k in state_a) and state_a.keys() == state_b.keys()
+        assert state_a.pop("meta") == state_b.pop("meta")
         assert all(np.array_equal(state_a[k], state_b[k]) for k in state_a)
         run("c", False)
     finally:

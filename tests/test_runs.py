@@ -148,7 +148,8 @@ TINY = ("debug=tiny", "dataset.max_images=16", "backbone.image_size=32", "traine
 
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", ["index", "features", "datasets", "epoch_end",
-                                   "between_phases", "evaluation"])
+                                   "between_phases", "evaluation", "index:SIGINT",
+                                   "datasets:SIGINT", "features:SIGINT"])
 def test_a_stop_signal_in_every_phase_saves_what_is_complete(tmp_path, monkeypatch, phase):
     """A real SIGTERM as the run enters each phase: TrainingInterrupted (run.py exits 143), no
     half-written file, the Comet archive closed, the handlers restored; a resume then ends the
@@ -158,12 +159,14 @@ def test_a_stop_signal_in_every_phase_saves_what_is_complete(tmp_path, monkeypat
     logger = ["logger=comet", "logger.online=false"] if phase == "evaluation" else ["logger=none"]
     extra = ["trainer.scst_epochs=1", "trainer.scst_samples=2"] if phase == "between_phases" else []
     cfg = compose_config(*TINY, *logger, *extra, f"paths.output_dir={tmp_path}")
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     monkeypatch.setenv("CAPTIONING_SIGNAL_AT", phase)
-    with pytest.raises(TrainingInterrupted):
+    with pytest.raises(TrainingInterrupted) as stopped:
         train(cfg)
+    assert stopped.value.signum == getattr(signal, phase.partition(":")[2] or "SIGTERM")
+    phase = phase.partition(":")[0]
     monkeypatch.delenv("CAPTIONING_SIGNAL_AT")
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
     assert [p for p in tmp_path.rglob("*") if ".tmp" in p.name] == []
     assert not (tmp_path / "run.lock").exists() and not (tmp_path / "metrics.json").exists()
     if phase == "evaluation":

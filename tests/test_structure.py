@@ -123,3 +123,10 @@ def test_keras_ema_internals_are_where_trainer_ema_reads_them():
 
     with pytest.raises(RuntimeError, match="_model_variables_moving_average"):
         ema_pairs(Renamed())
+
+
+def test_readme_is_a_manual_not_a_diary():
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    assert len(readme) <= 15_000, f"README.md has {len(readme)} characters: move detail to docs/"
+    assert (PACKAGE.parent / "docs" / "architecture.md").is_file()
+    assert list((PACKAGE.parent / "docs" / "experiments").glob("*.md"))

@@ -48,11 +48,12 @@ def stop_signals():
 
 
 def fault_point(phase: str) -> None:
-    """Fault injection for the tests: ``CAPTIONING_SIGNAL_AT=<phase>`` sends this process a
-    real SIGTERM as the run enters ``phase`` (index, datasets, features, epoch_end,
-    between_phases, evaluation). Without the variable it does nothing."""
-    if os.environ.get("CAPTIONING_SIGNAL_AT") == phase:
-        os.kill(os.getpid(), signal.SIGTERM)
+    """Fault injection for the tests: ``CAPTIONING_SIGNAL_AT=<phase>[:SIGINT]`` sends this
+    process a real SIGTERM (or SIGINT) as the run enters ``phase`` (index, datasets, features,
+    epoch_end, between_phases, evaluation). Without the variable it does nothing."""
+    where, _, name = os.environ.get("CAPTIONING_SIGNAL_AT", "").partition(":")
+    if where == phase:
+        os.kill(os.getpid(), getattr(signal, name or "SIGTERM"))
 
 
 class StopOnSignal(keras.callbacks.Callback):
