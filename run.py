@@ -118,7 +118,7 @@ def _prepare_run_dir(argv: list[str]) -> list[str]:
     resume = values.get("resume", "false")
     if resume.lower() in ("false", "null", "none", ""):
         return argv if "hydra.run.dir" in values else [*argv, f"hydra.run.dir={_claim()}"]
-    from captioning.training.run_dir import find_resumable, has_state, running_pid
+    from captioning.training.run_dir import find_resumable, has_state, resume_blocker
 
     if resume.lower() == "true":
         named = values.get("hydra.run.dir")
@@ -130,13 +130,9 @@ def _prepare_run_dir(argv: list[str]) -> list[str]:
                                   "Give the run directory instead: resume=outputs/<date>/<time>")
     else:
         run = Path(resume)
-    if not has_state(run):
-        raise CaptioningError(f"resume={resume}: {run} has no checkpoints/last.state.npz to "
-                              f"resume from. Point resume= at a run directory that was "
-                              f"interrupted (outputs/<date>/<time>), or drop resume.")
-    if running_pid(run) is not None:
-        raise CaptioningError(f"resume={resume}: {run} is still running (pid "
-                              f"{running_pid(run)}). Wait for it to end.")
+    problem = resume_blocker(run)
+    if problem:
+        raise CaptioningError(f"resume={resume}: {problem}")
     kept = [a for a in argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
     return [*kept, f"hydra.run.dir={run}", "hydra.output_subdir=null"]
 

@@ -60,9 +60,17 @@ def test_resume_never_picks_a_run_that_is_still_running(tmp_path, monkeypatch):
     run = _fake_run(tmp_path / "outputs" / "2026-01-01" / "10-00-00")
     with RunLock(run):                                        # this process holds it: alive
         assert find_resumable(tmp_path / "outputs", ["decoder=gru"]) is None
+    assert not (run / "run.lock").exists()
+    other = subprocess.Popen(["sleep", "60"])                 # another live process trains in it
+    try:
+        lock = {"pid": other.pid, "host": os.uname().nodename}
+        (run / "run.lock").write_text(json.dumps(lock))
         with pytest.raises(CaptioningError, match="still running"):
             _run_py()._prepare_run_dir(["run.py", f"resume={run}"])
-    assert not (run / "run.lock").exists()
+    finally:
+        other.kill()
+        other.wait()
+    (run / "run.lock").unlink()
     assert find_resumable(tmp_path / "outputs", ["decoder=gru"]) == run
     (run / "run.lock").write_text(json.dumps({"pid": 2**22 + 7, "host": os.uname().nodename}))
     assert find_resumable(tmp_path / "outputs", ["decoder=gru"]) == run   # a stale lock

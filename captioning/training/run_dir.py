@@ -182,19 +182,28 @@ def read_history(run_dir: Path) -> list[dict]:
                 for row in csv.DictReader(f)]
 
 
+def resume_blocker(run_dir: Path) -> str | None:
+    """Why ``run_dir`` cannot be resumed (no resume state, or another live process trains in
+    it), or None. run.py asks before Hydra starts, ``check_resume`` when ``train`` is called."""
+    import os
+
+    if not has_state(run_dir):
+        return (f"{run_dir} has no checkpoints/last.state.npz to resume from. Point resume= at a "
+                f"run directory that was interrupted (outputs/<date>/<time>), or drop resume.")
+    pid = running_pid(run_dir)
+    if pid is not None and pid != os.getpid():
+        return f"{run_dir} is still running (pid {pid}). Wait for it to end."
+    return None
+
+
 def check_resume(cfg, run_dir: Path) -> bool:
     """``resume=``: whether this run continues ``run_dir`` (it must hold a resume state, not be
     running, and keep its model and data settings)."""
-    import os
-
     if not cfg.get("resume"):
         return False
-    if not has_state(run_dir):
-        raise ConfigError(f"resume: {run_dir} has no checkpoints/last.state.npz to resume from. "
-                          f"Point resume= at a run directory that was interrupted, or drop resume.")
-    pid = running_pid(run_dir)
-    if pid is not None and pid != os.getpid():
-        raise ConfigError(f"resume: {run_dir} is still running (pid {pid}). Wait for it to end.")
+    problem = resume_blocker(run_dir)
+    if problem:
+        raise ConfigError(f"resume: {problem}")
     changes = [] if (run_dir / "metrics.json").is_file() else resume_changes(run_dir, cfg)
     if changes:
         raise ConfigError(f"resume: these settings differ from {run_dir / 'config.yaml'}: "
