@@ -4,6 +4,8 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 ARGS    ?=
+# pytest-xdist workers for make test (CI has 2 cores); WORKERS=0 runs one process
+WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 
@@ -22,7 +24,7 @@ train: $(STAMP)  ## train on the default config (embedded synthetic data); extra
 	$(BIN)/python run.py $(ARGS)
 
 test: $(STAMP)  ## run the test suite (what CI runs)
-	$(BIN)/python -m pytest -q --durations=15 tests   # the 15 slowest tests are listed at the end
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadgroup --durations=15 tests   # the 15 slowest are listed at the end
 
 sweep: $(STAMP)  ## a two-job sweep over decoders, then the comparison table
 	$(BIN)/python run.py -m decoder=gru,transformer $(ARGS)

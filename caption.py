@@ -3,9 +3,15 @@
     python caption.py run_dir=outputs/2026-11-21/12-00-00 images=[a.jpg,photos/] \
 [decode.method=beam ...]
 
+    python caption.py run_dir=... images=[a.jpg] attention=true out=attention_plots/
+
 Folders are searched for .jpg/.jpeg/.png/.bmp/.gif/.webp/.tif/.tiff files; decode.* settings
-apply. Images are read upright (EXIF orientation). A file that cannot be read (truncated,
-corrupt, over the pixel limit) is named in one line on stderr and the others are captioned.
+apply (decode.num_captions=N with decode.method=top_k or top_p: N tab-separated captions per
+line). attention=true writes out/<image>.png per image: each word of its caption over the image
+with the decoder's attention when it chose that word (decode.attention_block picks the
+Transformer block; -1, the last). Images are read upright (EXIF orientation). A file that
+cannot be read (truncated, corrupt, over the pixel limit) is named in one line on stderr and the
+others are captioned.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from captioning.privacy import no_phone_home  # noqa: E402
 
 no_phone_home()   # before Kangas or Comet is imported (captioning/privacy.py)
 
+OWN_KEYS = ("run_dir", "images", "batch_size", "attention", "out")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -41,19 +48,23 @@ def image_files(items) -> list[Path]:
 def main(argv: list[str]) -> int:
     from omegaconf import OmegaConf
 
-    args = OmegaConf.from_dotlist([a for a in argv
-                                   if a.split("=")[0] in ("run_dir", "images", "batch_size")])
-    rest = [a for a in argv if a.split("=")[0] not in ("run_dir", "images", "batch_size")]
+    args = OmegaConf.from_dotlist([a for a in argv if a.split("=")[0] in OWN_KEYS])
+    rest = [a for a in argv if a.split("=")[0] not in OWN_KEYS]
     if "run_dir" not in args or "images" not in args or any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0 if any(a in ("-h", "--help") for a in argv) else 2
     images = args.images if OmegaConf.is_list(args.images) else [args.images]
     files = image_files(images)
+    attention = args.get("attention", False)
+    if attention not in (True, False) or (attention and not args.get("out")):
+        raise CaptioningError(f"attention=true needs out=DIR, the folder for the plots "
+                              f"(one PNG per image). Received: attention={attention}, "
+                              f"out={args.get('out')}")
 
     from captioning.data.datamodule import CaptionData
     from captioning.data.images import check_records, explain, set_pixel_limit
     from captioning.data.records import Record
-    from captioning.models.decoding import Generator, caption_records
+    from captioning.models.decoding import Generator, sample_records
     from captioning.training.run_dir import load_run, merge_overrides
 
     cfg, vocab, model = load_run(args.run_dir)
@@ -72,11 +83,34 @@ def main(argv: list[str]) -> int:
     data = CaptionData({"train": [], "val": [], "test": []}, vocab, None, 1,
                        int(cfg.backbone.image_size))
     generator = Generator.from_config(model, vocab, cfg.decode, seed=int(cfg.seed))
-    for r, caption in zip(records, caption_records(generator, data, records,
-                                                   int(args.get("batch_size", 32))),
-                          strict=True):
-        print(f"{r.image}\t{caption}")
+    drawn = sample_records(generator, data, records, int(args.get("batch_size", 32)),
+                           int(cfg.decode.get("num_captions", 1)))
+    captions = [caps[0] for caps in drawn]
+    for r, caps in zip(records, drawn, strict=True):
+        print("\t".join([r.image, *caps]))     # decode.num_captions=N: N captions, tab-separated
+    if attention:
+        plot_attention(model, data, records, captions, cfg, Path(args.out),
+                       int(args.get("batch_size", 32)))
     return 0
+
+
+def plot_attention(model, data, records, captions, cfg, out: Path, batch_size: int) -> None:
+    """out/<image name>.png per record (``captioning.models.attention.plot_words``); a name
+    that two images share gets the second a -2 suffix, and so on."""
+    from captioning.models.attention import picture, plot_words, word_maps
+
+    out.mkdir(parents=True, exist_ok=True)
+    maps = word_maps(model, data, records, captions, batch_size,
+                     int(cfg.decode.get("attention_block", -1)))
+    used: dict[str, int] = {}
+    for r, m in zip(records, maps, strict=True):
+        stem = Path(r.image).stem
+        used[stem] = used.get(stem, 0) + 1
+        path = out / (f"{stem}.png" if used[stem] == 1 else f"{stem}-{used[stem]}.png")
+        plot_words(picture(r.image), m.words, m.maps, path)
+    import sys
+
+    print(f"wrote {len(maps)} attention plot(s) to {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@
 decode.method=beam decode.beam_size=5
 
 Writes eval_<split>_<decoding>.json and predictions_<split>_<decoding>.csv into the run
-directory; the training-time metrics.json is never touched.
+directory, and with callbacks.kangas.enabled (the run's setting) the Kangas grid
+predictions/eval_<split>_<decoding>.datagrid: callbacks.kangas.max_rows images, each with one
+attention heat-map layer per generated word (callbacks.kangas.attention=false: none). The
+training-time metrics.json is never touched.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from captioning.privacy import no_phone_home  # noqa: E402
 no_phone_home()   # before Kangas or Comet is imported (captioning/privacy.py)
 
 OWN_KEYS = ("run_dir", "split", "which")
+# What may change at scoring time: the run's decode/evaluation/dataset, and its grid settings.
+ALLOWED = ("decode", "evaluation", "dataset", "callbacks")
 
 
 def decoding_name(decode) -> str:
@@ -49,7 +54,9 @@ def result_name(split: str, decode, which: str, overrides: list[str]) -> str:
     named = {"decode.method", "decode.beam_size", "decode.length_penalty", "decode.tta"}
     named |= {"decode.k", "decode.temperature"} if decode.method == "top_k" else set()
     named |= {"decode.p", "decode.temperature"} if decode.method == "top_p" else set()
-    other = sorted(o for o in overrides if o.split("=")[0].lstrip("+~") not in named)
+    # The grid settings (callbacks.kangas.*) change no score: they do not name a result.
+    other = sorted(o for o in overrides if o.split("=")[0].lstrip("+~") not in named
+                   and not o.lstrip("+~").startswith("callbacks."))
     if other:
         name += "_" + hashlib.sha1(" ".join(other).encode()).hexdigest()[:6]
     return name
@@ -78,7 +85,7 @@ def main(argv: list[str]) -> int:
 
     run_dir = Path(args.run_dir)
     cfg, vocab, model = load_run(run_dir, args.get("which", "best"))
-    cfg = merge_overrides(cfg, rest)
+    cfg = merge_overrides(_with_grid_defaults(cfg), rest, allowed=ALLOWED)
     data = build_data(cfg, vocab=vocab)
     records = data.splits[split]
     if not records:
@@ -90,10 +97,41 @@ def main(argv: list[str]) -> int:
               "meta": {"decode": OmegaConf.to_container(cfg.decode), "images": len(records),
                        "weights": args.get("which", "best"), "notes": r.notes}}
     atomic_write_text(run_dir / f"eval_{name}.json", json.dumps(result, indent=2))
-    write_predictions(run_dir / f"predictions_{name}.csv", records, r.predictions, r.per_image)
+    write_predictions(run_dir / f"predictions_{name}.csv", records, r.predictions, r.per_image,
+                      r.samples)
     print_scores(result, r.notes)
     console.print(f"wrote {run_dir / f'eval_{name}.json'} and predictions_{name}.csv")
+    if cfg.callbacks.kangas.enabled:
+        _write_grid(model, data, r, cfg, run_dir, f"eval_{name}")
     return 0
+
+
+def _with_grid_defaults(cfg):
+    """A run saved before a Kangas grid option existed gets that option's default."""
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.load(Path(__file__).resolve().parent / "conf" / "callbacks"
+                              / "default.yaml")
+    cfg.callbacks.kangas = OmegaConf.merge(defaults.kangas, cfg.callbacks.get("kangas") or {})
+    return cfg
+
+
+def _write_grid(model, data, r, cfg, run_dir: Path, name: str) -> None:
+    """predictions/<name>.datagrid: max_rows images (the training grids' choice), with their
+    attention maps when callbacks.kangas.attention is true."""
+    from captioning.console import console
+    from captioning.models.attention import grid_maps
+    from captioning.tracking.kangas_grids import pick_rows, write_grid
+
+    rows = {x.id for x in pick_rows(r.records, int(cfg.callbacks.kangas.max_rows), int(cfg.seed))}
+    keep = [i for i, x in enumerate(r.records) if x.id in rows]
+    records, preds = [r.records[i] for i in keep], [r.predictions[i] for i in keep]
+    maps = (grid_maps(model, data, records, preds, int(cfg.evaluation.batch_size),
+                      int(cfg.decode.get("attention_block", -1)))
+            if cfg.callbacks.kangas.get("attention", False) else None)
+    path = write_grid(run_dir, name, records, preds, r.per_image, None, cfg, attention=maps)
+    if path is not None:
+        console.print(f"wrote {path}")
 
 
 if __name__ == "__main__":

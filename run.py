@@ -82,16 +82,18 @@ def _locate_resume(cfg: DictConfig) -> None:
 
 
 def _name_the_run(cfg: DictConfig) -> None:
-    """Experiment name = the command-line overrides; a sweep's jobs share a sweep tag."""
+    """Experiment name = the command-line overrides that define the run (not the ones that
+    locate files); a sweep's jobs share a sweep tag."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import open_dict
 
+    from captioning.tracking.comet import experiment_name
+
     hc = HydraConfig.get()
-    overrides = [o for o in hc.overrides.task if not o.startswith(("hydra.", "paths."))]
     with open_dict(cfg):
-        if not cfg.logger.experiment_name:
-            cfg.logger.experiment_name = " ".join(overrides) or "defaults"
+        if not cfg.logger.experiment_name:     # the overrides, without paths (dataset.root=...)
+            cfg.logger.experiment_name = experiment_name(hc.overrides.task)
         tags = list(cfg.logger.tags or []) + [f"decoder:{cfg.decoder.name}",
                                               f"dataset:{cfg.dataset.name}"]
         if hc.mode == RunMode.MULTIRUN:

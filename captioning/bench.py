@@ -113,7 +113,15 @@ def main(argv=None) -> int:
                    help="images for the (slow) recipe-A generation timing")
     p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/captioning"))
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--scaling", metavar="N,N,...",
+                   help="only the scaling table: epoch time and peak memory on synthetic sets "
+                        "of these sizes (e.g. 2000,8000,32000), a frozen backbone via the cache")
+    p.add_argument("--scaling-child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.scaling_child:
+        return scaling_child(args)
+    if args.scaling:
+        return scaling_table(args, [int(n) for n in args.scaling.split(",")])
 
     import keras
     import numpy as np
@@ -304,6 +312,79 @@ def main(argv=None) -> int:
                   f"{results['matmul_gflops']:.0f} GFLOP/s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+SCALING = ["dataset.image_size=32", "backbone.image_size=32", "backbone.trainable=false",
+           "backbone.weights=null", "decoder.dim=128", "logger=none", "dataset.val_fraction=0.05",
+           "dataset.test_fraction=0.0", "trainer.feature_cache=true"]
+
+
+def scaling_child(args) -> int:
+    """One size of the scaling table, in its own process (so its peak memory is its own):
+    build (or load) the feature cache, then time the second of two training epochs."""
+    import resource
+
+    import keras
+
+    from captioning.data.datamodule import build_data
+    from captioning.data.features import attach_feature_cache
+    from captioning.models.build import build_model
+
+    n = args.scaling_child
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            *SCALING, f"dataset.num_images={n}", f"dataset.max_images={n}",
+            f"paths.cache_dir={args.cache_dir}"])
+    keras.utils.set_random_seed(0)
+    data = build_data(cfg, progress=False)
+    model = build_model(cfg, data.vocab.size)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    t0 = time.perf_counter()
+    attach_feature_cache(cfg, data, model)
+    cache_seconds = time.perf_counter() - t0
+    ds = data.train_dataset(args.batch_size, 0)
+    ends = []
+    timer = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda e, logs: ends.append(time.perf_counter()),
+        on_epoch_end=lambda e, logs: ends.append(time.perf_counter()))
+    model.fit(ds, epochs=2, verbose=0, callbacks=[timer])     # epoch 1 includes tracing
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024        # KiB -> MiB
+    result = {"images": len(data.splits["train"]), "cache_seconds": cache_seconds,
+              "epoch_seconds": ends[3] - ends[2], "peak_mib": peak}
+    Path(args.json).write_text(json.dumps(result))
+    return 0
+
+
+def scaling_table(args, sizes: list[int]) -> int:
+    """Epoch time and the training process's peak memory as the image set grows. With the
+    cache memory-mapped, time should grow with the images and memory stay nearly flat."""
+    import tempfile
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console, rows = Console(), []
+    for n in sizes:
+        console.print(f"scaling: {n} synthetic images ...")
+        out = Path(tempfile.mkdtemp(prefix="bench-scaling-")) / "result.json"
+        subprocess.run([sys.executable, "-m", "captioning.bench", "--scaling-child", str(n),
+                        "--json", str(out), "--cache-dir", args.cache_dir,
+                        "--batch-size", str(args.batch_size)], check=True)
+        rows.append(json.loads(out.read_text()))
+    table = Table(title="scaling: frozen small_cnn at 32 px via the feature cache, "
+                        f"Transformer 128, batch {args.batch_size}")
+    for col in ("train images", "cache build (s)", "epoch (s)", "ms / image", "peak RSS (MiB)"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["images"]), f"{r['cache_seconds']:.1f}", f"{r['epoch_seconds']:.1f}",
+                      f"{r['epoch_seconds'] / r['images'] * 1000:.2f}", f"{r['peak_mib']:.0f}")
+    console.print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
 
 

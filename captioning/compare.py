@@ -3,7 +3,12 @@
     python -m captioning.compare outputs/multirun/2026-11-21/12-00-00 [--by cider] [--csv FILE]
 
 Jobs without metrics.json are listed as failed (or still running), with the last line of their
-log. The table is also written as CSV (default: <sweep dir>/comparison.csv).
+log. The table is also written as CSV (default: <sweep dir>/comparison.csv). Jobs whose overrides
+differ only in ``seed`` are grouped in a second table: mean ± standard deviation and n per metric
+(also in <sweep dir>/comparison_seeds.csv). ``comparison.datagrid`` (Kangas; ``make kangas``
+serves it) has one row per validation image: the image, its references, each job's caption and
+CIDEr, the best job for the image and the spread (best minus worst CIDEr); sort by spread to
+find the images a change helped or hurt.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -19,6 +26,7 @@ from captioning.privacy import no_phone_home
 no_phone_home()   # as every entry point does (captioning/privacy.py)
 
 COLUMNS = ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "loss", "accuracy")
+_SEED = re.compile(r"^[+~]*seed=")
 
 
 def collect(sweep: Path) -> list[dict]:
@@ -48,6 +56,194 @@ def collect(sweep: Path) -> list[dict]:
     return rows
 
 
+def seed_groups(rows: list[dict], by: str = "cider") -> list[dict]:
+    """The finished jobs grouped by their overrides without ``seed=``: per group n, the seeds,
+    and per metric the mean and the sample standard deviation (n - 1; None for n = 1), best
+    mean of ``by`` first."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            key = " ".join(o for o in r["overrides"].split() if not _SEED.match(o))
+            groups.setdefault(key, []).append(r)
+    out = []
+    for key, members in groups.items():
+        members = sorted(members, key=lambda m: (not m["job"].isdigit(), int(m["job"])
+                                                 if m["job"].isdigit() else 0, m["job"]))
+        g = {"overrides": key or "(defaults)", "n": len(members),
+             "jobs": " ".join(m["job"] for m in members),
+             "seeds": " ".join(o.split("=", 1)[1] for m in members for o in m["overrides"].split()
+                               if _SEED.match(o)) or "(default)"}
+        for c in COLUMNS:
+            values = [float(m[c]) for m in members if isinstance(m.get(c), (int, float))]
+            g[c] = statistics.fmean(values) if values else None
+            g[f"{c}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        out.append(g)
+    sign = 1 if by == "loss" else -1
+    return sorted(out, key=lambda g: sign * (g.get(by) or 0))
+
+
+def _console():
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=180)   # logs, pipes: no squeeze
+
+
+def print_jobs(sweep: Path, rows: list[dict], by: str) -> None:
+    """The per-job table: what differs between jobs, their scores, their status."""
+    from rich.table import Table
+
+    # Show what differs between jobs; what they share goes in the caption.
+    split = [set(r["overrides"].split()) for r in rows]
+    common = set.intersection(*split) if split else set()
+    for r in rows:
+        r["varied"] = " ".join(o for o in r["overrides"].split() if o not in common) or "(defaults)"
+    table = Table(title=f"{sweep}: ranked by val {by}",
+                  caption=f"shared overrides: {' '.join(sorted(common)) or 'none'}")
+    for col in ("rank", "job", "overrides (varied)", *COLUMNS, "status"):
+        table.add_column(col, justify="right" if col in COLUMNS or col == "rank" else "left")
+    for i, r in enumerate(rows, 1):
+        table.add_row(str(i) if r["status"] == "ok" else "-", r["job"], r["varied"],
+                      *(f"{r[c]:.3f}" if isinstance(r.get(c), float) else "" for c in COLUMNS),
+                      r["status"] if r["status"] == "ok"
+                      else f"{r['status']}: {r.get('error', '')}")
+    _console().print(table)
+
+
+def print_groups(groups: list[dict], by: str) -> None:
+    """Mean ± standard deviation over seeds, one row per group of jobs that differ in seed."""
+    from rich.table import Table
+
+    table = Table(title=f"Jobs that differ only in seed: mean ± std over seeds, by val {by}",
+                  caption="std: sample standard deviation (n - 1). Differences inside about "
+                          "two std are noise.")
+    for col in ("overrides (without seed)", "n", "seeds", *COLUMNS):
+        table.add_column(col, justify="left" if col.startswith(("overrides", "seeds")) else "right")
+    for g in groups:
+        cells = []
+        for c in COLUMNS:
+            mean, std = g[c], g[f"{c}_std"]
+            cells.append("" if mean is None else f"{mean:.3f}" if std is None
+                         else f"{mean:.3f} ± {std:.3f}")
+        table.add_row(g["overrides"], str(g["n"]), g["seeds"], *cells)
+    _console().print(table)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    from captioning.io import atomic_path
+
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def job_predictions(job: Path) -> list[dict]:
+    """A job's ``predictions.csv`` rows (image, references, prediction, bleu_4, cider)."""
+    path = job / "predictions.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def image_paths(jobs: list[Path]) -> tuple[dict[str, str], list[str]]:
+    """{image id: file} for the jobs' datasets (read from each job's config.yaml, without
+    re-checking the images), and notes on the datasets that could not be read."""
+    from omegaconf import OmegaConf
+
+    from captioning.data.datamodule import load_records
+
+    paths: dict[str, str] = {}
+    notes: list[str] = []
+    seen = set()
+    for job in jobs:
+        try:
+            cfg = OmegaConf.load(job / "config.yaml")
+            key = (OmegaConf.to_yaml(cfg.dataset), int(cfg.seed))
+            if key in seen:
+                continue
+            seen.add(key)
+            ds = OmegaConf.merge(cfg.dataset, {"verify_images": False})
+            splits, _ = load_records(ds, int(cfg.seed), progress=False)
+        except Exception as e:  # noqa: BLE001 - the grid is still useful with grey squares
+            notes.append(f"job {job.name}: images not found ({type(e).__name__}: {e})")
+            continue
+        for records in splits.values():
+            paths.update({r.id: r.image for r in records})
+    return paths, notes
+
+
+def job_label(row: dict, width: int = 41) -> str:
+    """A job's name in the grid's column names: its number and varied overrides with each key's
+    last part (``trainer.learning_rate=0.001`` -> ``learning_rate=0.001``), as many whole ones
+    as fit in ``width`` ("+" when some were left out). Kangas allows 50 characters per column
+    name, and ": caption" follows; the number keeps the names apart."""
+    parts = [row["job"]]
+    for o in row.get("varied", row["overrides"]).split():
+        key, _, value = o.partition("=")
+        parts.append(f"{key.rsplit('.', 1)[-1]}={value}" if value else o)
+    label = " ".join(parts)
+    while len(label) > width:
+        parts.pop()
+        label = " ".join(parts) + " +"
+    return label
+
+
+def grid_rows(sweep: Path, rows: list[dict]) -> tuple[list[str], list[list], list[str]]:
+    """The comparison grid's columns and rows (one per validation image of any finished job),
+    and notes. Per job: its caption and CIDEr (empty where the image was not in its validation
+    split, e.g. another seed's split); then the best job for the image and the spread."""
+    jobs = [r for r in rows if r["status"] == "ok" and (sweep / r["job"] / "predictions.csv")
+            .is_file()]
+    labels = [job_label(r) for r in jobs]
+    preds = [{p["image"]: p for p in job_predictions(sweep / r["job"])} for r in jobs]
+    order = list(dict.fromkeys(i for p in preds for i in p))
+    paths, notes = image_paths([sweep / r["job"] for r in jobs])
+    from captioning.tracking.kangas_grids import _image
+
+    columns = ["image", "id", "references"]
+    for label in labels:
+        columns += [f"{label}: caption", f"{label}: cider"]
+    columns += ["best", "spread"]
+    out = []
+    for image in order:
+        cells, ciders = [], {}
+        for label, p in zip(labels, preds, strict=True):
+            row = p.get(image)
+            cider = float(row["cider"]) if row else None
+            cells += [row["prediction"] if row else None, cider]
+            if cider is not None:
+                ciders[label] = cider
+        refs = next(p[image]["references"] for p in preds if image in p)
+        best = max(ciders, key=ciders.get)
+        spread = max(ciders.values()) - min(ciders.values()) if len(ciders) > 1 else None
+        out.append([_image(paths.get(image, "")), image, refs, *cells, best,
+                    None if spread is None else round(spread, 4)])
+    missing = sum(1 for i in order if i not in paths)
+    if missing and not notes:
+        notes.append(f"{missing} image(s) not found in the jobs' datasets: grey squares")
+    return columns, out, notes
+
+
+def write_comparison_grid(sweep: Path, rows: list[dict]) -> Path | None:
+    """``comparison.datagrid`` in the sweep folder (None, with a message, when no job has
+    predictions.csv)."""
+    import kangas
+
+    from captioning.tracking.kangas_grids import _save
+
+    columns, grid, notes = grid_rows(sweep, rows)
+    for note in notes:
+        print(f"note: {note}")
+    if not grid:
+        print("note: no finished job has predictions.csv: no comparison.datagrid")
+        return None
+    dg = kangas.DataGrid(grid, columns=columns, name="comparison")
+    return _save(dg, sweep / "comparison.datagrid")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,6 +252,8 @@ def main(argv=None) -> int:
                    help="validation metric to rank by (higher is better; loss: lower)")
     p.add_argument("--csv", type=Path,
                    help="where to write the table (default: <sweep>/comparison.csv)")
+    p.add_argument("--no-grid", action="store_true",
+                   help="do not write <sweep>/comparison.datagrid")
     args = p.parse_args(argv)
     if not args.sweep.is_dir():
         print(f"error: {args.sweep} is not a folder (expected outputs/multirun/<date>/<time>)",
@@ -67,37 +265,24 @@ def main(argv=None) -> int:
         return 2
     sign = 1 if args.by == "loss" else -1
     rows.sort(key=lambda r: (r["status"] != "ok", sign * (r.get(args.by) or 0)))
-
-    from rich.console import Console
-    from rich.table import Table
-
-    # Show what differs between jobs; what they share goes in the caption.
-    split = [set(r["overrides"].split()) for r in rows]
-    common = set.intersection(*split) if split else set()
-    for r in rows:
-        r["varied"] = " ".join(o for o in r["overrides"].split() if o not in common) or "(defaults)"
-    table = Table(title=f"{args.sweep}: ranked by val {args.by}",
-                  caption=f"shared overrides: {' '.join(sorted(common)) or 'none'}")
-    for col in ("rank", "job", "overrides (varied)", *COLUMNS, "status"):
-        table.add_column(col, justify="right" if col in COLUMNS or col == "rank" else "left")
-    for i, r in enumerate(rows, 1):
-        table.add_row(str(i) if r["status"] == "ok" else "-", r["job"], r.pop("varied"),
-                      *(f"{r[c]:.3f}" if isinstance(r.get(c), float) else "" for c in COLUMNS),
-                      r["status"] if r["status"] == "ok"
-                      else f"{r['status']}: {r.get('error', '')}")
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=180)        # logs and pipes: no 80-column squeeze
-    console.print(table)
+    print_jobs(args.sweep, rows, args.by)
+    groups = seed_groups(rows, args.by)
+    if any(g["n"] > 1 for g in groups):
+        print_groups(groups, args.by)
+        write_csv(args.sweep / "comparison_seeds.csv", groups)
+        print(f"wrote {args.sweep / 'comparison_seeds.csv'}")
+    grid = None
+    if not args.no_grid:
+        try:
+            grid = write_comparison_grid(args.sweep, rows)
+        except Exception as e:  # noqa: BLE001 - the table and CSV matter more than the grid
+            print(f"warning: could not write comparison.datagrid: {type(e).__name__}: {e}")
     out = args.csv or args.sweep / "comparison.csv"
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    from captioning.io import atomic_path
-
-    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out, [{k: v for k, v in r.items() if k != "varied"} for r in rows])
     print(f"wrote {out}")
+    if grid is not None:
+        print(f"wrote {grid} (one row per validation image; sort by spread). Serve it: "
+              f"python -m captioning.review {args.sweep}   (or make kangas)")
     return 0
 
 

@@ -149,6 +149,10 @@ def _one_of(*choices, **kw) -> Rule:
 
 
 FRACTION = {"lo": 0, "hi": 1, "hi_open": True}                      # [0, 1)
+# trainer.limit_*_batches / overfit_batches / profile_batches (captioning/training/debug.py)
+_LIMIT = ("null (all batches), a number of batches (an integer >= 1) or a fraction of them "
+          "(a float in (0, 1], e.g. 0.25)")
+_PROFILE = "null (no profiling), a batch number >= 1 or [first, last], e.g. [2, 4]"
 BOOL, STR, PATH = Rule("bool"), Rule("str"), Rule("path")
 PATH_OR_NULL, STR_OR_NULL = Rule("path", null=True), Rule("str", null=True)
 
@@ -156,16 +160,20 @@ RULES: dict[str, Rule] = {
     # paths first: other keys interpolate them (paths.output_dir is Hydra's run directory,
     # set by Hydra; it resolves only inside a run)
     "paths.cache_dir": PATH,
+    "paths.data_dir": PATH,
     "seed": _int(0, 2**32 - 1),
     "monitor": _one_of(*FINAL_SCORES, hint=" (a score of the final validation summary)"),
     "resume": Rule("path", also=("bool",), null=True,
                    what="true (the newest unfinished run with the same overrides), false or "
                         "a run directory"),
     # text
-    "text.vocab_size": _int(4),
+    "text.vocab_size": _int(4, null=True, hint=" (null: no cap, text.min_count decides)"),
     "text.seq_len": _int(3, hint=" (it counts <start> and <end>)"),
-    "text.filter": _one_of("drop_image", "drop_caption", "none"),
+    "text.filter": _one_of("drop_image", "drop_caption", "truncate", "none"),
     "text.min_tokens": _int(0, hint=" (it counts <start> and <end>)"),
+    "text.length_counts": _one_of("words", "raw"),
+    "text.min_count": _int(1, hint=" (Karpathy's threshold: 5)"),
+    "text.punctuation": _one_of("space", "delete"),
     # augment
     "augment.flip": _one_of("none", "horizontal", "vertical", "both"),
     "augment.rot90": BOOL,
@@ -184,6 +192,9 @@ RULES: dict[str, Rule] = {
     "decode.temperature": _num(0, lo_open=True),
     "decode.jit_compile": BOOL,
     "decode.tta": _one_of(*TTA_VIEWS, what=_TTA),
+    "decode.attention_block": _int(hint=" (whose cross-attention the attention maps show; "
+                                        "-1: the last block)"),
+    "decode.num_captions": _int(1),
     # evaluation
     "evaluation.batch_size": _int(1),
     "evaluation.spice": BOOL,
@@ -236,6 +247,8 @@ RULES: dict[str, Rule] = {
     "decoder.ff_dim": _int(1),
     "decoder.dropout": _num(**FRACTION),
     "decoder.output_dropout": _num(**FRACTION),
+    "decoder.key_dim": _int(1, null=True, hint=" (null: decoder.dim / decoder.num_heads)"),
+    "decoder.ff_dropout": _num(**FRACTION),
     "decoder.encoder.num_layers": _int(0),
     "decoder.encoder.num_heads": _int(1),
     "decoder.encoder.dropout": _num(**FRACTION),
@@ -267,7 +280,14 @@ RULES: dict[str, Rule] = {
     "trainer.deterministic": BOOL,
     "trainer.feature_cache": BOOL,
     "trainer.strategy": _one_of("auto", "mirrored", "multi_worker"),
+    "trainer.cluster_port": _int(1024, 65535, null=True,
+                                 hint=" (null: derived from the SLURM job id)"),
     "trainer.devices": Rule("strs", null=True, hint=', e.g. ["/gpu:0", "/gpu:1"]'),
+    "trainer.limit_train_batches": _num(0, lo_open=True, null=True, what=_LIMIT),
+    "trainer.limit_val_batches": _num(0, lo_open=True, null=True, what=_LIMIT),
+    "trainer.limit_test_batches": _num(0, lo_open=True, null=True, what=_LIMIT),
+    "trainer.overfit_batches": _num(0, what="0 (off), " + _LIMIT[len("null (all batches), "):]),
+    "trainer.profile_batches": Rule("int", 1, null=True, also=("ints",), what=_PROFILE),
     # callbacks
     "callbacks.early_stopping.monitor": _one_of(*EPOCH_LOGS),
     "callbacks.early_stopping.mode": _one_of("auto", "min", "max"),
@@ -282,6 +302,7 @@ RULES: dict[str, Rule] = {
     "callbacks.kangas.enabled": BOOL,
     "callbacks.kangas.every_n_epochs": _int(0),
     "callbacks.kangas.max_rows": _int(0),
+    "callbacks.kangas.attention": BOOL,
     # logger
     "logger.name": _one_of("comet", "none"),
     "logger.project": STR,
@@ -298,6 +319,7 @@ RULES: dict[str, Rule] = {
 
 def check_config(cfg) -> None:
     """Raise one ConfigError naming the first wrong value; return None when all is well."""
+    _required(cfg)
     v = _values(cfg)
     for key, rule in RULES.items():
         problem = rule.problem(v[key]) if key in v else None
@@ -305,9 +327,30 @@ def check_config(cfg) -> None:
             raise ConfigError(f"{key} must be {problem}. Received: {key}={v[key]!r}")
     reward = cfg.trainer.get("scst_reward")
     reward = OmegaConf.to_container(reward, resolve=True) if OmegaConf.is_config(reward) else reward
-    for ok, message in [_reward_rule(reward), *_cross_rules(v), *_backbone_rules(v)]:
+    for ok, message in [_reward_rule(reward), *_cross_rules(v), *_backbone_rules(v),
+                        *_debug_rules(v)]:
         if not ok:
             raise ConfigError(message)
+
+
+def _required(cfg) -> None:
+    """A required value (``???``) left unset is one message naming the key and how to set it.
+    (OmegaConf.missing_keys would resolve paths.output_dir, which needs a Hydra run.)"""
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from walk(value, f"{prefix}{key}.")
+            elif value == "???":
+                yield f"{prefix}{key}"
+
+    missing = sorted(walk(OmegaConf.to_container(cfg, resolve=False), ""))
+    if missing:
+        key, group = missing[0], missing[0].split(".")[0]
+        choice = f"{group}={cfg[group].name} " if group in ("dataset", "backbone",
+                                                            "decoder") else ""
+        raise ConfigError(f"{key} is required for {choice or 'this run '}but not set (???). "
+                          f"Set it on the command line, python run.py {choice}{key}=VALUE, or "
+                          f"once for this machine in conf/local/default.yaml.")
 
 
 def _values(cfg) -> dict:
@@ -347,11 +390,20 @@ def _cross_rules(v: dict) -> list[tuple[bool, str]]:
         (filt == "none" or low <= high,
          f"text.min_tokens must be <= text.seq_len, or no caption passes text.filter={filt}. "
          f"Received: min_tokens={low}, seq_len={high}"),
+        (v.get("decode.num_captions", 1) == 1 or v["decode.method"] in ("top_k", "top_p"),
+         f"decode.num_captions={v.get('decode.num_captions')} gives that many different captions "
+         f"per image only by sampling: set decode.method=top_k or top_p, or "
+         f"decode.num_captions=1 (method={v['decode.method']} gives one caption)."),
         (v.get("dataset.split") != "random" or val + test < 1,
          f"dataset.val_fraction and test_fraction must be in (0, 1) with a sum below 1. "
          f"Received: val_fraction={val}, test_fraction={test}"),
     ]
     if v["decoder.name"] == "transformer":
+        layers, block = v["decoder.num_layers"], v.get("decode.attention_block", -1)
+        rules.append((layers == 0 or -layers <= block < layers,
+                      f"decode.attention_block must name one of the decoder's {layers} blocks "
+                      f"(0 .. {layers - 1}, or -1 for the last). Received: {block}"))
+    if v["decoder.name"] == "transformer" and v.get("decoder.key_dim") is None:
         rules.append((dim % v["decoder.num_heads"] == 0,
                       f"decoder.dim must be divisible by decoder.num_heads (an integer >= 1). "
                       f"Received: dim={dim}, num_heads={v['decoder.num_heads']}"))
@@ -360,6 +412,22 @@ def _cross_rules(v: dict) -> list[tuple[bool, str]]:
         rules.append((dim % heads == 0,
                       f"decoder.dim must be divisible by decoder.encoder.num_heads (an integer "
                       f">= 1). Received: dim={dim}, num_heads={heads}"))
+    return rules
+
+
+def _debug_rules(v: dict) -> list[tuple[bool, str]]:
+    """A float limit is a fraction (<= 1); a profile window is [first, last], first <= last."""
+    rules = []
+    for key in ("trainer.limit_train_batches", "trainer.limit_val_batches",
+                "trainer.limit_test_batches", "trainer.overfit_batches"):
+        x = v.get(key)
+        rules.append((not isinstance(x, float) or x <= 1,
+                      f"{key} must be {_LIMIT}: a float above 1 is neither. Use an integer for "
+                      f"a number of batches. Received: {key}={x}"))
+    window = v.get("trainer.profile_batches")
+    rules.append((not isinstance(window, list) or (len(window) <= 2 and window[0] <= window[-1]),
+                  f"trainer.profile_batches must be {_PROFILE}, first <= last. "
+                  f"Received: trainer.profile_batches={window}"))
     return rules
 
 

@@ -9,6 +9,26 @@ from rich.tree import Tree
 
 console = Console(highlight=False, soft_wrap=True)   # long paths stay on one line (copy-pasteable)
 
+
+def track(items, total: int, description: str, unit: str = "images"):
+    """Yield ``items`` under a rich progress bar with the count, the rate (``unit``/s), the
+    time spent and the time left (rich.progress.track shows no rate)."""
+    import rich.progress as rp
+    from rich.text import Text
+
+    class Rate(rp.ProgressColumn):
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.1f} {unit}/s" if speed else f"? {unit}/s")
+
+    with rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(),
+                     rp.MofNCompleteColumn(), Rate(), rp.TimeElapsedColumn(),
+                     rp.TextColumn("left"), rp.TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)
+
 METRIC_ORDER = ("loss", "accuracy", "bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l",
                 "cider", "spice")
 

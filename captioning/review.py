@@ -1,4 +1,5 @@
-"""Serve every Kangas DataGrid under a folder (default: outputs/) with ``kangas server``.
+"""Serve every Kangas DataGrid under a folder (default: outputs/) with ``kangas server``: the runs'
+predictions/*.datagrid and the sweeps' comparison.datagrid (``python -m captioning.compare``).
 
     python -m captioning.review [DIR] [--host 127.0.0.1] [--port 4000] [--log FILE]
 
@@ -230,6 +231,17 @@ def stop(proc, timeout: float = 15.0) -> None:
         Path(preload).unlink(missing_ok=True)
 
 
+def grid_listing(grids: list[Path], last: int = 10) -> list[str]:
+    """What review prints at start: every sweep's comparison grid (``captioning.compare``
+    writes <sweep>/comparison.datagrid), then the ``last`` other grids, and how many more."""
+    comparisons = [g for g in grids if g.name == "comparison.datagrid"]
+    others = [g for g in grids if g.name != "comparison.datagrid"]
+    lines = [f"{g}   (sweep comparison: one row per image, a column per job)" for g in comparisons]
+    if len(others) > last:
+        lines.append(f"... and {len(others) - last} more; the newest {last}:")
+    return lines + [str(g) for g in others[-last:]]
+
+
 def _tail(path, n: int = 4000) -> str:
     try:
         return Path(path).read_text(errors="replace")[-n:]
@@ -262,8 +274,8 @@ def main(argv=None) -> int:
     try:
         proc, url, grids = start(Path(args.root), args.host, args.port, log=args.log)
         print(f"Serving {len(grids)} DataGrid(s) from {Path(args.root).resolve()}")
-        for g in grids[-10:]:
-            print(f"  {g}")
+        for line in grid_listing(grids):
+            print(f"  {line}")
         print(f"Server log: {proc.log_path}", flush=True)
         if not wait_until_up(url, proc=proc):
             print(f"kangas server did not come up at {url}\n{_tail(proc.log_path)}",

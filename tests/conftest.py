@@ -131,3 +131,18 @@ def coco_raw(tmp_path) -> Path:
         (root / "annotations" / f"captions_{part}2017.json").write_text(
             json.dumps({"images": images, "annotations": anns}), encoding="utf-8")
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs two workers), tests that share a module-scoped
+    fixture (a trained tiny model, a running Kangas server) go to one worker, so the fixture
+    is built once; `--dist loadgroup` spreads the rest test by test."""
+    for item in items:
+        defs = getattr(item, "_fixtureinfo", None)
+        shared = defs and any(d.scope == "module" for fd in defs.name2fixturedefs.values()
+                              for d in fd)
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    # The slow end-to-end tests first: two workers then finish together instead of one running
+    # a long test alone at the end (the order within each kind is kept).
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

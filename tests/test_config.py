@@ -40,7 +40,10 @@ def test_recipe_a_hyperparameters():
     assert (cfg.text.vocab_size, cfg.text.seq_len, cfg.trainer.batch_size) == (10000, 25, 64)
     assert (cfg.decoder.dim, cfg.decoder.num_heads,
             cfg.callbacks.early_stopping.patience) == (512, 2, 3)
-    assert OmegaConf.is_missing(cfg.dataset, "root")  # the data location stays a required override
+    # the data location: <paths.data_dir>/flickr8k unless dataset.root= says otherwise
+    root = OmegaConf.to_container(cfg.dataset, resolve=False)["root"]
+    assert root == "${paths.data_dir}/flickr8k"
+    assert cfg.backbone.image_size == 299       # recipe A keeps 299 (efficientnetb0's own is 224)
 
 
 def test_unknown_option_lists_choices():

@@ -62,6 +62,29 @@ def test_caption_py_captions_a_folder(finished_run, tmp_path):
     assert bad.returncode == 2 and "No such image or folder: /nonexistent.jpg" in bad.stderr
 
 
+def test_caption_py_plots_attention_per_word(finished_run, tmp_path):
+    """attention=true out=DIR: one PNG per image, one panel per word; without out=, an error
+    that says so (before any model is loaded)."""
+    from PIL import Image
+
+    import caption
+    from captioning import CaptioningError
+
+    out, cfg, _ = finished_run
+    files = _images(cfg)[:2]
+    res = subprocess.run([sys.executable, "caption.py", f"run_dir={out}",
+                          f"images=[{files[0]},{files[1]}]", "attention=true",
+                          f"out={tmp_path / 'plots'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "wrote 2 attention plot(s)" in res.stderr
+    for f in files:
+        with Image.open(tmp_path / "plots" / f"{f.stem}.png") as im:
+            assert im.format == "PNG" and im.width >= 200
+    with pytest.raises(CaptioningError, match="attention=true needs out=DIR"):
+        caption.main([f"run_dir={out}", f"images=[{files[0]}]", "attention=true"])
+
+
 def test_eval_py_rescoring_never_touches_metrics_json(finished_run):
     out, _, result = finished_run
     before = (out / "metrics.json").read_bytes()
@@ -75,6 +98,18 @@ def test_eval_py_rescoring_never_touches_metrics_json(finished_run):
     assert scores["meta"]["decode"]["tta"] == "dihedral"
     assert (out / "predictions_test_beam3_tta_dihedral.csv").is_file()
     assert (out / "metrics.json").read_bytes() == before
+    # Its Kangas grid: every row's image has one heat-map layer per word of its prediction (the
+    # tiny model's beam + dihedral captions may all be empty; test_attention checks real words).
+    import csv
+
+    from tests.test_attention import mask_layers
+
+    grid = out / "predictions" / "eval_test_beam3_tta_dihedral.datagrid"
+    with open(out / "predictions_test_beam3_tta_dihedral.csv", encoding="utf-8") as f:
+        words = sorted(len(row["prediction"].split()) for row in csv.DictReader(f))
+    layers = mask_layers(grid)
+    assert len(layers) == 4 and sorted(len(x) for x in layers) == words
+    assert all(name.startswith(f"{i + 1:02d} ") for x in layers for i, (name, _, _) in enumerate(x))
     bad = subprocess.run([sys.executable, "eval.py", f"run_dir={out}", "trainer.batch_size=3"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "cannot change after training" in bad.stderr
@@ -167,3 +202,18 @@ def test_export_text_matches_the_vocabulary_decode_unk_included():
     got = [t.decode() for t in ids_to_text(tf.constant(ids), tf.constant(vocab.tokens),
                                            vocab.start_id, vocab.end_id).numpy()]
     assert got == vocab.decode(ids) == ["a [UNK] dog", "dog a", ""]
+
+
+def test_final_grid_has_a_heatmap_layer_per_word(finished_run):
+    """The end of a run (callbacks.kangas.attention=true, the default): each row of the final
+    grid carries one attention layer per word of its validation prediction."""
+    import csv
+
+    from tests.test_attention import mask_layers
+
+    out, cfg, _ = finished_run
+    assert cfg.callbacks.kangas.attention is True
+    with open(out / "predictions.csv", encoding="utf-8") as f:
+        words = sorted(len(row["prediction"].split()) for row in csv.DictReader(f))
+    layers = mask_layers(out / "predictions" / "final.datagrid")
+    assert sorted(len(x) for x in layers) == words

@@ -41,6 +41,17 @@ def test_scores_equal_pycocoevalcap_run_directly():
     assert ours.corpus["rouge_l"] == pytest.approx(Rouge().compute_score(gts, res)[0], abs=1e-9)
     assert ours.corpus["meteor"] == pytest.approx(Meteor().compute_score(gts, res)[0], abs=1e-6)
     assert set(ours.per_image) == set(REFS) and {"bleu_4", "cider"} <= set(ours.per_image["1"])
+    # The METEOR Java process is kept for the next score (its start costs ~10 s), and scores
+    # the same; a dead one is replaced.
+    from captioning.evaluation import metrics
+
+    java = metrics._METEOR.meteor_p
+    assert score(REFS, PREDS).corpus["meteor"] == ours.corpus["meteor"]
+    assert metrics._METEOR.meteor_p is java and java.poll() is None
+    java.kill()
+    java.wait()
+    assert score(REFS, PREDS).corpus["meteor"] == ours.corpus["meteor"]
+    assert metrics._METEOR.meteor_p is not java
 
 
 @pytest.mark.parametrize("use_java", [pytest.param(True, marks=needs_java), False])

@@ -96,6 +96,115 @@ def test_decoder_declares_the_cache_entries_each_beam_owns(decoder):
         assert same == (key not in decoder.beam_state), key
 
 
+@pytest.mark.parametrize("decoder", _decoders(), ids=["transformer", "gru"])
+def test_attention_while_generating_equals_the_full_pass(decoder):
+    """Both decoders expose their attention over the image tokens: each cached step's weights
+    are the teacher-forced pass's at that position, rows are distributions over the S tokens,
+    and asking for them changes nothing else."""
+    rng = np.random.default_rng(4)
+    tokens = rng.integers(1, V, (3, T)).astype("int32")
+    memory = rng.normal(size=(3, S, D)).astype("float32")
+    hidden, full = (keras.ops.convert_to_numpy(x)
+                    for x in decoder(tokens, memory, return_attention=True))
+    assert full.shape == (3, T, S)
+    np.testing.assert_allclose(full.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(hidden, keras.ops.convert_to_numpy(decoder(tokens, memory)),
+                               atol=1e-5)
+    cache, steps = decoder.init_cache(memory, T), []
+    for i in range(T):
+        plain, _ = decoder.step(tokens[:, i], cache, i)
+        logits, cache, weights = decoder.step(tokens[:, i], cache, i, return_attention=True)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(logits),
+                                   keras.ops.convert_to_numpy(plain), atol=1e-5)
+        steps.append(keras.ops.convert_to_numpy(weights))
+    np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-5)
+    # The weights depend on the image: another memory gives other weights.
+    other = keras.ops.convert_to_numpy(decoder(tokens, memory[::-1], return_attention=True)[1])
+    assert np.abs(other - full).max() > 1e-3
+
+
+def test_transformer_attention_can_come_from_any_block():
+    decoder = _decoders()[0]                                  # two blocks
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(1, V, (2, T)).astype("int32")
+    memory = rng.normal(size=(2, S, D)).astype("float32")
+    last, first, minus_two = (keras.ops.convert_to_numpy(
+        decoder(tokens, memory, return_attention=True, attention_block=b)[1]) for b in (-1, 0, -2))
+    np.testing.assert_array_equal(first, minus_two)
+    assert np.abs(first - last).max() > 1e-3
+    with pytest.raises(ValueError, match="attention_block must name one of the 2 blocks"):
+        decoder(tokens, memory, return_attention=True, attention_block=2)
+
+
+def test_default_block_is_keras_hubs_block_weights_and_outputs():
+    """With key_dim=None and ff_dropout=0 our block is keras-hub's: the same initial weights
+    for a seed, the same paths in a weights file (checkpoints of either load into the other)
+    and the same outputs."""
+    import keras_hub
+
+    from captioning.models.blocks import DecoderBlock
+
+    def holder(block):
+        model = keras.Model()
+        model.blocks = [block]               # a list: Keras keys it by the block's class name
+        return model
+
+    blocks = []
+    for make in (keras_hub.layers.TransformerDecoder, DecoderBlock):
+        keras.utils.set_random_seed(7)
+        block = make(intermediate_dim=32, num_heads=2, dropout=0.1, name="block0")
+        block.build((None, None, D), (None, None, D))
+        blocks.append(block)
+    hub, ours = blocks
+    assert [w.path for w in hub.weights] == [w.path for w in ours.weights]
+    for a, b in zip(hub.weights, ours.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    rng = np.random.default_rng(6)
+    x, memory = rng.normal(size=(2, T, D)).astype("float32"), rng.normal(size=(2, S, D))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(hub(x, memory.astype("float32"))),
+                               keras.ops.convert_to_numpy(ours(x, memory.astype("float32"))),
+                               atol=1e-6)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "hub.weights.h5")
+        saved = holder(hub)
+        saved.built = True
+        saved.save_weights(path)
+        keras.utils.set_random_seed(8)
+        fresh = DecoderBlock(intermediate_dim=32, num_heads=2, dropout=0.1, name="block0")
+        fresh.build((None, None, D), (None, None, D))
+        loaded = holder(fresh)
+        loaded.built = True
+        loaded.load_weights(path)
+    for a, b in zip(hub.weights, fresh.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+def test_recipe_a_heads_and_feed_forward_dropout():
+    """decoder.key_dim gives every head its own width (recipe A: 2 heads of 512, not 2 of 256)
+    and decoder.ff_dropout drops feed-forward activations in training only."""
+    cfg = compose_config("experiment=flickr8k_transformer", "dataset.root=/nonexistent")
+    assert (cfg.decoder.key_dim, cfg.decoder.ff_dropout, cfg.decoder.num_heads) == (512, 0.3, 2)
+    decoder = TransformerDecoder(V, T, dim=D, num_heads=2, ff_dim=32, dropout=0.0,
+                                 output_dropout=0.0, key_dim=12, ff_dropout=0.5)
+    rng = np.random.default_rng(7)
+    tokens = rng.integers(1, V, (2, T)).astype("int32")
+    memory = rng.normal(size=(2, S, D)).astype("float32")
+    decoder(tokens, memory)
+    block = decoder.blocks[0]
+    assert tuple(block._cross_attention_layer._query_dense.kernel.shape) == (D, 2, 12)
+    assert tuple(block._self_attention_layer._value_dense.kernel.shape) == (D, 2, 12)
+    assert decoder.init_cache(memory, T)["cross"][0].shape[-1] == 12
+    clone = TransformerDecoder.from_config(decoder.get_config())
+    assert (clone.key_dim, clone.ff_dropout) == (12, 0.5)
+    infer = [keras.ops.convert_to_numpy(decoder(tokens, memory)) for _ in range(2)]
+    train = [keras.ops.convert_to_numpy(decoder(tokens, memory, training=True)) for _ in range(2)]
+    np.testing.assert_array_equal(*infer)
+    assert np.abs(train[0] - train[1]).max() > 1e-3            # the feed-forward dropout
+
+
 def test_transformer_checks_its_heads():
     with pytest.raises(ValueError, match="num_heads must be >= 1 and divide dim"):
         TransformerDecoder(V, T, dim=D, num_heads=3)

@@ -1,10 +1,13 @@
 """The Kangas review server (``captioning.review``, ``make kangas``) is safe to leave running
 (issue 21): it listens on loopback only, filters are compiled by RestrictedPython, downloads
 stay inside the served folder, SIGTERM stops every server process, and the server's output
-goes to a log file instead of a pipe nobody reads. Only 127.0.0.1 is ever contacted."""
+goes to a log file instead of a pipe nobody reads. Only 127.0.0.1 is ever contacted.
+``chromium`` and ``serving`` are the real-browser helpers the grid tests use (tests/test_sweeps.py:
+the comparison grid of a sweep, the final grid's attention layers)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -270,3 +273,60 @@ def test_sigterm_stops_every_server_process(grids, tmp_path):
             except (ProcessLookupError, PermissionError):
                 pass
         review.wait(timeout=10)
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--virtual-time-budget=20000"]
+
+
+def chromium_missing() -> str | None:
+    if shutil.which("chromium") is None:
+        return "Debian's chromium is not installed"
+    return _node_missing()
+
+
+def chromium(url: str, profile: Path, screenshot: Path | None = None,
+             size: tuple[int, int] = (1600, 420)) -> str:
+    """The page's DOM after its scripts ran (headless Debian chromium); with ``screenshot``, a
+    PNG of the window (``size``) is saved there too."""
+    assert url.startswith("http://127.0.0.1:"), url
+    base = ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+    dom = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True,
+                         timeout=180).stdout
+    if screenshot is not None:
+        subprocess.run(base + [f"--screenshot={screenshot}", f"--window-size={size[0]},{size[1]}",
+                               "--hide-scrollbars", url], capture_output=True, timeout=180)
+    return dom
+
+
+@contextlib.contextmanager
+def serving(root: Path, datagrid: Path, log: Path):
+    """captioning.review's servers over ``root``, opened at ``datagrid``: yields (page url for
+    the grid, backend url), stops them after."""
+    from captioning.review import start, stop, wait_until_up
+
+    proc, url, _ = start(root, datagrid=str(datagrid), log=log)
+    try:
+        assert wait_until_up(url, timeout=120, proc=proc), _tail(log)
+        assert wait_until_up(proc.backend_url + "datagrid/list", timeout=60, proc=proc), _tail(log)
+        yield f"{url}?{urllib.parse.urlencode({'datagrid': str(datagrid)})}", proc.backend_url
+    finally:
+        stop(proc)
+
+
+def _tail(log: Path) -> str:
+    return Path(log).read_text(errors="replace")[-3000:] if Path(log).exists() else ""
+
+
+def test_listing_puts_sweep_comparisons_first(tmp_path):
+    """`make kangas` prints every comparison grid, even among many run grids."""
+    from captioning.review import grid_listing
+
+    runs = [_write_grid(tmp_path / f"2026-12-0{i}" / "predictions" / "final.datagrid", "a cat")
+            for i in range(1, 5)]
+    comparison = _write_grid(tmp_path / "multirun" / "x" / "comparison.datagrid", "a dog")
+    grids = sorted(tmp_path.rglob("*.datagrid"))
+    lines = grid_listing(grids, last=2)
+    assert lines[0].startswith(str(comparison)) and "comparison" in lines[0]
+    assert "2 more" in lines[1] and lines[2:] == [str(g) for g in runs[-2:]]

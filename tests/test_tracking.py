@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import zipfile
@@ -127,3 +128,102 @@ def _grid_ids(out):
 
     return [r["id"] for r in
             kangas.read_datagrid(str(out / "predictions" / "final.datagrid")).to_dicts()]
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory):
+    """debug=[tiny,fdr] with Comet offline and a profiler trace of batch 1: stopped by a real
+    SIGTERM as the evaluation begins, then resumed (resume=<run_dir>) to the end."""
+    from captioning import TrainingInterrupted
+
+    out = tmp_path_factory.mktemp("resumed_run")
+    overrides = ["debug=[tiny,fdr]", "logger=comet", "logger.online=false",
+                 "trainer.profile_batches=1", f"paths.output_dir={out}"]
+    os.environ["CAPTIONING_SIGNAL_AT"] = "evaluation"
+    try:
+        with pytest.raises(TrainingInterrupted):
+            train(compose_config(*overrides))
+    finally:
+        del os.environ["CAPTIONING_SIGNAL_AT"]
+    first = json.loads((out / "comet.json").read_text())
+    result = train(compose_config(*overrides, f"resume={out}"))
+    return out, first, result
+
+
+def test_resumed_run_continues_the_same_comet_experiment(resumed_run):
+    out, first, _ = resumed_run
+    info = json.loads((out / "comet.json").read_text())
+    key = info["experiment_key"]
+    assert key == first["experiment_key"] and info["online"] is False and info["starts"] == 2
+    archives = [Path(a) for a in info["archives"]]
+    assert len(archives) == 2 and sorted(archives) == sorted((out / "comet").glob("*.zip"))
+    assert archives[0].name == f"{key}.zip"                    # creates the experiment
+    strategies = []
+    for archive in archives:
+        messages, experiment, _ = _messages(archive)
+        assert experiment["offline_id"] == key
+        strategies.append(experiment["resume_strategy"])
+    assert strategies == ["create", "get"]                      # the second one appends to it
+    metrics = [m["payload"]["metric"]["metricName"] for m in messages if m["type"] == "metric_msg"]
+    assert "final_val_cider" in metrics                          # the evaluation went there
+
+
+def test_runs_record_provenance_in_metrics_and_comet(resumed_run):
+    from importlib import metadata
+
+    out, _, result = resumed_run
+    prov = json.loads((out / "metrics.json").read_text())["provenance"]
+    assert prov == result["provenance"]
+    head = subprocess.run(["git", "-C", str(Path(__file__).parents[1]), "rev-parse", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert prov["git"]["commit"] == head and isinstance(prov["git"]["dirty"], bool)
+    assert prov["packages"]["tensorflow"] == metadata.version("tensorflow")
+    assert prov["packages"]["comet-ml"] == metadata.version("comet-ml")
+    assert set(prov["packages"]) >= {"keras", "keras-hub", "hydra-core", "omegaconf", "kangas",
+                                     "tensorflow-datasets", "numpy"}
+    assert prov["argv"] and prov["command"].endswith(shlex.join(prov["argv"][1:]))
+    for archive in (out / "comet").glob("*.zip"):
+        messages, _, _ = _messages(archive)
+        others = {m["payload"]["key"]: m["payload"]["value"]
+                  for m in messages if m["type"] == "log_other"}
+        assert others["provenance.git.commit"] == head and "provenance.command" in others
+
+
+def test_fdr_runs_one_batch_each_and_scores_four_images(resumed_run):
+    out, _, result = resumed_run
+    assert [r["epoch"] for r in _history(out)] == [1]
+    for name in ("predictions.csv", "predictions_test.csv"):
+        assert len((out / name).read_text().strip().splitlines()) == 1 + 4, name
+    assert result["meta"]["epochs_run"] == 1 and set(result) >= {"val", "test"}
+
+
+def test_profile_batches_write_a_tensorflow_trace(resumed_run):
+    out, _, _ = resumed_run
+    traces = list((out / "profile").rglob("*.xplane.pb"))
+    assert traces and traces[0].stat().st_size > 0
+
+
+def test_experiment_names_leave_out_paths():
+    from captioning.tracking.comet import experiment_name
+
+    name = experiment_name(["dataset=flickr8k", "dataset.root=/data/long/path/flickr8k",
+                            "decoder=gru", "trainer.max_epochs=5", "resume=outputs/x/y",
+                            "hydra.run.dir=outputs/a", "paths.cache_dir=/tmp/c",
+                            "backbone.weights=/models/run3/best.weights.h5"])
+    assert name == ("dataset=flickr8k decoder=gru trainer.max_epochs=5 "
+                    "backbone.weights=best.weights.h5")
+    assert experiment_name(["dataset.root=/data"]) == "defaults"
+
+
+def test_provenance_outside_a_git_checkout_says_why(tmp_path):
+    from captioning.provenance import git_state
+
+    state = git_state(tmp_path)
+    assert state["commit"] is None and state["dirty"] is None
+    assert "not a git repository" in state["reason"]
+
+
+def _history(out):
+    from captioning.training.run_dir import read_history
+
+    return read_history(out)

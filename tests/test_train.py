@@ -63,6 +63,7 @@ def test_tiny_gru_run(tmp_path):
     _check_run_dir(tmp_path, train(cfg))
 
 
+@pytest.mark.slow
 def test_recipe_a_preset_runs_tiny_on_a_flickr8k_layout(tmp_path, flickr8k_kaggle):
     cfg = compose_config("experiment=flickr8k_transformer", "debug=tiny",
                          f"dataset.root={flickr8k_kaggle}", "dataset.val_fraction=0.25",
@@ -80,6 +81,7 @@ def test_missing_dataset_is_one_clear_error(tmp_path):
         train(cfg)
 
 
+@pytest.mark.slow
 def test_recipe_b_preset_runs_tiny_on_mock_tfds(tmp_path):
     from tests.test_data import _mock_coco
 
@@ -93,6 +95,7 @@ def test_recipe_b_preset_runs_tiny_on_mock_tfds(tmp_path):
     assert {"val", "test"} <= set(result) and math.isfinite(result["test"]["cider"])
 
 
+@pytest.mark.slow
 def test_feature_cache_is_built_once_and_matches_the_image_path(tmp_path):
     """A frozen backbone: the second run reuses the cache, and the loss curve equals the one
     computed from images (features are stored in float16, hence the tolerance)."""
@@ -114,6 +117,7 @@ def test_feature_cache_is_built_once_and_matches_the_image_path(tmp_path):
     assert [r["val_loss"] for r in runs["cached"]] == [r["val_loss"] for r in runs["again"]]
 
 
+@pytest.mark.slow
 def test_augmentation_bypasses_the_cache(tmp_path, capsys):
     cfg = compose_config("debug=tiny", "backbone=efficientnetb0", "backbone.image_size=32",
                          "backbone.weights=null", "augment.flip=horizontal", "logger=none",
@@ -227,6 +231,7 @@ def test_self_critical_starts_the_weight_average_at_the_loaded_checkpoint():
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow
 def test_self_critical_epochs_follow_and_resume_inside_the_phase(tmp_path):
     """trainer.scst_epochs: after the cross-entropy epochs, self-critical epochs log the mean
     sampled CIDEr-D as `reward`; a resume inside the phase stays in it."""
@@ -250,6 +255,7 @@ def test_self_critical_epochs_follow_and_resume_inside_the_phase(tmp_path):
             == 2)
 
 
+@pytest.mark.slow
 def test_self_critical_epochs_can_follow_a_resumed_run_whose_cross_entropy_epochs_are_done(
         tmp_path):
     """A run stopped after its last cross-entropy epoch (or a finished one, given more epochs)

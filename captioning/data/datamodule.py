@@ -17,7 +17,7 @@ import numpy as np
 from captioning import ConfigError, DatasetError
 from captioning.data.readers import MAX_NAMED, READERS
 from captioning.data.records import DataReport, Record, assign_random_split, split_counts
-from captioning.data.text import Vocabulary, filter_captions, normalize, wrap
+from captioning.data.text import Vocabulary, filter_indexed, normalize, wrap
 
 
 @dataclass
@@ -29,6 +29,7 @@ class CaptionData:
     image_size: int
     # (array (N, S, C) float16, {image id: row}) from the feature cache
     features: tuple | None = None
+    punctuation: str = "space"           # text.punctuation, for normalize()
 
     def use_features(self, feats, row_of) -> None:
         """Feed cached backbone tokens instead of images (held in memory when they fit)."""
@@ -45,12 +46,13 @@ class CaptionData:
         return tf.ensure_shape(out, (None, *feats.shape[1:]))
 
     def encode(self, records: list[Record]) -> np.ndarray:
-        """(N, C, L) int32 ids: every image's captions, normalised, wrapped, padded to C rows."""
+        """(N, C, L) int32 ids: every image's first C captions (C = dataset.captions_per_image;
+        with 1, each image's first caption), normalised, wrapped, padded to C rows."""
         n, c, length = len(records), self.captions_per_image, self.vocab.seq_len
         flat, where = [], []
         for i, r in enumerate(records):
             for j, cap in enumerate(r.captions[:c]):
-                flat.append(wrap(normalize(cap)))
+                flat.append(wrap(normalize(cap, self.punctuation)))
                 where.append((i, j))
         ids = np.zeros((n, c, length), np.int32)
         if flat:
@@ -342,29 +344,40 @@ def build_data(cfg, progress: bool = True, vocab: Vocabulary | None = None) -> C
 
     # The length rule cleans the training captions only: val/test keep every reference, as the
     # metrics of the literature are computed against all of them.
-    train = splits["train"]
-    normalised = [[normalize(c) for c in r.captions] for r in train]      # once per caption
-    kept, removed = filter_captions(normalised, text.filter, text.min_tokens, text.seq_len)
+    punct = str(text.get("punctuation", "space"))
+    splits["train"], removed = _clean_train(splits["train"], text, punct)
     report.removed.update(removed)
-    cleaned = []
-    for r, norm, caps in zip(train, normalised, kept, strict=True):
-        keep = set(caps)
-        raw = [c for c, n in zip(r.captions, norm, strict=True) if n in keep]
-        if raw:
-            cleaned.append(replace(r, captions=tuple(raw)))
-    splits["train"] = cleaned
     for s in ("val", "test"):
-        splits[s] = [r for r in splits[s] if any(normalize(c) for c in r.captions)]
+        splits[s] = [r for r in splits[s] if any(normalize(c, punct) for c in r.captions)]
     report.counts = split_counts(r for rs in splits.values() for r in rs)
     if not splits["train"]:
         raise DatasetError(f"No training images left after cleaning ({dict(report.removed)}). "
-                           f"Relax text.filter / text.min_tokens / text.seq_len.")
+                           f"Relax text.filter / text.min_tokens / text.seq_len "
+                           f"(or text.filter=truncate).")
     if not splits["val"]:
         raise DatasetError("The validation split is empty. Use more images (dataset.max_images) or "
                            "a larger dataset.val_fraction.")
-    if vocab is None:
-        vocab = Vocabulary.build([wrap(normalize(c)) for r in splits["train"] for c in r.captions],
-                                 text.vocab_size, text.seq_len)
-    return CaptionData(splits=splits, vocab=vocab, report=report,
-                       captions_per_image=int(cfg.dataset.captions_per_image),
-                       image_size=int(cfg.backbone.image_size))
+    per_image = int(cfg.dataset.captions_per_image)
+    if vocab is None:       # learned from the captions training uses: each image's first C
+        vocab = Vocabulary.build(
+            [wrap(normalize(c, punct)) for r in splits["train"] for c in r.captions[:per_image]],
+            text.vocab_size, text.seq_len, int(text.get("min_count", 1)))
+    return CaptionData(splits=splits, vocab=vocab, report=report, captions_per_image=per_image,
+                       image_size=int(cfg.backbone.image_size), punctuation=punct)
+
+
+def _clean_train(train: list[Record], text, punct: str):
+    """The length rule (``text.filter``, ``min_tokens``, ``seq_len``, ``length_counts``) on the
+    training records: (records with the captions kept, in their order, {what: count removed}).
+    A kept caption is the raw one, or its normalised, truncated words (``filter=truncate``)."""
+    normalised = [[normalize(c, punct) for c in r.captions] for r in train]   # once per caption
+    raw = None
+    if text.get("length_counts", "words") == "raw":                  # recipe A's count
+        raw = [[len(c.split()) for c in r.captions] for r in train]
+    kept, removed = filter_indexed(normalised, text.filter, text.min_tokens, text.seq_len, raw)
+    cleaned = []
+    for r, norm, caps in zip(train, normalised, kept, strict=True):
+        captions = tuple(r.captions[j] if c == norm[j] else c for j, c in caps)
+        if captions:
+            cleaned.append(replace(r, captions=captions))
+    return cleaned, removed

@@ -85,16 +85,23 @@ def ensure_features(cfg, backbone, data, records, batch_size: int, progress: boo
 def _build(folder: Path, backbone, data, records, batch_size: int, progress: bool) -> None:
     import keras
 
+    from captioning.io import ensure_free_space
+
+    shape = (len(records), *backbone.output_shape[1:])
+    ensure_free_space(folder.parent, int(np.prod(shape)) * 2,        # float16: 2 bytes a value
+                      f"the {backbone.name} feature cache ({shape[0]} images x {shape[1]} "
+                      f"tokens x {shape[2]}, float16)",
+                      "point paths.cache_dir elsewhere (CAPTIONING_CACHE=/big/disk), or set "
+                      "trainer.feature_cache=false (the backbone then runs every step)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        shape = (len(records), *backbone.output_shape[1:])
         out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
                                         shape=shape)
         batches = data.image_dataset(records, batch_size, use_features=False)
         it = iter(batches)
         if progress:
-            from rich.progress import track
-            it = track(it, total=-(-len(records) // batch_size),
+            from captioning.console import track
+            it = track(it, total=-(-len(records) // batch_size), unit="batches",
                        description=f"Caching {backbone.name} features of {len(records)} images")
         row = 0
         import tensorflow as tf

@@ -28,14 +28,25 @@ _PUNCT = re.compile(r"[^\w\s]|_", re.UNICODE)
 _SPACES = re.compile(r"\s+")
 
 
-def normalize(caption: str) -> str:
+PUNCTUATION = ("space", "delete")   # text.punctuation
+
+
+def normalize(caption: str, punctuation: str = "space") -> str:
     """Lower-case, strip punctuation, collapse spaces; non-ASCII letters survive.
+
+    ``punctuation``: ``space`` replaces each punctuation mark with a space (``dog's`` ->
+    ``dog s``), ``delete`` removes it (recipe A: ``dog's`` -> ``dogs``, ``t-shirt`` -> ``tshirt``).
 
     >>> normalize("A dog, running -- in the Straße!")
     'a dog running in the straße'
+    >>> normalize("A dog's t-shirt.", "delete")
+    'a dogs tshirt'
     """
+    if punctuation not in PUNCTUATION:
+        raise ConfigError(f"text.punctuation must be space or delete. "
+                          f"Received: text.punctuation={punctuation!r}")
     text = unicodedata.normalize("NFC", caption).lower()
-    text = _PUNCT.sub(" ", text)
+    text = _PUNCT.sub(" " if punctuation == "space" else "", text)
     return _SPACES.sub(" ", text).strip()
 
 
@@ -44,35 +55,69 @@ def wrap(caption: str) -> str:
     return f"{START} {caption} {END}"
 
 
+FILTERS = ("drop_caption", "drop_image", "truncate", "none")     # text.filter
+LENGTH_COUNTS = ("words", "raw")                                   # text.length_counts
+
+
 def filter_captions(
-    captions_per_image: Sequence[Sequence[str]], policy: str, min_tokens: int, max_tokens: int
+    captions_per_image: Sequence[Sequence[str]], policy: str, min_tokens: int, max_tokens: int,
+    raw_lengths: Sequence[Sequence[int]] | None = None,
 ) -> tuple[list[list[str]], Counter]:
     """Apply a length rule to normalised captions; returns kept captions and what was removed.
 
     Lengths count the start and end tokens, as recipe A does (``seq_len`` 25 = 23 words).
     ``policy``: ``drop_image`` (recipe A: an image goes if any caption breaks the rule),
-    ``drop_caption`` (only the offending caption goes; images left with none go too), ``none``.
+    ``drop_caption`` (only the offending caption goes; images left with none go too),
+    ``truncate`` (a caption that is too long keeps its first ``max_tokens - 2`` words, one that
+    is too short goes), ``none``. ``raw_lengths`` (``text.length_counts=raw``): the rule counts
+    these (each caption's whitespace tokens as written, punctuation tokens included: recipe
+    A's count) instead of the normalised words; a caption must still fit ``max_tokens`` in
+    normalised words, so that its end token is never cut.
     """
-    if policy not in ("drop_image", "drop_caption", "none"):
-        raise ConfigError(
-            f"text.filter must be drop_image, drop_caption or none. "
-            f"Received: text.filter={policy!r}")
-    removed: Counter = Counter()
-    kept: list[list[str]] = []
-    for caps in captions_per_image:
-        nonempty = [c for c in caps if c]
-        removed["empty captions"] += len(caps) - len(nonempty)
-        ok = [min_tokens <= len(c.split()) + 2 <= max_tokens for c in nonempty]
-        if policy == "none":
-            kept.append(nonempty)
-        elif policy == "drop_image" and not all(ok):
-            removed["images (a caption broke the length rule)"] += 1
-            removed["captions (with their image)"] += len(nonempty)
-            kept.append([])
-        else:
-            kept.append([c for c, good in zip(nonempty, ok, strict=True) if good])
-            removed["captions (length rule)"] += ok.count(False)
+    kept, removed = [], Counter()
+    for i, caps in enumerate(captions_per_image):
+        raw = raw_lengths[i] if raw_lengths is not None else None
+        kept.append([c for _, c in _filter_one(caps, raw, policy, min_tokens, max_tokens,
+                                               removed)])
     return kept, removed
+
+
+def filter_indexed(captions_per_image, policy, min_tokens, max_tokens, raw_lengths=None):
+    """``filter_captions``, with each kept caption's index in its image's list:
+    ``[[(index, caption), ...], ...]``."""
+    removed: Counter = Counter()
+    kept = [_filter_one(caps, raw_lengths[i] if raw_lengths is not None else None, policy,
+                        min_tokens, max_tokens, removed)
+            for i, caps in enumerate(captions_per_image)]
+    return kept, removed
+
+
+def _filter_one(caps, raw, policy, low, high, removed) -> list[tuple[int, str]]:
+    """One image's captions through the length rule (see ``filter_captions``)."""
+    if policy not in FILTERS:
+        raise ConfigError(
+            f"text.filter must be drop_caption, drop_image, truncate or none. "
+            f"Received: text.filter={policy!r}")
+    nonempty = [(j, c) for j, c in enumerate(caps) if c]
+    removed["empty captions"] += len(caps) - len(nonempty)
+    words = [len(c.split()) + 2 for _, c in nonempty]
+    counted = words if raw is None else [raw[j] + 2 for j, _ in nonempty]
+    short = [n < low for n in counted]
+    ok = [low <= n <= high and w <= high for n, w in zip(counted, words, strict=True)]
+    if policy == "none":
+        return nonempty
+    if policy == "drop_image" and not all(ok):
+        removed["images (a caption broke the length rule)"] += 1
+        removed["captions (with their image)"] += len(nonempty)
+        return []
+    if policy == "truncate":
+        out = [(j, c if good else " ".join(c.split()[: high - 2]))
+               for (j, c), good, s in zip(nonempty, ok, short, strict=True) if not s]
+        removed["captions (too short)"] += sum(short)
+        removed["captions truncated (kept)"] += len(out) - sum(ok)
+        return out
+    removed["captions (length rule)"] += ok.count(False)
+    return [jc for jc, good in zip(nonempty, ok, strict=True) if good]
 
 
 class Vocabulary:
@@ -93,19 +138,26 @@ class Vocabulary:
         self._vectorizer = None
 
     @classmethod
-    def build(cls, wrapped_captions: Sequence[str], size: int, seq_len: int) -> Vocabulary:
-        """Learn the ``size`` most frequent tokens (including pad/unk) from wrapped captions."""
-        if size < 4:
+    def build(cls, wrapped_captions: Sequence[str], size: int | None, seq_len: int,
+              min_count: int = 1) -> Vocabulary:
+        """Learn the ``size`` most frequent tokens (including pad/unk) that occur at least
+        ``min_count`` times in the wrapped captions (Karpathy's threshold is 5); ``size`` None:
+        no cap. Rarer tokens become [UNK]."""
+        if size is not None and size < 4:
             raise ConfigError(
                 f"text.vocab_size must be at least 4 (pad, unk, start, end). Received: {size}")
+        if min_count < 1:
+            raise ConfigError(f"text.min_count must be >= 1. Received: text.min_count={min_count}")
         # Counting in Python is exact and fast for caption corpora; it gives the same order as
         # TextVectorization.adapt (frequency, ties broken by first appearance is not guaranteed
         # there, so we sort ties by token for determinism across runs).
         counts = Counter(tok for c in wrapped_captions for tok in c.split())
         for special in (START, END):
-            counts[special] = max(counts[special], 1)
-        ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        return cls([PAD, UNK] + [t for t, _ in ordered[: size - 2]], seq_len)
+            counts[special] = max(counts[special], min_count)
+        ordered = sorted(((t, n) for t, n in counts.items() if n >= min_count),
+                         key=lambda kv: (-kv[1], kv[0]))
+        keep = ordered if size is None else ordered[: size - 2]
+        return cls([PAD, UNK] + [t for t, _ in keep], seq_len)
 
     @property
     def size(self) -> int:

@@ -26,16 +26,25 @@ class SplitResult:
     summary: dict                                  # loss, accuracy and the corpus scores
     per_image: dict = field(default_factory=dict)  # image id -> {"bleu_4": .., "cider": ..}
     notes: list[str] = field(default_factory=list)
+    # decode.num_captions > 1: every record's N captions (the first is ``predictions``)
+    samples: list[list[str]] | None = None
 
 
-def evaluate_split(model, data, records, cfg, seed: int | None = None, generator=None):
+def evaluate_split(model, data, records, cfg, seed: int | None = None, generator=None,
+                   samples: list | None = None):
     """Caption ``records`` with the configured decoding and score them; returns (scores,
-    predictions). Pass one ``generator`` for several splits: its compiled graph is reused."""
+    predictions). Pass one ``generator`` for several splits: its compiled graph is reused.
+    With ``decode.num_captions=N`` > 1, ``samples`` (a list) receives each record's N captions;
+    the first of each is the prediction that is scored."""
     from captioning.evaluation.metrics import score
-    from captioning.models.decoding import Generator, caption_records
+    from captioning.models.decoding import Generator, sample_records
 
     generator = generator or Generator.from_config(model, data.vocab, cfg.decode, seed=seed)
-    preds = caption_records(generator, data, records, int(cfg.evaluation.batch_size))
+    n = int(cfg.decode.get("num_captions", 1))
+    drawn = sample_records(generator, data, records, int(cfg.evaluation.batch_size), n)
+    preds = [caps[0] for caps in drawn]
+    if samples is not None and n > 1:
+        samples[:] = drawn
     scores = score({r.id: list(r.captions) for r in records},
                    {r.id: p for r, p in zip(records, preds, strict=True)},
                    spice=bool(cfg.evaluation.spice))
@@ -48,20 +57,30 @@ def evaluate(model, data, split: str, cfg, seed: int | None = None, generator=No
     ds = data.train_dataset(int(cfg.evaluation.batch_size), int(cfg.seed), split=split,
                             shuffle=False)
     loss = model.evaluate(ds, verbose=0, return_dict=True)
-    scores, preds = evaluate_split(model, data, records, cfg, seed=seed, generator=generator)
+    samples: list = []
+    scores, preds = evaluate_split(model, data, records, cfg, seed=seed, generator=generator,
+                                   samples=samples)
     summary = {"loss": float(loss["loss"]), "accuracy": float(loss["accuracy"]), **scores.corpus}
-    return SplitResult(records, preds, summary, scores.per_image, list(scores.notes))
+    return SplitResult(records, preds, summary, scores.per_image, list(scores.notes),
+                       samples or None)
 
 
-def write_predictions(path: Path, records, predictions: list[str], per_image: dict) -> None:
-    """``predictions*.csv``: image, references (joined by " | "), prediction, BLEU-4, CIDEr."""
+def write_predictions(path: Path, records, predictions: list[str], per_image: dict,
+                      samples: list[list[str]] | None = None) -> None:
+    """``predictions*.csv``, one row per image: image, references (joined by " | "),
+    prediction, BLEU-4, CIDEr (of the prediction). With ``samples`` (``decode.num_captions=N``
+    > 1) the columns prediction_2 .. prediction_N follow: the image's other sampled captions
+    (``prediction`` is the first, the one scored)."""
+    n = max((len(c) for c in samples), default=1) if samples else 1
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["image", "references", "prediction", "bleu_4", "cider"])
-    for r, p in zip(records, predictions, strict=True):
+    w.writerow(["image", "references", "prediction", "bleu_4", "cider",
+                *(f"prediction_{i}" for i in range(2, n + 1))])
+    for i, (r, p) in enumerate(zip(records, predictions, strict=True)):
         s = per_image.get(r.id, {})
+        more = list(samples[i][1:]) + [""] * (n - len(samples[i])) if samples else []
         w.writerow([r.id, " | ".join(r.captions), p, f"{s.get('bleu_4', 0):.4f}",
-                    f"{s.get('cider', 0):.4f}"])
+                    f"{s.get('cider', 0):.4f}", *more])
     atomic_write_text(path, buf.getvalue())
 
 
@@ -82,23 +101,33 @@ def final_evaluation(model, data, cfg, run_dir: Path, tracker=None, best_epoch=N
         results[split] = r.summary
         notes += [n for n in r.notes if n not in notes]
         name = "predictions.csv" if split == "val" else f"predictions_{split}.csv"
-        write_predictions(Path(run_dir) / name, r.records, r.predictions, r.per_image)
+        write_predictions(Path(run_dir) / name, r.records, r.predictions, r.per_image,
+                          r.samples)
         if split == "val":
             print_samples(r.records, r.predictions, n=int(cfg.evaluation.show))
-            _review_outputs(r, cfg, run_dir, tracker, best_epoch)
+            _review_outputs(r, cfg, run_dir, tracker, best_epoch, model, data)
     return results, notes
 
 
-def _review_outputs(r: SplitResult, cfg, run_dir, tracker, best_epoch) -> None:
-    """The final Kangas grid and, with Comet, a few images with their captions."""
+def _review_outputs(r: SplitResult, cfg, run_dir, tracker, best_epoch, model=None,
+                    data=None) -> None:
+    """The final Kangas grid (with attention maps, ``callbacks.kangas.attention``) and, with
+    Comet, a few images with their captions (and their attention plots)."""
+    from captioning.models.attention import grid_maps, log_attention_images
     from captioning.tracking.kangas_grids import pick_rows, write_grid
 
+    attend = model is not None and bool(cfg.callbacks.kangas.get("attention", False))
+    block = int(cfg.decode.get("attention_block", -1))
     if cfg.callbacks.kangas.enabled:
         max_rows = int(cfg.callbacks.kangas.max_rows)
         rows = {x.id for x in pick_rows(r.records, max_rows, int(cfg.seed))}
         keep = [i for i, x in enumerate(r.records) if x.id in rows]
-        write_grid(run_dir, "final", [r.records[i] for i in keep], [r.predictions[i] for i in keep],
-                   r.per_image, best_epoch, cfg, tracker)
+        records, preds = [r.records[i] for i in keep], [r.predictions[i] for i in keep]
+        maps = (grid_maps(model, data, records, preds, int(cfg.evaluation.batch_size), block)
+                if attend else None)
+        samples = [r.samples[i] for i in keep] if r.samples else None
+        write_grid(run_dir, "final", records, preds, r.per_image, best_epoch, cfg, tracker, maps,
+                   samples=samples)
     if tracker is not None:
         chosen = {x.id for x in pick_rows(r.records, int(cfg.logger.sample_images))}
         for x, p in zip(r.records, r.predictions, strict=True):
@@ -106,3 +135,8 @@ def _review_outputs(r: SplitResult, cfg, run_dir, tracker, best_epoch) -> None:
                 tracker.call("log_image", x.image, name=f"val/{Path(x.id).stem}",
                              metadata={"prediction": p, "references": list(x.captions)})
                 tracker.call("log_text", f"{x.id}: {p}", metadata={"references": list(x.captions)})
+        if attend:
+            picked = [(x, p) for x, p in zip(r.records, r.predictions, strict=True)
+                      if x.id in chosen]
+            log_attention_images(model, data, [x for x, _ in picked], [p for _, p in picked],
+                                 block, Path(run_dir) / "attention", tracker)

@@ -161,10 +161,36 @@ def _add_bleu(out: Scores, ids: list[str], gts: dict, res: dict) -> None:
         out.per_image[i]["bleu_4"] = float(s)
 
 
-def _add_meteor(out: Scores, ids: list[str], gts: dict, res: dict) -> None:
+_METEOR = None      # one METEOR Java process per Python process (see _meteor)
+
+
+def _meteor():
+    """The process's METEOR scorer, started on first use and kept: its Java process spends
+    about 10 s loading the paraphrase tables before the first score and milliseconds per call
+    after, so a run that scores val and test, a sweep in one process and eval.py pay it once
+    (pycocoevalcap starts one process per ``Meteor()``)."""
+    global _METEOR
     from pycocoevalcap.meteor.meteor import Meteor
 
-    meteor = Meteor()
+    if _METEOR is None or _METEOR.meteor_p.poll() is not None:
+        _METEOR = Meteor()
+    return _METEOR
+
+
+def _drop_meteor() -> None:
+    """After a failed score: stop the Java process (its lock may be held, so not via
+    ``Meteor.__del__``) and forget it; the next score starts a fresh one."""
+    global _METEOR
+    import threading
+
+    if _METEOR is not None:
+        _METEOR.meteor_p.kill()
+        _METEOR.lock = threading.Lock()     # __del__ acquires it when the object goes
+        _METEOR = None
+
+
+def _add_meteor(out: Scores, ids: list[str], gts: dict, res: dict) -> None:
+    meteor = _meteor()
     try:
         # METEOR's Java process chokes on empty hypotheses; they score 0 by definition.
         nonempty = [i for i in ids if res[i][0].strip()]
@@ -180,8 +206,9 @@ def _add_meteor(out: Scores, ids: list[str], gts: dict, res: dict) -> None:
                              f"corpus METEOR is the mean of per-image scores")
         for i in ids:
             out.per_image[i]["meteor"] = float(m_of.get(i, 0.0))
-    finally:
-        del meteor                                # its __del__ stops the Java process
+    except BaseException:
+        _drop_meteor()
+        raise
 
 
 def _add_rouge_and_cider(out: Scores, ids: list[str], gts: dict, res: dict) -> None:

@@ -138,6 +138,49 @@ def get_backbone(name: str, **options) -> Backbone:
     return _application(name)
 
 
+def _keras_models_dir() -> Path:
+    """Where ``keras.utils.get_file`` looks for (and saves) the ImageNet files: KERAS_HOME or
+    ~/.keras, or /tmp/.keras when that is not writable; then ``models/``."""
+    from keras.src.backend import config
+
+    base = Path(os.path.expanduser(config.keras_home()))
+    if not os.access(base, os.W_OK):
+        base = Path("/tmp/.keras")
+    return base / "models"
+
+
+def _build_net(spec: Backbone, size: int, weights):
+    """``spec.build``; offline, ``weights=imagenet`` is one message naming the file Keras
+    wants, where it goes, and ``backbone.weights=/path``."""
+    import re
+
+    try:
+        return spec.build((size, size, 3), weights)
+    except Exception as e:  # noqa: BLE001 - keras raises plain Exception for failed downloads
+        network = ("URL fetch failure", "HTTP", "urlopen", "Name or service", "Errno")
+        if weights != "imagenet" or not any(word in str(e) for word in network):
+            raise
+        url = re.search(r"https?://\S+?\.h5", str(e))
+        file = url.group(0).rsplit("/", 1)[-1] if url else f"{spec.name}_notop.h5"
+        where = _keras_models_dir() / file
+        source = f" from {url.group(0)}" if url else ""
+        raise ConfigError(
+            f"Could not download the ImageNet weights of backbone={spec.name} (no network?). "
+            f"Keras wants the file {file}{source}: fetch it on a machine with network access "
+            f"and put it at {where} (Keras then finds it), or pass it with "
+            f"backbone.weights=/path/to/{file}, or train from scratch with "
+            f"backbone.weights=null. ({str(e)[:200]})") from None
+
+
+def _weights_file(weights: str, name: str) -> Path:
+    """``backbone.weights`` as an existing file, checked before the network is built."""
+    path = Path(os.path.expanduser(weights))
+    if not path.is_file():
+        raise ConfigError(f"backbone.weights={weights}: no such file. Give a .h5/.weights.h5 "
+                          f"file saved from {name}, imagenet, or null.")
+    return path
+
+
 def build_backbone(cfg):
     """From ``cfg.backbone`` to a keras.Model: images (B, H, W, 3) 0..255 -> tokens (B, S, C).
 
@@ -159,25 +202,16 @@ def build_backbone(cfg):
     if spec.name == "small_cnn" and weights == "imagenet":
         raise ConfigError("backbone=small_cnn has no ImageNet weights: set backbone.weights=null "
                           "(train from scratch) or a path to weights saved from a small_cnn run.")
-    try:
-        net = spec.build((size, size, 3), None if is_file or spec.name == "small_cnn" else weights)
-    except Exception as e:  # noqa: BLE001 - keras raises plain Exception for failed downloads
-        network = ("URL fetch failure", "HTTP", "urlopen", "Name or service", "Errno")
-        if weights == "imagenet" and any(word in str(e) for word in network):
-            cache = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "models"
-            raise ConfigError(
-                f"Could not download ImageNet weights for {spec.name} (no network?). "
-                f"Keras caches them in {cache}/: copy the .h5 file there from a machine with "
-                f"network access, or pass a local file with "
-                f"backbone.weights=/path/to/{spec.name}_notop.h5, or train from scratch with "
-                f"backbone.weights=null. ({e})") from None
-        raise
-    if is_file:
-        path = Path(os.path.expanduser(weights))
-        if not path.is_file():
-            raise ConfigError(f"backbone.weights={weights}: no such file. Give a .h5/.weights.h5 "
-                              f"file saved from {spec.name}, imagenet, or null.")
-        net.load_weights(str(path))
+    path = _weights_file(weights, spec.name) if is_file else None
+    net = _build_net(spec, size, None if is_file or spec.name == "small_cnn" else weights)
+    if path is not None:
+        try:
+            net.load_weights(str(path))
+        except (ValueError, OSError) as e:   # another network's file, or not a weights file
+            raise ConfigError(f"backbone.weights={weights} cannot be loaded into {spec.name} "
+                              f"at {size} px: {str(e)[:300]}. Give a file saved from "
+                              f"{spec.name} (its Keras ImageNet .h5 or a .weights.h5), imagenet "
+                              f"or null.") from None
 
     trainable = b.get("trainable", False)
     if isinstance(trainable, bool):

@@ -20,8 +20,12 @@ def build_model(cfg, vocab_size: int):
     if d.name == "transformer":
         from captioning.models.transformer import TransformerDecoder
 
+        # key_dim / ff_dropout: absent from runs saved before they existed (the defaults then).
+        key_dim = d.get("key_dim")
         decoder = TransformerDecoder(vocab_size, max_len, d.dim, d.num_layers, d.num_heads,
-                                     d.ff_dim, d.dropout, d.output_dropout, name="decoder")
+                                     d.ff_dim, d.dropout, d.output_dropout,
+                                     key_dim=int(key_dim) if key_dim is not None else None,
+                                     ff_dropout=float(d.get("ff_dropout", 0.0)), name="decoder")
     elif d.name == "gru":
         from captioning.models.gru import GRUDecoder
 

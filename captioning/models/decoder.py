@@ -31,13 +31,19 @@ class Decoder(Protocol):
     dim: int
     beam_state: ClassVar[tuple[str, ...]]
 
-    def call(self, tokens, memory, training=None, repeats: int = 1):
+    def call(self, tokens, memory, training=None, repeats: int = 1,
+             return_attention: bool = False, attention_block: int = -1):
         """Teacher forcing (callers write ``decoder(tokens, memory, ...)``; Keras calls this).
 
         tokens (N, T) int ids, memory (N / repeats, S, D) -> hidden states (N, T, D) before the
         vocabulary head; position t depends on tokens 0..t only (causal). With ``repeats=C``,
         memory row i serves token rows i*C .. i*C+C-1 (an image's C captions): the same result
         as repeating each memory row C times.
+
+        ``return_attention=True`` (with repeats=1) -> (hidden, attention (N, T, S)): at each
+        position, the decoder's weights over the S image tokens (rows sum to 1), e.g. one
+        block's cross-attention averaged over heads (``attention_block``: which block, where a
+        decoder has several). A Python flag: the default path computes no weights.
         """
         ...
 
@@ -53,11 +59,13 @@ class Decoder(Protocol):
         """
         ...
 
-    def step(self, token, cache: dict[str, Any], index) -> tuple[Any, dict[str, Any]]:
+    def step(self, token, cache: dict[str, Any], index, return_attention: bool = False,
+             attention_block: int = -1) -> tuple[Any, ...]:
         """One incremental step: token (B,) int ids at position ``index`` (an int or a scalar
-        tensor) -> (logits (B, V) for position index + 1, the updated cache, same structure).
+        tensor) -> (logits (B, V) for position index + 1, the updated cache, same structure);
+        with ``return_attention``, a third item: the attention over the image tokens (B, S).
 
-        Stepping through tokens[:, 0..T-1] from ``init_cache(memory, T)`` gives the logits of
-        ``project(call(tokens, memory))`` (``tests/test_models.py`` checks it).
+        Stepping through tokens[:, 0..T-1] from ``init_cache(memory, T)`` gives the logits (and
+        attention) of ``call(tokens, memory)`` (``tests/test_models.py`` checks it).
         """
         ...

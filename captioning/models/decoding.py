@@ -231,3 +231,27 @@ def caption_records(generator: Generator, data, records, batch_size: int,
         if progress is not None:
             progress(len(out))
     return out
+
+
+def sample_records(generator: Generator, data, records, batch_size: int, n: int,
+                   progress=None) -> list[list[str]]:
+    """``n`` captions per record (``decode.num_captions``), for a sampling generator (top-k,
+    top-p): each image is encoded once and its memory repeated ``n`` times, so the sampler
+    draws ``n`` captions independently. ``n=1`` is ``caption_records``, one per list."""
+    if n == 1:
+        return [[c] for c in caption_records(generator, data, records, batch_size, progress)]
+    if generator.method not in ("top_k", "top_p"):
+        raise ConfigError(f"decode.num_captions={n} needs a sampling method (decode.method=top_k "
+                          f"or top_p): decode.method={generator.method} gives one caption.")
+    out: list[list[str]] = []
+    for inputs in data.image_dataset(records, batch_size):
+        if generator.tta == "none":
+            memory = generator.model.encode(inputs, training=False)
+            ids = generator.from_memory(ops.repeat(memory, n, axis=0))
+        else:                                      # the views are built from the images
+            ids = generator(ops.repeat(inputs, n, axis=0))
+        caps = data.vocab.decode(keras.ops.convert_to_numpy(ids))
+        out += [caps[i:i + n] for i in range(0, len(caps), n)]
+        if progress is not None:
+            progress(len(out))
+    return out

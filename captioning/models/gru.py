@@ -11,7 +11,8 @@ from keras import layers, ops
 @keras.saving.register_keras_serializable("captioning")
 class GRUDecoder(layers.Layer):
     """A ``captioning.models.decoder.Decoder``. Cache: ``memory`` (B, S, D) and ``state``, the
-    GRU state (B, D), which differs between beams."""
+    GRU state (B, D), which differs between beams. Its attention maps (``return_attention``) are
+    the dot-product attention weights over the image tokens."""
 
     beam_state = ("state",)      # cache entries beam search reorders with the beams
 
@@ -33,7 +34,7 @@ class GRUDecoder(layers.Layer):
         self.head.build((None, self.dim))
         self.built = True
 
-    def _decode(self, tokens, memory, state, training=None, repeats=1):
+    def _decode(self, tokens, memory, state, training=None, repeats=1, return_attention=False):
         x = self.embed(tokens)                                   # (N, T, D)
         out, state = self.gru(x, initial_state=state, training=training)
         if repeats > 1:
@@ -41,14 +42,22 @@ class GRUDecoder(layers.Layer):
             # per-image work to share between captions: repeating the memory measured faster
             # than one (B, C*T) query block per image (1.1x, fwd+bwd, B=32, C=5, D=256, CPU).
             memory = ops.repeat(memory, repeats, axis=0)
-        context = self.attention([out, memory])                  # (N, T, D): query = GRU output
-        return self.drop(self.norm(out + context), training=training), state
+        # (N, T, D): query = GRU output; the weights (N, T, S) only when asked for.
+        context = self.attention([out, memory], return_attention_scores=return_attention)
+        if return_attention:
+            context, weights = context
+        hidden = self.drop(self.norm(out + context), training=training)
+        return (hidden, state, weights) if return_attention else (hidden, state)
 
-    def call(self, tokens, memory, training=None, repeats=1):
+    def call(self, tokens, memory, training=None, repeats=1, return_attention=False,
+             attention_block=-1):
         """tokens (N, T), memory (N / repeats, S, D) -> hidden (N, T, D), from a zero state. With
-        ``repeats=C``, memory row i serves token rows i*C .. i*C+C-1 (an image's C captions)."""
+        ``repeats=C``, memory row i serves token rows i*C .. i*C+C-1 (an image's C captions).
+        ``return_attention``: (hidden, attention weights (N, T, S)); ``attention_block`` is
+        accepted for the Decoder interface (the GRU decoder has one attention)."""
         state = ops.zeros((ops.shape(tokens)[0], self.dim), self.compute_dtype)
-        return self._decode(tokens, memory, state, training, repeats)[0]
+        out = self._decode(tokens, memory, state, training, repeats, return_attention)
+        return (out[0], out[2]) if return_attention else out[0]
 
     def project(self, hidden):
         return self.head(hidden)
@@ -57,9 +66,11 @@ class GRUDecoder(layers.Layer):
         state = ops.zeros((ops.shape(memory)[0], self.dim), self.compute_dtype)
         return {"memory": memory, "state": state}
 
-    def step(self, token, cache, index):
-        hidden, state = self._decode(token[:, None], cache["memory"], cache["state"])
-        return self.head(hidden[:, 0]), {"memory": cache["memory"], "state": state}
+    def step(self, token, cache, index, return_attention=False, attention_block=-1):
+        out = self._decode(token[:, None], cache["memory"], cache["state"],
+                           return_attention=return_attention)
+        result = self.head(out[0][:, 0]), {"memory": cache["memory"], "state": out[1]}
+        return (*result, out[2][:, 0]) if return_attention else result
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "max_len": self.max_len,

@@ -1,4 +1,6 @@
-"""Recipe A's Transformer decoder, on keras-hub's cached ``TransformerDecoder`` blocks.
+"""Recipe A's Transformer decoder, on keras-hub's cached ``TransformerDecoder`` blocks
+(``DecoderBlock``: keras-hub's block with recipe A's head width and feed-forward dropout, and
+its cross-attention weights on request).
 
 Token embedding scaled by sqrt(D) plus learned positions; ``num_layers`` blocks of causal
 self-attention, cross-attention to the image memory and a feed-forward network; dropout;
@@ -15,25 +17,32 @@ import keras
 import keras_hub
 from keras import layers, ops
 
+from captioning.models.blocks import DecoderBlock
+
 
 @keras.saving.register_keras_serializable("captioning")
 class TransformerDecoder(layers.Layer):
     """A ``captioning.models.decoder.Decoder``. Cache: ``memory`` (B, S, D); ``self``, per block,
-    the self-attention keys/values (B, 2, max_len, heads, head_dim), which differ between beams;
-    ``cross``, per block, the cross-attention keys/values of the memory (B, 2, S, heads, head_dim).
+    the self-attention keys/values (B, 2, max_len, heads, key_dim), which differ between beams;
+    ``cross``, per block, the cross-attention keys/values of the memory (B, 2, S, heads, key_dim).
+    ``key_dim`` is each head's width (None: dim / heads); ``ff_dropout`` the dropout after the
+    feed-forward ReLU (see ``DecoderBlock``). The attention maps (``return_attention``) are one
+    block's cross-attention weights averaged over its heads, the last block's by default.
     """
 
     beam_state = ("self",)       # cache entries beam search reorders with the beams
 
     def __init__(self, vocab_size, max_len, dim=512, num_layers=1, num_heads=2, ff_dim=512,
-                 dropout=0.1, output_dropout=0.5, **kwargs):
+                 dropout=0.1, output_dropout=0.5, key_dim=None, ff_dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.max_len, self.dim = vocab_size, max_len, dim
         self.num_layers, self.num_heads, self.ff_dim = num_layers, num_heads, ff_dim
         self.dropout, self.output_dropout = dropout, output_dropout
-        if num_heads < 1 or dim % num_heads:
+        self.key_dim, self.ff_dropout = key_dim, ff_dropout
+        if num_heads < 1 or (key_dim is None and dim % num_heads):
             raise ValueError(f"num_heads must be >= 1 and divide dim. "
                              f"Received: dim={dim}, num_heads={num_heads}")
+        self.head_dim = key_dim or dim // num_heads
 
     def build(self, input_shape=None):
         self.embed = layers.Embedding(self.vocab_size, self.dim, name="token_embedding")
@@ -42,9 +51,10 @@ class TransformerDecoder(layers.Layer):
         self.positions.build((None, self.max_len, self.dim))
         self.blocks = []
         for i in range(self.num_layers):
-            block = keras_hub.layers.TransformerDecoder(
+            block = DecoderBlock(
                 intermediate_dim=self.ff_dim, num_heads=self.num_heads, dropout=self.dropout,
-                activation="relu", layer_norm_epsilon=1e-5, name=f"block{i}")
+                activation="relu", layer_norm_epsilon=1e-5, key_dim=self.key_dim,
+                ff_dropout=self.ff_dropout, name=f"block{i}")
             block.build((None, None, self.dim), (None, None, self.dim))
             self.blocks.append(block)
         self.out_dropout = layers.Dropout(self.output_dropout)
@@ -56,11 +66,32 @@ class TransformerDecoder(layers.Layer):
         x = self.embed(tokens) * ops.cast(math.sqrt(self.dim), self.compute_dtype)
         return x + self.positions(x, start_index=start_index)
 
-    def call(self, tokens, memory, training=None, repeats=1):
+    def _block_index(self, attention_block: int) -> int:
+        if not -self.num_layers <= attention_block < self.num_layers:
+            raise ValueError(f"attention_block must name one of the {self.num_layers} blocks "
+                             f"(0 .. {self.num_layers - 1}, or -1 for the last). "
+                             f"Received: {attention_block}")
+        return attention_block % self.num_layers
+
+    def call(self, tokens, memory, training=None, repeats=1, return_attention=False,
+             attention_block=-1):
         """tokens (N, T) ids, memory (N / repeats, S, D) -> hidden states (N, T, D) (before the
         vocabulary head). With ``repeats=C``, memory row i serves token rows i*C .. i*C+C-1 (an
-        image's C captions)."""
+        image's C captions). ``return_attention``: (hidden, attention (N, T, S)), block
+        ``attention_block``'s cross-attention averaged over heads (repeats must be 1)."""
         x = self._embed(tokens)
+        if return_attention:
+            if repeats != 1:
+                raise ValueError("return_attention needs one memory row per token row "
+                                 f"(repeats=1). Received: repeats={repeats}")
+            chosen, attention = self._block_index(attention_block), None
+            for i, block in enumerate(self.blocks):
+                if i == chosen:
+                    x, scores = block(x, memory, training=training, return_attention=True)
+                    attention = ops.mean(scores, axis=1)                      # (N, T, S)
+                else:
+                    x = block(x, memory, training=training)
+            return self.out_dropout(x, training=training), attention
         if repeats == 1:
             for block in self.blocks:
                 x = block(x, memory, training=training)       # causal mask is the default
@@ -81,8 +112,7 @@ class TransformerDecoder(layers.Layer):
 
     def _cross_caches(self, memory):
         """Per block, the cross-attention keys/values of ``memory``: (B, 2, S, heads, head_dim)."""
-        b = ops.shape(memory)[0]
-        head_dim = self.dim // self.num_heads
+        b, head_dim = ops.shape(memory)[0], self.head_dim
         dummy = ops.zeros((b, 1, self.dim), self.compute_dtype)
         out = []
         for block in self.blocks:
@@ -105,27 +135,33 @@ class TransformerDecoder(layers.Layer):
     def init_cache(self, memory, max_len):
         """Self-attention caches (empty) and cross-attention caches (computed once from memory)."""
         b = ops.shape(memory)[0]
-        head_dim = self.dim // self.num_heads
-        self_caches = [ops.zeros((b, 2, max_len, self.num_heads, head_dim), self.compute_dtype)
+        self_caches = [ops.zeros((b, 2, max_len, self.num_heads, self.head_dim),
+                                 self.compute_dtype)
                        for _ in self.blocks]
         return {"memory": memory, "self": self_caches, "cross": self._cross_caches(memory)}
 
-    def step(self, token, cache, index):
-        """token (B,) at position ``index`` -> logits (B, V) for position index + 1, new cache."""
+    def step(self, token, cache, index, return_attention=False, attention_block=-1):
+        """token (B,) at position ``index`` -> logits (B, V) for position index + 1, new cache;
+        ``return_attention``: and the chosen block's cross-attention over the memory (B, S)."""
         x = self._embed(token[:, None], start_index=index)    # (B, 1, D)
-        new_self = []
+        new_self, attention = [], None
+        chosen = self._block_index(attention_block) if return_attention else None
         blocks = zip(self.blocks, cache["self"], cache["cross"], strict=True)
-        for block, self_cache, cross in blocks:
-            x, self_cache, _ = block(x, cache["memory"], self_attention_cache=self_cache,
-                                     self_attention_cache_update_index=index,
-                                     cross_attention_cache=cross,
-                                     cross_attention_cache_update_index=None)
+        for i, (block, self_cache, cross) in enumerate(blocks):
+            out = block(x, cache["memory"], self_attention_cache=self_cache,
+                        self_attention_cache_update_index=index, cross_attention_cache=cross,
+                        cross_attention_cache_update_index=None, return_attention=i == chosen)
+            x, self_cache = out[0], out[1]
+            if i == chosen:
+                attention = ops.mean(out[3], axis=1)[:, 0]                     # (B, S)
             new_self.append(self_cache)
         logits = self.head(x[:, 0])
-        return logits, {"memory": cache["memory"], "self": new_self, "cross": cache["cross"]}
+        cache = {"memory": cache["memory"], "self": new_self, "cross": cache["cross"]}
+        return (logits, cache, attention) if return_attention else (logits, cache)
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "max_len": self.max_len,
                 "dim": self.dim, "num_layers": self.num_layers, "num_heads": self.num_heads,
                 "ff_dim": self.ff_dim, "dropout": self.dropout,
-                "output_dropout": self.output_dropout}
+                "output_dropout": self.output_dropout, "key_dim": self.key_dim,
+                "ff_dropout": self.ff_dropout}

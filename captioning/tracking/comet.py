@@ -12,10 +12,12 @@ does that when ``logger=comet``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 
+from captioning.io import atomic_write_text
 from captioning.privacy import no_phone_home
 
 log = logging.getLogger("captioning")
@@ -25,6 +27,10 @@ log = logging.getLogger("captioning")
 no_phone_home()
 
 MASK = "***"
+COMET_JSON = "comet.json"      # in the run folder: the experiment key, URL, offline archives
+# Overrides that only say where things are: left out of experiment names.
+LOCATION_KEYS = ("root", "json", "images", "data_dir", "cache_dir", "output_dir",
+                 "offline_directory", "resume")
 
 
 def api_keys() -> set[str]:
@@ -86,6 +92,8 @@ def scrub_logs() -> None:
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dicts -> ``{"a.b": value}``; values other than numbers, strings, booleans and
+    null become strings."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
@@ -94,6 +102,39 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[key] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
     return out
+
+
+def experiment_name(overrides) -> str:
+    """A run's Comet name: its command-line overrides, without the ones that only locate
+    things (``hydra.*``, ``paths.*``, ``dataset.root=...``, ``resume=...``: ``LOCATION_KEYS``);
+    any other value that is a path keeps only its last part (``backbone.weights=best.h5``)."""
+    kept = []
+    for override in overrides:
+        key, _, value = str(override).partition("=")
+        bare = key.lstrip("+~")
+        if bare.startswith(("hydra.", "paths.")) or bare.rsplit(".", 1)[-1] in LOCATION_KEYS:
+            continue
+        if ("/" in value or "\\" in value) and not value.startswith(("[", "{")):
+            value = value.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+        kept.append(f"{key}={value}" if _ else key)
+    return " ".join(kept) or "defaults"
+
+
+def previous_experiment(run_dir: Path) -> dict | None:
+    """``comet.json`` of a run folder, when it names an experiment a resumed run can continue:
+    online, or offline with an archive written (``comet upload`` needs the first archive to
+    create the experiment before a continuation's archive can be appended)."""
+    try:
+        info = json.loads((Path(run_dir) / COMET_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not info.get("experiment_key"):
+        return None
+    if not info.get("online") and not info.get("archives"):
+        log.warning("%s names no offline archive (the run was killed before it wrote one): "
+                    "the resumed run starts a new Comet experiment", Path(run_dir) / COMET_JSON)
+        return None
+    return info
 
 
 def api_key_configured() -> bool:
@@ -112,6 +153,8 @@ class CometLogger:
     def __init__(self, cfg, run_dir: Path):
         self.cfg, self.run_dir = cfg.logger, Path(run_dir)
         self.exp, self.offline, self.archive = None, True, None
+        self.previous: dict | None = None     # comet.json of the run this one resumes
+        self.info: dict | None = None         # comet.json of this run
         self._warned = False
         self._start(cfg)
 
@@ -127,42 +170,92 @@ class CometLogger:
                       log_graph=False, auto_param_logging=False, auto_metric_logging=False,
                       parse_args=False, log_git_metadata=False, log_git_patch=False,
                       display_summary_level=0, log_env_network=False, log_env_host=False)
+        self.previous = previous_experiment(self.run_dir) if cfg.get("resume") else None
+        key = (self.previous or {}).get("experiment_key")
         failure = None
         want_online = c.online is True or (c.online == "auto" and api_key_configured())
-        if want_online:
-            failure = self._start_online(comet_ml, common)
-        if self.exp is None:
-            directory = Path(c.offline_directory or self.run_dir / "comet")
-            try:
-                directory.mkdir(parents=True, exist_ok=True)
+        if want_online and not (self.previous and not self.previous.get("online")):
+            failure = self._start_online(comet_ml, common, key)
+        if self.exp is None and not self._start_offline(comet_ml, common, key, failure):
+            return
+        self._record()
+        self._log_run(cfg)
+
+    def _start_offline(self, comet_ml, common: dict, key: str | None, failure) -> bool:
+        """An offline experiment (continuing ``key``: ``ExistingOfflineExperiment``, whose
+        archive ``comet upload`` appends to the experiment the first archive created)."""
+        directory = Path(self.cfg.offline_directory or self.run_dir / "comet")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            if key:
+                # It takes no log_env_network; that sampler runs only with log_env_details,
+                # which privacy.py turns off (COMET_AUTO_LOG_ENV_DETAILS=false).
+                kept = {k: v for k, v in common.items() if k != "log_env_network"}
+                self.exp = comet_ml.ExistingOfflineExperiment(
+                    offline_directory=str(directory), experiment_key=key, **kept)
+            else:
                 self.exp = comet_ml.OfflineExperiment(offline_directory=str(directory), **common)
-            except Exception as e:  # noqa: BLE001
-                what = f"Comet online logging {failure}, and offline" if failure else \
-                    "Comet offline"
-                self._warn(f"{what} logging failed ({e}); logging only to the run directory")
-                return
-            if failure:
-                self._warn(f"Comet online logging {failure}; logging offline instead, to "
-                           f"{directory / f'{self.exp.id}.zip'} (`comet upload` it later)")
+        except Exception as e:  # noqa: BLE001
+            what = f"Comet online logging {failure}, and offline" if failure else "Comet offline"
+            self._warn(f"{what} logging failed ({e}); logging only to the run directory")
+            return False
+        if failure:
+            name = f"{self.exp.id}-*.zip" if key else f"{self.exp.id}.zip"   # * : Comet's suffix
+            self._warn(f"Comet online logging {failure}; logging offline instead, to "
+                       f"{directory / name} (`comet upload` it later)")
+        return True
+
+    def _log_run(self, cfg) -> None:
+        """Parameters, tags, name (a new experiment only) and where and how the run was made."""
         if not getattr(self.exp, "log_env_details", True):
             # Comet's environment logging is off (privacy.py: it probes the cloud metadata
             # address); the package lists it would have logged are local, so log those here.
             self.call("set_pip_packages")
             self.call("set_os_packages")
-        from omegaconf import OmegaConf
-
-        self.call("set_name", c.experiment_name or self.run_dir.name)
-        if c.tags:
-            self.call("add_tags", list(c.tags))
-        self.call("log_parameters", flatten(OmegaConf.to_container(cfg, resolve=True)))
         import platform
 
-        self.call("log_others", {"run_dir": str(self.run_dir), "host": platform.node()})
+        from omegaconf import OmegaConf
 
-    def _start_online(self, comet_ml, common: dict) -> str | None:
-        """An online experiment in ``self.exp``; or what went wrong, with ``self.exp`` None."""
+        from captioning.provenance import provenance
+
+        if self.previous is None:          # a continued experiment keeps its first name
+            self.call("set_name", self.cfg.experiment_name or self.run_dir.name)
+        if self.cfg.tags:
+            self.call("add_tags", list(self.cfg.tags))
+        self.call("log_parameters", flatten(OmegaConf.to_container(cfg, resolve=True)))
+        self.call("log_others", {"run_dir": str(self.run_dir), "host": platform.node()})
+        others = flatten(provenance(), "provenance.")
+        self.call("log_others", {k: redact(v) if isinstance(v, str) else v
+                                 for k, v in others.items()})
+
+    def _record(self) -> None:
+        """``comet.json`` in the run folder: the experiment key (a resumed run continues it),
+        online or not, the URL online, and the offline archives written so far, in order."""
+        key = self.call("get_key")
+        if not key:
+            return
+        url = None if self.offline else getattr(self.exp, "url", None)
+        previous = self.previous or {}
+        self.info = {**previous, "experiment_key": key, "online": not self.offline, "url": url,
+                     "project": self.cfg.project, "workspace": self.cfg.workspace,
+                     "starts": int(previous.get("starts", 0)) + 1,
+                     "archives": list(previous.get("archives", []))}
+        self._write_info()
+
+    def _write_info(self) -> None:
         try:
-            exp = comet_ml.Experiment(**common)
+            atomic_write_text(self.run_dir / COMET_JSON, json.dumps(self.info, indent=2) + "\n")
+        except OSError as e:
+            self._warn(f"could not write {self.run_dir / COMET_JSON} ({e})")
+
+    def _start_online(self, comet_ml, common: dict, key: str | None = None) -> str | None:
+        """An online experiment in ``self.exp`` (continuing ``key``: ``ExistingExperiment``);
+        or what went wrong, with ``self.exp`` None."""
+        try:
+            if key:
+                exp = comet_ml.ExistingExperiment(experiment_key=key, **common)
+            else:
+                exp = comet_ml.Experiment(**common)
         except Exception as e:  # noqa: BLE001 - a missing key, server errors
             return f"failed ({type(e).__name__}: {e})"
         if exp.alive or exp.disabled:        # disabled: the user switched Comet off (a no-op)
@@ -206,6 +299,9 @@ class CometLogger:
             directory = Path(self.cfg.offline_directory or self.run_dir / "comet")
             zips = sorted(directory.glob("*.zip"), key=lambda p: p.stat().st_mtime)
             self.archive = zips[-1] if zips else None
+            if self.archive is not None and self.info is not None:
+                self.info["archives"].append(str(self.archive))
+                self._write_info()
         self.exp = None
         return self.archive
 

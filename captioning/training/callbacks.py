@@ -13,6 +13,7 @@ import keras
 
 from captioning.io import atomic_path, atomic_write_text
 from captioning.tracking.kangas_grids import write_grid
+from captioning.training.debug import profiler
 from captioning.training.resume import (
     ResumableEarlyStopping,
     SaveState,
@@ -24,11 +25,15 @@ from captioning.training.run_dir import read_history
 
 class History(keras.callbacks.Callback):
     """``history.csv``: one row per epoch (epoch, wall-clock seconds, learning rate, every metric),
-    rewritten atomically after each epoch; ``plots/loss.png`` and ``plots/accuracy.png``."""
+    rewritten atomically after each epoch; ``plots/loss.png`` and ``plots/accuracy.png``, and
+    ``plots/scores.png`` once validation captions are scored (``monitor``/``mode``: the
+    checkpoint selection's, to mark the selected epoch)."""
 
-    def __init__(self, run_dir: Path, rows: list[dict] | None = None):
+    def __init__(self, run_dir: Path, rows: list[dict] | None = None, monitor: str = "val_loss",
+                 mode: str = "auto"):
         super().__init__()
         self.run_dir, self.rows = Path(run_dir), list(rows or [])
+        self.monitor, self.mode = monitor, mode
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
@@ -52,6 +57,9 @@ class History(keras.callbacks.Callback):
         w.writerows(self.rows)
         atomic_write_text(self.run_dir / "history.csv", buf.getvalue())
         plot_history(self.rows, self.run_dir / "plots")
+        if any(k in r for r in self.rows for k in SCORE_CURVES):
+            plot_scores(self.rows, self.run_dir / "plots", self.monitor,
+                        monitor_mode(self.monitor, self.mode))
 
 
 def plot_history(rows: list[dict], out_dir: Path) -> None:
@@ -77,6 +85,48 @@ def plot_history(rows: list[dict], out_dir: Path) -> None:
         with atomic_path(out_dir / f"{metric}.png") as tmp:
             fig.savefig(tmp, format="png")
         plt.close(fig)
+
+
+SCORE_CURVES = {"val_bleu_4": "val BLEU-4", "val_cider": "val CIDEr",
+                "reward": "self-critical reward (CIDEr-D of samples)"}
+
+
+def selected_epoch(rows: list[dict], monitor: str, mode: str) -> int | None:
+    """The epoch the best checkpoint holds: the first best ``monitor`` value (SaveWeights keeps
+    a new best only on a strict improvement)."""
+    scored = [r for r in rows if r.get(monitor) is not None]
+    if not scored:
+        return None
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda r: r[monitor])["epoch"]
+
+
+def plot_scores(rows: list[dict], out_dir: Path, monitor: str, mode: str) -> None:
+    """``scores.png``: val BLEU-4 and CIDEr per scored epoch, the self-critical reward when it
+    was logged, and the selected epoch (best ``monitor``) as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    for key, label in SCORE_CURVES.items():
+        points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label=label)
+    best = selected_epoch(rows, monitor, mode)
+    if best is not None:
+        ax.axvline(best, color="grey", linestyle="--", label=f"selected: epoch {best} ({monitor})")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("score")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    with atomic_path(out_dir / "scores.png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
 
 
 class EMAWeights(keras.callbacks.SwapEMAWeights):
@@ -131,10 +181,29 @@ class SaveWeights(keras.callbacks.Callback):
             self.model.save_weights(str(tmp))
 
 
+DISTINCT_WARNING = 0.10     # warn when fewer validation captions than this share are distinct
+
+
+def caption_diversity(captions: list[str], vocab) -> tuple[float, float]:
+    """(share of distinct captions, share of the vocabulary used). The vocabulary's share is
+    the distinct words of the captions that are vocabulary words, over the vocabulary's words
+    without the four special tokens (padding, [UNK], <start>, <end>)."""
+    from captioning.data.text import END, PAD, START, UNK
+
+    if not captions:
+        return 0.0, 0.0
+    special = {PAD, UNK, START, END}
+    words = {w for c in captions for w in c.split()} & set(vocab.tokens)
+    size = len(set(vocab.tokens) - special)
+    return len(set(captions)) / len(captions), len(words - special) / max(1, size)
+
+
 class ValidationCaptions(keras.callbacks.Callback):
     """Every N epochs: caption a fixed validation subset with the configured decoding, score it
     (BLEU-4 and CIDEr go into the epoch logs as ``val_bleu_4`` / ``val_cider``, so early
-    stopping and the best checkpoint can follow CIDEr), and write a Kangas grid.
+    stopping and the best checkpoint can follow CIDEr), and write a Kangas grid. Whenever it
+    captions, the captions' diversity goes into the logs too (``val_distinct``,
+    ``val_vocab_used``: see caption_diversity), with one warning under 10% distinct.
 
     Must come before EarlyStopping / SaveWeights in the callback list: they read the logs
     this callback adds.
@@ -151,6 +220,7 @@ class ValidationCaptions(keras.callbacks.Callback):
         self.records = pick_rows(data.splits["val"], int(cb.val_captions.max_images), int(cfg.seed))
         self.grid_rows = int(cb.kangas.max_rows)
         self.generator = None          # built once: a new one each epoch would retrace its graph
+        self.warned_distinct = False   # the low-diversity warning is printed once
 
     def on_epoch_end(self, epoch, logs=None):
         e = epoch + 1
@@ -177,10 +247,24 @@ class ValidationCaptions(keras.callbacks.Callback):
                        {r.id: p for r, p in zip(self.records, preds, strict=True)}, meteor=False)
         if logs is not None and due_score:
             logs["val_bleu_4"], logs["val_cider"] = scores.corpus["bleu_4"], scores.corpus["cider"]
+        self._diversity(e, preds, logs)
         if due_grid:
             n = self.grid_rows
             write_grid(self.run_dir, f"epoch_{e:03d}", self.records[:n], preds[:n],
                        scores.per_image, e, self.cfg, self.tracker)
+
+    def _diversity(self, epoch: int, preds: list[str], logs) -> None:
+        """``val_distinct`` / ``val_vocab_used`` into the epoch logs (so history.csv and Comet
+        get them), and one warning per run when under 10% of the captions are distinct."""
+        distinct, used = caption_diversity(preds, self.data.vocab)
+        if logs is not None:
+            logs["val_distinct"], logs["val_vocab_used"] = distinct, used
+        if distinct < DISTINCT_WARNING and not self.warned_distinct:
+            self.warned_distinct = True
+            print(f"warning: epoch {epoch}: only {distinct:.0%} of {len(preds)} validation "
+                  f"captions are distinct (under {DISTINCT_WARNING:.0%}): the model writes "
+                  f"nearly the same caption for every image. Train longer, check the "
+                  f"learning rate, or look at the images in predictions/*.datagrid.")
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -244,7 +328,8 @@ def make_callbacks(cfg, data, run_dir: Path, state, tracker=None, t0=None,
     ckpt_dir, es = Path(run_dir) / "checkpoints", cfg.callbacks.early_stopping
     saver = SaveWeights(ckpt_dir, es.monitor, es.mode, best=state.best)
     saver.best_epoch = state.best_epoch
-    history = History(run_dir, rows=[r for r in read_history(run_dir) if r["epoch"] <= state.epoch])
+    history = History(run_dir, rows=[r for r in read_history(run_dir) if r["epoch"] <= state.epoch],
+                      monitor=es.monitor, mode=es.mode)
     early = ResumableEarlyStopping(monitor=es.monitor, patience=int(es.patience),
                                    mode=monitor_mode(es.monitor, es.mode),
                                    min_delta=float(es.min_delta),
@@ -266,4 +351,5 @@ def make_callbacks(cfg, data, run_dir: Path, state, tracker=None, t0=None,
     budget = TimeBudget(minutes, t0 - state.seconds, clock) if minutes else None
     callbacks += [budget] if budget is not None else []
     callbacks += [CometEpochs(tracker)] if tracker is not None else []
+    callbacks += profiler(cfg, run_dir)                       # trainer.profile_batches
     return CallbackSet(callbacks, history, saver, early, budget)

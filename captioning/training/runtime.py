@@ -6,21 +6,25 @@ from __future__ import annotations
 from captioning import ConfigError
 
 
-def prepare_runtime(cfg) -> None:
-    """Process-wide settings, set afresh for every run (a sweep runs its jobs in one process)."""
+def prepare_runtime(cfg):
+    """Process-wide settings, set afresh for every run (a sweep runs its jobs in one process);
+    returns the distribution strategy. The strategy comes first, before any other TensorFlow
+    work: ``MultiWorkerMirroredStrategy`` configures the collective ops when it is created."""
     import keras
 
+    _gpu_memory_growth()                # reads the device list only; no op runs
+    strategy = make_strategy(cfg.trainer)
     keras.backend.clear_session()       # a fresh graph per run
-    _gpu_memory_growth()
     keras.utils.set_random_seed(int(cfg.seed))
     op_determinism(bool(cfg.trainer.get("deterministic", False)))
     _precision(cfg.trainer.precision)
+    return strategy
 
 
 def make_strategy(t):
     """``trainer.strategy``: auto (mirrored over all GPUs when there are several, else the
-    default device) | mirrored (over ``trainer.devices`` or all GPUs) | multi_worker (TF_CONFIG
-    cluster)."""
+    default device) | mirrored (over ``trainer.devices`` or all GPUs) | multi_worker (the
+    workers of TF_CONFIG or of a SLURM job step: ``training/cluster.py``)."""
     import tensorflow as tf
 
     name = t.get("strategy", "auto")
@@ -31,7 +35,9 @@ def make_strategy(t):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy(devices=devices)
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        from captioning.training.cluster import make_multi_worker_strategy
+
+        return make_multi_worker_strategy(t)
     raise ConfigError(f"trainer.strategy must be auto, mirrored or multi_worker. "
                       f"Received: {name!r}")
 

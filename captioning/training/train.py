@@ -10,7 +10,6 @@ overrides), ``checkpoints/`` (best, last, vocabulary, resume state), ``history.c
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,17 +37,18 @@ def train(cfg) -> dict:
     """Train, evaluate and write a run; returns ``{"val": {...}, "test": {...}, "meta": {...}}``."""
     check_config(cfg)                                   # before TensorFlow is imported
     from captioning.console import console
+    from captioning.training.cluster import workspace
     from captioning.training.resume import stop_signals
-    from captioning.training.run_dir import RunLock, check_resume, report_interrupted
+    from captioning.training.run_dir import check_resume, report_interrupted
 
     run_dir = Path(cfg.paths.output_dir)
     resuming = check_resume(cfg, run_dir)               # before anything is written
     if resuming and (run_dir / "metrics.json").is_file():
         console.print(f"{run_dir} already finished; its scores are in metrics.json")
         return json.loads((run_dir / "metrics.json").read_text())
-    with stop_signals(), RunLock(run_dir):
+    with stop_signals(), workspace(cfg, run_dir, resuming) as out:   # another worker: a temp dir
         try:
-            return _run(cfg, run_dir, resuming)
+            return _run(cfg, out, resuming)
         except TrainingInterrupted as e:
             report_interrupted(run_dir, e)
             raise
@@ -59,20 +59,22 @@ def _run(cfg, run_dir: Path, resuming: bool) -> dict:
     from captioning.data.datamodule import build_data
     from captioning.data.features import attach_feature_cache
     from captioning.tracking.comet import open_tracker
+    from captioning.training.debug import limit_splits
     from captioning.training.resume import fault_point, load_state
     from captioning.training.runtime import prepare_runtime
 
-    prepare_runtime(cfg)                                # session, seeds, determinism, precision
+    strategy = prepare_runtime(cfg)          # strategy first; session, seeds, precision
     t0 = time.perf_counter()
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     fault_point("index")
     data = build_data(cfg, vocab=_run_vocabulary(run_dir) if resuming else None)
+    limit_splits(cfg, data)                             # trainer.overfit/limit_*_batches
     data.vocab.save(run_dir / "checkpoints" / "vocab.json")
     report = {**data.report.as_dict(), "vocab_size": data.vocab.size}
     atomic_write_text(run_dir / "data.json", json.dumps(report, indent=2))
     print_data_report(cfg, data)
-    model, clock = _build_model(cfg, data)
+    model, clock = _build_model(cfg, data, strategy)
     fault_point("features")
     attach_feature_cache(cfg, data, model)
     state = RunState()
@@ -93,17 +95,15 @@ def _run_vocabulary(run_dir: Path):
     return Vocabulary.load(run_dir / "checkpoints" / "vocab.json")    # the run's own vocabulary
 
 
-def _build_model(cfg, data):
+def _build_model(cfg, data, strategy):
     """The Captioner and its optimizer, under the distribution strategy; returns (model, clock)."""
     import keras
 
     from captioning.console import console
     from captioning.models.build import build_model
+    from captioning.training.debug import train_steps
     from captioning.training.optim import make_optimizer
-    from captioning.training.runtime import make_strategy
-
-    strategy = make_strategy(cfg.trainer)
-    steps = math.ceil(len(data.splits["train"]) / int(cfg.trainer.batch_size))
+    steps = train_steps(cfg, data)
     with strategy.scope():           # variables are mirrored when the strategy has several devices
         model = build_model(cfg, data.vocab.size)
         clock = None
@@ -122,7 +122,9 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     """Cross-entropy epochs, the self-critical phase, then the final evaluation and report."""
     from captioning.console import console, print_scores
     from captioning.evaluation.evaluate import final_evaluation
+    from captioning.provenance import provenance
     from captioning.training.callbacks import make_callbacks
+    from captioning.training.debug import limit_train
     from captioning.training.resume import fault_point
     from captioning.training.scst import self_critical
 
@@ -134,7 +136,7 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     val_ds = data.train_dataset(int(cfg.evaluation.batch_size), int(cfg.seed), split="val",
                                 shuffle=False)
     cbs = make_callbacks(cfg, data, run.dir, state, run.tracker, run.t0, run.clock)
-    steps = math.ceil(len(data.splits["train"]) / int(t.batch_size))
+    train_ds, steps = limit_train(cfg, data, train_ds)  # trainer.limit_train_batches
     console.rule(f"Training ({len(data.splits['train'])} images, {steps} steps/epoch, up to "
                  f"{t.max_epochs} epochs)")
     if not state.cross_entropy_done(int(t.max_epochs)):
@@ -152,6 +154,7 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     fault_point("evaluation")
     results, notes = final_evaluation(model, data, cfg, run.dir, run.tracker, cbs.saver.best_epoch)
     results["meta"] = _meta(cfg, cbs, state, train_seconds, notes + data.report.notes)
+    results["provenance"] = provenance()                # git commit, versions, command line
     atomic_write_text(run.dir / "metrics.json", json.dumps(results, indent=2))
     print_scores(results, notes)
     if run.tracker is not None:

@@ -29,7 +29,9 @@ def require_dir(root, what: str, dataset: str) -> Path:
     if not root.is_dir():
         raise DatasetError(
             f"Dataset folder {root} does not exist. Download {dataset} and set dataset.root to "
-            f"the folder that contains {what}.")
+            f"the folder that contains {what}, or put it at {root} (the default dataset.root is "
+            f"under paths.data_dir: set that once with CAPTIONING_DATA_DIR or in "
+            f"conf/local/default.yaml).")
     return root
 
 
