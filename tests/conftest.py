@@ -143,6 +143,9 @@ def pytest_collection_modifyitems(config, items):
                               for d in fd)
         if shared:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    # The slow end-to-end tests first: two workers then finish together instead of one running
-    # a long test alone at the end (the order within each kind is kept).
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    # Modules with slow end-to-end tests first: two workers then finish together instead of one
+    # running a long test alone at the end. A module's tests stay together and in order, so its
+    # module-scoped fixtures are built once (pytest tears them down when another module's test
+    # comes between).
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow)
