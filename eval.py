@@ -1,7 +1,10 @@
-"""Score a finished run without retraining, on val or test, with any decoding.
+"""Score a finished run without retraining, on val, test or holdout, with any decoding.
 
     python eval.py run_dir=outputs/2026-11-21/12-00-00 split=test \
 decode.method=beam decode.beam_size=5
+
+split=holdout: the images the run held out (dataset.holdout in its config.yaml), chosen again
+from the run's config, so the same images; they cannot change after training.
 
 Writes eval_<split>_<decoding>.json and predictions_<split>_<decoding>.csv into the run
 directory, and with callbacks.kangas.enabled (the run's setting) the Kangas grid
@@ -26,6 +29,8 @@ no_phone_home()   # before Kangas or Comet is imported (captioning/privacy.py)
 OWN_KEYS = ("run_dir", "split", "which")
 # What may change at scoring time: the run's decode/evaluation/dataset, and its grid settings.
 ALLOWED = ("decode", "evaluation", "dataset", "callbacks")
+# ... except which images were held out from training.
+HOLDOUT_KEYS = ("dataset.holdout", "dataset.holdout_seed")
 
 
 def decoding_name(decode) -> str:
@@ -74,8 +79,13 @@ def main(argv: list[str]) -> int:
         raise CaptioningError("run_dir=... is required: "
                               "the run directory to score (outputs/<date>/<time>).")
     split = args.get("split", "val")
-    if split not in ("val", "test"):
-        raise CaptioningError(f"split must be val or test. Received: split={split}")
+    if split not in ("val", "test", "holdout"):
+        raise CaptioningError(f"split must be val, test or holdout. Received: split={split}")
+    held = [a for a in rest if a.split("=")[0].lstrip("+~") in HOLDOUT_KEYS]
+    if held:
+        raise CaptioningError(f"{held[0].split('=')[0]} cannot change after training: the run "
+                              f"trained on every train image it did not hold out, so other "
+                              f"held-out images would be images it has seen. Received: {held[0]}")
 
     from captioning.console import console, print_scores
     from captioning.data.datamodule import build_data
@@ -87,7 +97,11 @@ def main(argv: list[str]) -> int:
     cfg, vocab, model = load_run(run_dir, args.get("which", "best"))
     cfg = merge_overrides(_with_grid_defaults(cfg), rest, allowed=ALLOWED)
     data = build_data(cfg, vocab=vocab)
-    records = data.splits[split]
+    records = data.splits.get(split, [])
+    if not records and split == "holdout":
+        raise CaptioningError("The run held out no images (dataset.holdout is null in its "
+                              "config.yaml): a held-out split is chosen before training, "
+                              "python run.py dataset.holdout=N.")
     if not records:
         raise CaptioningError(f"The run's dataset has no {split} split "
                               f"({'; '.join(data.report.notes)}).")

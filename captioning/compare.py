@@ -26,6 +26,8 @@ from captioning.privacy import no_phone_home
 no_phone_home()   # as every entry point does (captioning/privacy.py)
 
 COLUMNS = ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "loss", "accuracy")
+# dataset.holdout's scores (images never trained or selected on), where the runs have them
+HOLDOUT_COLUMNS = ("holdout_bleu_4", "holdout_cider")
 _SEED = re.compile(r"^[+~]*seed=")
 
 
@@ -44,6 +46,8 @@ def collect(sweep: Path) -> list[dict]:
             m = json.loads(metrics.read_text())
             row.update({k: m.get("val", {}).get(k) for k in COLUMNS})
             row["test_cider"] = m.get("test", {}).get("cider")
+            if "holdout" in m:
+                row.update({c: m["holdout"].get(c.split("_", 1)[1]) for c in HOLDOUT_COLUMNS})
             row["best_epoch"] = m.get("meta", {}).get("best_epoch")
         else:
             state = job / "checkpoints" / "last.state.npz"
@@ -73,7 +77,7 @@ def seed_groups(rows: list[dict], by: str = "cider") -> list[dict]:
              "jobs": " ".join(m["job"] for m in members),
              "seeds": " ".join(o.split("=", 1)[1] for m in members for o in m["overrides"].split()
                                if _SEED.match(o)) or "(default)"}
-        for c in COLUMNS:
+        for c in (*COLUMNS, *HOLDOUT_COLUMNS):
             values = [float(m[c]) for m in members if isinstance(m.get(c), (int, float))]
             g[c] = statistics.fmean(values) if values else None
             g[f"{c}_std"] = statistics.stdev(values) if len(values) > 1 else None
@@ -117,11 +121,13 @@ def print_groups(groups: list[dict], by: str) -> None:
     table = Table(title=f"Jobs that differ only in seed: mean ± std over seeds, by val {by}",
                   caption="std: sample standard deviation (n - 1). Differences inside about "
                           "two std are noise.")
-    for col in ("overrides (without seed)", "n", "seeds", *COLUMNS):
+    columns = COLUMNS + tuple(c for c in HOLDOUT_COLUMNS
+                              if any(g.get(c) is not None for g in groups))
+    for col in ("overrides (without seed)", "n", "seeds", *columns):
         table.add_column(col, justify="left" if col.startswith(("overrides", "seeds")) else "right")
     for g in groups:
         cells = []
-        for c in COLUMNS:
+        for c in columns:
             mean, std = g[c], g[f"{c}_std"]
             cells.append("" if mean is None else f"{mean:.3f}" if std is None
                          else f"{mean:.3f} ± {std:.3f}")

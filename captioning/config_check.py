@@ -153,6 +153,9 @@ FRACTION = {"lo": 0, "hi": 1, "hi_open": True}                      # [0, 1)
 _LIMIT = ("null (all batches), a number of batches (an integer >= 1) or a fraction of them "
           "(a float in (0, 1], e.g. 0.25)")
 _PROFILE = "null (no profiling), a batch number >= 1 or [first, last], e.g. [2, 4]"
+# dataset.holdout (captioning/data/records.py holdout_size)
+_HOLDOUT = ("null (no held-out split), a number of train images (an integer >= 1, e.g. 210) or "
+            "a fraction of them (a float in (0, 1), e.g. 0.1)")
 BOOL, STR, PATH = Rule("bool"), Rule("str"), Rule("path")
 PATH_OR_NULL, STR_OR_NULL = Rule("path", null=True), Rule("str", null=True)
 
@@ -204,6 +207,10 @@ RULES: dict[str, Rule] = {
     "dataset.split": _one_of("random", "karpathy"),
     "dataset.val_fraction": _num(0, 1, lo_open=True, hi_open=True),
     "dataset.test_fraction": _num(**FRACTION),
+    "dataset.holdout": _num(0, lo_open=True, null=True, what=_HOLDOUT),
+    "dataset.holdout_seed": _int(0, 2**32 - 1, hint=" (which train images are held out; "
+                                                   "not the run's seed)"),
+    "dataset.holdout_list": PATH_OR_NULL,
     "dataset.captions_per_image": _int(1),
     "dataset.max_images": _int(1, null=True),
     "dataset.on_missing": _one_of("error", "skip"),
@@ -257,6 +264,7 @@ RULES: dict[str, Rule] = {
     "trainer.max_epochs": _int(1),
     "trainer.max_minutes": _num(0, lo_open=True, null=True,
                                 what="a number of minutes > 0, or null (no time budget)"),
+    "trainer.lr_follows_clock": BOOL,
     "trainer.batch_size": _int(1),
     "trainer.sample_captions": _int(1, null=True, what="null (all of an image's captions "
                                                        "every step) or an integer >= 1"),
@@ -397,6 +405,7 @@ def _cross_rules(v: dict) -> list[tuple[bool, str]]:
         (v.get("dataset.split") != "random" or val + test < 1,
          f"dataset.val_fraction and test_fraction must be in (0, 1) with a sum below 1. "
          f"Received: val_fraction={val}, test_fraction={test}"),
+        *_holdout_and_clock_rules(v),
     ]
     if v["decoder.name"] == "transformer":
         layers, block = v["decoder.num_layers"], v.get("decode.attention_block", -1)
@@ -413,6 +422,28 @@ def _cross_rules(v: dict) -> list[tuple[bool, str]]:
                       f"decoder.dim must be divisible by decoder.encoder.num_heads (an integer "
                       f">= 1). Received: dim={dim}, num_heads={heads}"))
     return rules
+
+
+def _holdout_and_clock_rules(v: dict) -> list[tuple[bool, str]]:
+    """dataset.holdout as a float is a fraction (< 1); trainer.lr_follows_clock=true needs a
+    clock (trainer.max_minutes) and a schedule that can follow it (cosine)."""
+    holdout, t = v.get("dataset.holdout"), "trainer.lr_follows_clock=true"
+    return [
+        (holdout is None or not v.get("dataset.holdout_list"),
+         f"dataset.holdout={holdout} and dataset.holdout_list={v.get('dataset.holdout_list')} "
+         f"both choose the held-out images: set one, the other to null."),
+        (not isinstance(holdout, float) or holdout < 1,
+         f"dataset.holdout must be {_HOLDOUT}: a float of 1 or more is neither. Use an integer "
+         f"for a number of images. Received: dataset.holdout={holdout}"),
+        (not v.get("trainer.lr_follows_clock") or v.get("trainer.max_minutes") is not None,
+         f"{t} makes the learning-rate schedule follow the share of trainer.max_minutes used, "
+         f"and trainer.max_minutes is null: set it (trainer.max_minutes=N), or "
+         f"trainer.lr_follows_clock=false."),
+        (not v.get("trainer.lr_follows_clock") or v["trainer.lr_schedule"] == "cosine",
+         f"{t} changes only a cosine schedule: set trainer.lr_schedule=cosine, or "
+         f"trainer.lr_follows_clock=false. Received: trainer.lr_schedule="
+         f"{v['trainer.lr_schedule']}"),
+    ]
 
 
 def _debug_rules(v: dict) -> list[tuple[bool, str]]:

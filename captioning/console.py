@@ -51,8 +51,9 @@ def print_config_tree(cfg: DictConfig,
 
 def print_data_report(cfg, data) -> None:
     counts = data.report.counts
+    held = f", holdout {counts['holdout']}" if counts.get("holdout") else ""
     console.print(f"[bold]Data[/] dataset={cfg.dataset.name}: train {counts.get('train', 0)}, "
-                  f"val {counts.get('val', 0)}, test {counts.get('test', 0)} images; "
+                  f"val {counts.get('val', 0)}, test {counts.get('test', 0)}{held} images; "
                   f"vocabulary {data.vocab.size} tokens; "
                   f"captions up to {data.vocab.seq_len} tokens")
     for reason, n in sorted(data.report.removed.items()):
@@ -76,7 +77,7 @@ def print_samples(records, predictions, n: int = 5) -> None:
 
 
 def print_scores(results: dict, notes=()) -> None:
-    splits = [s for s in ("val", "test") if s in results]
+    splits = [s for s in ("val", "test", "holdout") if s in results]
     table = Table(title="Scores",
                   caption="pycocoevalcap, PTB-tokenised; loss/accuracy masked per token")
     table.add_column("metric")

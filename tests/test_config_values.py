@@ -32,6 +32,7 @@ WRONG = {"int": ["abc", "1.5", "[1]", "true"], "number": ["abc", "[1.0]", "true"
          "bool": ["maybe", "1", "[true]"], "str": ["12345", "[1]"], "list": ["abc", "[[a]]"]}
 # Keys whose shipped values do not say their kind (null only, or more than one kind).
 WRONG_FOR = {
+    "dataset.holdout": ["abc", "-3", "1.5"],              # null, N images or a fraction (0, 1)
     "resume": ["12345", "1.5", "[1]"],                    # true, false or a run directory
     "backbone.trainable": ["maybe", "1.5", "[1]"],        # bool or a number of layers
     "backbone.convs_per_stage": ["abc", "1.5", "[a]"],    # an int or one per stage

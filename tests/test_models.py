@@ -58,6 +58,27 @@ def test_cached_step_reproduces_full_pass(decoder):
     np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-4)
 
 
+def test_cached_step_shares_cross_attention_between_an_images_rows():
+    # Beams and self-critical samples step R rows per image against one copy of the image's
+    # cross-attention keys/values (shared_state): the same logits and attention as repeating
+    # the memory R times.
+    decoder = _decoders()[0]
+    rng = np.random.default_rng(3)
+    r = 3
+    tokens = rng.integers(1, V, (2 * r, T)).astype("int32")
+    memory = rng.normal(size=(2, S, D)).astype("float32")
+    shared = decoder.init_cache(memory, T, repeats=r)
+    repeated = decoder.init_cache(np.repeat(memory, r, axis=0), T)
+    assert keras.ops.shape(shared["cross"][0][0])[0] == 2                 # once per image
+    for i in range(T):
+        a, shared, att_a = decoder.step(tokens[:, i], shared, i, return_attention=True)
+        b, repeated, att_b = decoder.step(tokens[:, i], repeated, i, return_attention=True)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b),
+                                   atol=1e-5)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(att_a),
+                                   keras.ops.convert_to_numpy(att_b), atol=1e-6)
+
+
 @pytest.mark.parametrize("decoder", _decoders(), ids=["transformer", "gru"])
 def test_shared_memory_equals_repeated_memory(decoder):
     # Training decodes an image's C captions against one memory row (repeats=C); it must be
@@ -196,7 +217,7 @@ def test_recipe_a_heads_and_feed_forward_dropout():
     block = decoder.blocks[0]
     assert tuple(block._cross_attention_layer._query_dense.kernel.shape) == (D, 2, 12)
     assert tuple(block._self_attention_layer._value_dense.kernel.shape) == (D, 2, 12)
-    assert decoder.init_cache(memory, T)["cross"][0].shape[-1] == 12
+    assert decoder.init_cache(memory, T)["cross"][0][0].shape[-1] == 12     # (keys, values)
     clone = TransformerDecoder.from_config(decoder.get_config())
     assert (clone.key_dim, clone.ff_dropout) == (12, 0.5)
     infer = [keras.ops.convert_to_numpy(decoder(tokens, memory)) for _ in range(2)]

@@ -195,12 +195,15 @@ def test_seed_groups_show_mean_std_and_n(tmp_path):
         (tmp_path / str(job) / ".hydra" / "overrides.yaml").write_text(
             "".join(f"- {o}\n" for o in overrides.split()))
         written[job] = {c: rng.uniform(0.1, 0.9) for c in COLUMNS}
-        (tmp_path / str(job) / "metrics.json").write_text(json.dumps({"val": written[job]}))
+        held = {"bleu_4": rng.uniform(0.1, 0.9), "cider": rng.uniform(0.1, 0.9)}
+        written[job].update({f"holdout_{k}": v for k, v in held.items()})
+        (tmp_path / str(job) / "metrics.json").write_text(
+            json.dumps({"val": written[job], "holdout": held}))
     assert main([str(tmp_path), "--no-grid"]) == 0
     groups = {g["overrides"]: g for g in csv.DictReader(open(tmp_path / "comparison_seeds.csv"))}
     gru = groups["decoder=gru"]
     assert gru["n"] == "3" and gru["seeds"] == "1 2 3" and groups["decoder=transformer"]["n"] == "1"
-    for c in COLUMNS:
+    for c in (*COLUMNS, "holdout_bleu_4", "holdout_cider"):          # holdout: dataset.holdout
         values = [written[j][c] for j in (0, 1, 2)]
         assert float(gru[c]) == pytest.approx(statistics.fmean(values))
         assert float(gru[f"{c}_std"]) == pytest.approx(statistics.stdev(values))

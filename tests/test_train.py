@@ -176,7 +176,8 @@ def test_cosine_schedule_follows_the_clock_under_a_time_budget():
     from captioning.training.optim import make_schedule
 
     cfg = compose_config("trainer.lr_schedule=cosine", "trainer.learning_rate=0.01",
-                         "trainer.warmup_steps=0", "trainer.max_epochs=10", "trainer.max_minutes=5")
+                         "trainer.warmup_steps=0", "trainer.max_epochs=10", "trainer.max_minutes=5",
+                         "trainer.lr_follows_clock=true")
     clock = keras.Variable(0.0, trainable=False)
     schedule = make_schedule(cfg, steps_per_epoch=10, clock=clock)
     plain = make_schedule(cfg, steps_per_epoch=10)

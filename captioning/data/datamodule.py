@@ -1,8 +1,8 @@
 """From a dataset config to cleaned, split, vectorised data and tf.data pipelines.
 
-config -> reader (one per layout) -> records -> split -> text filter -> vocabulary (train
-captions only) -> (N, C, L) token ids -> tf.data. The result, ``CaptionData``, is all the
-training loop and the evaluators need to know about data.
+config -> reader (one per layout) -> records -> split (and ``dataset.holdout``) -> text filter
+-> vocabulary (train captions only) -> (N, C, L) token ids -> tf.data. The result,
+``CaptionData``, is all the training loop and the evaluators need to know about data.
 """
 
 from __future__ import annotations
@@ -16,13 +16,23 @@ import numpy as np
 
 from captioning import ConfigError, DatasetError
 from captioning.data.readers import MAX_NAMED, READERS
-from captioning.data.records import DataReport, Record, assign_random_split, split_counts
+from captioning.data.records import (
+    HOLDOUT,
+    DataReport,
+    Record,
+    assign_random_split,
+    choose_holdout,
+    holdout_size,
+    split_counts,
+)
 from captioning.data.text import Vocabulary, filter_indexed, normalize, wrap
 
 
 @dataclass
 class CaptionData:
-    splits: dict[str, list[Record]]      # train / val / test records (test may be empty)
+    # train / val / test records (test may be empty), and holdout (dataset.holdout; may be
+    # absent or empty: read it with splits.get(HOLDOUT))
+    splits: dict[str, list[Record]]
     vocab: Vocabulary
     report: DataReport
     captions_per_image: int
@@ -288,7 +298,7 @@ def load_records(
     records = _apply_split(records, official_split, ds_cfg, seed, report)
     if ds_cfg.get("verify_images", True):
         records = _verify_images(records, report, progress)
-    splits = {s: [r for r in records if r.split == s] for s in ("train", "val", "test")}
+    splits = {s: [r for r in records if r.split == s] for s in ("train", "val", "test", HOLDOUT)}
     if not splits["test"]:
         report.notes.append(
             f"dataset={name} with split={ds_cfg.split} has no test split: only val is scored")
@@ -299,11 +309,12 @@ def _apply_split(
     records: list[Record], official_split: dict[str, str] | None, ds_cfg, seed: int,
     report: DataReport,
 ) -> list[Record]:
-    """Give each record its split per ``dataset.split`` (random | karpathy)."""
+    """Give each record its split per ``dataset.split`` (random | karpathy), then move
+    ``dataset.holdout`` train images to the split "holdout" (``_hold_out``)."""
     name, mode = ds_cfg.name, ds_cfg.split
     if mode == "random":
-        records = assign_random_split(records, ds_cfg.val_fraction, ds_cfg.test_fraction, seed)
-    elif mode == "karpathy":
+        return _random_split(records, ds_cfg, seed)
+    if mode == "karpathy":
         if name in ("flickr8k", "synthetic"):
             if official_split is None:
                 raise DatasetError(
@@ -323,7 +334,61 @@ def _apply_split(
         # karpathy / coco_json readers set the split themselves
     else:
         raise ConfigError(f"dataset.split must be random or karpathy. Received: {mode!r}")
-    return records
+    return _hold_out(records, ds_cfg)
+
+
+def _hold_out(records: list[Record], ds_cfg) -> list[Record]:
+    """``dataset.holdout`` of the train images (sorted by id, then a ``holdout_seed`` choice)
+    -> split "holdout". The dataset's own split is fixed here, so the choice does not depend
+    on the run's seed."""
+    train = [r.id for r in records if r.split == "train"]
+    if ds_cfg.get("holdout_list"):
+        held = listed_holdout([r for r in records if r.split == "train"], ds_cfg.holdout_list)
+    else:
+        n = holdout_size(ds_cfg.get("holdout"), len(train))
+        held = choose_holdout(train, n, int(ds_cfg.get("holdout_seed") or 0))
+    return [replace(r, split=HOLDOUT) if r.id in held else r for r in records]
+
+
+def listed_holdout(records: list[Record], path) -> set[str]:
+    """``dataset.holdout_list``: the ids of ``records`` named in the file (one image file name
+    or id per line, ``#`` comments; a relative path is from the project root). Every listed
+    name must be one of ``records`` (the train images), or one DatasetError names the first."""
+    from pathlib import Path
+
+    file = Path(str(path)).expanduser()
+    if not file.is_absolute() and not file.exists():
+        file = Path(__file__).resolve().parents[2] / file
+    if not file.is_file():
+        raise DatasetError(f"dataset.holdout_list={path}: no such file. Give a file of image "
+                           f"names, one per line (e.g. experiments/ucm_holdout.txt).")
+    names = [line.split("#", 1)[0].strip() for line in file.read_text().splitlines()]
+    names = [n for n in names if n]
+    by_name = {}
+    for r in records:
+        by_name[r.id] = by_name[Path(r.image).name] = r.id
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise DatasetError(f"dataset.holdout_list={path} names {len(unknown)} image(s) that are "
+                           f"not train images of this dataset, e.g. {unknown[0]!r}: list train "
+                           f"images only (val and test are already held out).")
+    return {by_name[n] for n in names}
+
+
+def _random_split(records: list[Record], ds_cfg, seed: int) -> list[Record]:
+    """``dataset.split=random``: val and test follow the run's seed, so the holdout is chosen
+    first, among all images (``holdout_seed``): every seed holds out the same images. Its size
+    counts the train images the fractions leave; val and test keep their sizes."""
+    vf, tf_, n = ds_cfg.val_fraction, ds_cfg.test_fraction, len(records)
+    if ds_cfg.get("holdout_list"):
+        held = listed_holdout(records, ds_cfg.holdout_list)
+    else:
+        size = holdout_size(ds_cfg.get("holdout"), n - round(n * vf) - round(n * tf_))
+        held = choose_holdout([r.id for r in records], size,
+                              int(ds_cfg.get("holdout_seed") or 0))
+    split_of = {r.id: r.split for r in assign_random_split(
+        [r for r in records if r.id not in held], vf, tf_, seed, of=n)}
+    return [replace(r, split=split_of.get(r.id, HOLDOUT)) for r in records]
 
 
 def _with(cfg, **updates):
@@ -342,12 +407,12 @@ def build_data(cfg, progress: bool = True, vocab: Vocabulary | None = None) -> C
                           f"Received: text.seq_len={text.seq_len}")
     splits, report = load_records(cfg.dataset, cfg.seed, progress)
 
-    # The length rule cleans the training captions only: val/test keep every reference, as the
-    # metrics of the literature are computed against all of them.
+    # The length rule cleans the training captions only: val/test/holdout keep every reference,
+    # as the metrics of the literature are computed against all of them.
     punct = str(text.get("punctuation", "space"))
     splits["train"], removed = _clean_train(splits["train"], text, punct)
     report.removed.update(removed)
-    for s in ("val", "test"):
+    for s in ("val", "test", HOLDOUT):
         splits[s] = [r for r in splits[s] if any(normalize(c, punct) for c in r.captions)]
     report.counts = split_counts(r for rs in splits.values() for r in rs)
     if not splits["train"]:

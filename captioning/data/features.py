@@ -131,7 +131,8 @@ def attach_feature_cache(cfg, data, model) -> None:
         if cfg.backbone.get("trainable", False) is False:      # only worth saying when frozen
             console.print(f"  feature cache bypassed: {reason}")
         return
-    records = [r for split in ("train", "val", "test") for r in data.splits[split]]
+    records = [r for split in ("train", "val", "test", "holdout")
+               for r in data.splits.get(split, [])]
     feats, row_of, folder = ensure_features(cfg, model.backbone, data, records,
                                             int(cfg.evaluation.batch_size))
     data.use_features(feats, row_of)

@@ -3,8 +3,8 @@ both do.
 
 ``evaluate(model, data, split, cfg)`` gives the split's loss, accuracy and COCO scores, its
 captions and the per-image scores; ``write_predictions`` writes ``predictions*.csv``;
-``final_evaluation`` is the end of a training run (val and test, the final Kangas grid, a few
-captioned images to Comet).
+``final_evaluation`` is the end of a training run (val, test and holdout, the final Kangas
+grid, a few captioned images to Comet).
 """
 
 from __future__ import annotations
@@ -85,17 +85,18 @@ def write_predictions(path: Path, records, predictions: list[str], per_image: di
 
 
 def final_evaluation(model, data, cfg, run_dir: Path, tracker=None, best_epoch=None):
-    """Val and test (when the dataset has them) with ``decode.*``: ``predictions.csv`` /
-    ``predictions_test.csv``, the samples printed, the final Kangas grid and a few captioned
-    images to Comet. Returns ({split: summary}, notes)."""
+    """Val, test and holdout (``dataset.holdout``), each when the dataset has it, with
+    ``decode.*``: ``predictions.csv`` / ``predictions_test.csv`` / ``predictions_holdout.csv``,
+    the samples printed, the final Kangas grid and a few captioned images to Comet (val's).
+    Returns ({split: summary}, notes)."""
     from captioning.console import print_samples
     from captioning.models.decoding import Generator
 
     generator = Generator.from_config(model, data.vocab, cfg.decode, seed=int(cfg.seed))
     results: dict = {}
     notes: list[str] = []
-    for split in ("val", "test"):
-        if not data.splits[split]:
+    for split in ("val", "test", "holdout"):
+        if not data.splits.get(split):
             continue
         r = evaluate(model, data, split, cfg, generator=generator)
         results[split] = r.summary

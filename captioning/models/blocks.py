@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import keras
 import keras_hub
+import tensorflow as tf
 from keras import layers
 
 
@@ -131,8 +132,71 @@ class TransformerDecoder(keras_hub.layers.TransformerDecoder):
         result += (scores,) if return_attention else ()
         return result if len(result) > 1 else x
 
+    def step(self, x, self_kv, index, cross_kv, return_attention=False):
+        """One incremental decoding step, inference only: the same function as ``call`` with
+        keras-hub's caches, on caches laid out for it.
+
+        x (N, 1, D) the token at position ``index``; ``self_kv``: this row's self-attention keys
+        and values, each (N, heads, L, key_dim); ``cross_kv``: the memory's cross-attention keys
+        and values, each (B, heads, S, key_dim), B = N / R with an image's R rows (beams,
+        samples) together. Returns (x (N, 1, D), new self_kv[, attention (N, heads, 1, S)]).
+
+        Why our own: keras-hub's cached attention keeps keys and values stacked as
+        (N, 2, L, heads, key_dim), so every step slices them apart and transposes them for the
+        einsum (the whole cache, both attentions), and it needs the cross-attention cache
+        repeated for every beam or sample. Profiled on the self-critical phase of the UCM
+        preset, those copies were half of the sampling loop. Here keys and values are stored
+        head-major, the cross-attention ones once per image, and the step is plain batched
+        matmuls; ``tests/test_models.py`` checks it against the full pass."""
+        att = self._self_attention_layer
+        q = _heads(att._query_dense(x))                                    # (N, H, 1, Dk)
+        k_new, v_new = _heads(att._key_dense(x)), _heads(att._value_dense(x))
+        # Written with a select, not ops.slice_update: TensorFlow runs that as a small XLA
+        # program per call, whose launch cost more than the whole select on these sizes.
+        position = tf.range(tf.shape(self_kv[0])[2])
+        here = tf.reshape(position == index, (1, 1, -1, 1))
+        k, v = tf.where(here, k_new, self_kv[0]), tf.where(here, v_new, self_kv[1])
+        scores = tf.matmul(q * att._inverse_sqrt_key_dim, k, transpose_b=True)   # (N, H, 1, L)
+        future = position > index                                 # positions not yet written
+        weights = tf.nn.softmax(tf.where(future, tf.cast(-1e9, scores.dtype), scores))
+        out = att._output_dense(_tokens(tf.matmul(weights, v)))
+        x = self._self_attention_layer_norm(out + x)
+
+        att = self._cross_attention_layer
+        q = _heads(att._query_dense(x))                                    # (N, H, 1, Dk)
+        n, b = tf.shape(q)[0], tf.shape(cross_kv[0])[0]
+        # An image's R rows as R queries against its one memory: (B, H, R, Dk).
+        q = tf.transpose(tf.reshape(q[:, :, 0], (b, n // b, *q.shape[1:2], -1)), (0, 2, 1, 3))
+        scores = tf.matmul(q * att._inverse_sqrt_key_dim, cross_kv[0], transpose_b=True)
+        weights = tf.nn.softmax(scores)                                    # (B, H, R, S)
+        out = tf.matmul(weights, cross_kv[1])                              # (B, H, R, Dk)
+        out = tf.reshape(tf.transpose(out, (0, 2, 1, 3)), (n, 1, *out.shape[1:2], -1))
+        x = self._cross_attention_layer_norm(att._output_dense(out) + x)
+        h = self._feedforward_output_dense(self._feedforward_intermediate_dense(x))
+        x = self._feedforward_layer_norm(h + x)
+        if not return_attention:
+            return x, (k, v)
+        weights = tf.reshape(tf.transpose(weights, (0, 2, 1, 3)), (n, -1, 1, tf.shape(weights)[3]))
+        return x, (k, v), weights
+
+    def cross_keys_values(self, memory):
+        """memory (B, S, D) -> the cross-attention keys and values for ``step``, each
+        (B, heads, S, key_dim)."""
+        att = self._cross_attention_layer
+        return _heads(att._key_dense(memory)), _heads(att._value_dense(memory))
+
     def get_config(self):
         return {**super().get_config(), "key_dim": self.key_dim, "ff_dropout": self.ff_dropout}
+
+
+def _heads(x):
+    """(N, T, heads, Dk) -> (N, heads, T, Dk)."""
+    return tf.transpose(x, (0, 2, 1, 3))
+
+
+def _tokens(x):
+    """(N, heads, T, Dk) -> (N, T, heads, Dk)."""
+    return tf.transpose(x, (0, 2, 1, 3))
 
 
 DecoderBlock = TransformerDecoder

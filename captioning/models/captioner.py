@@ -268,8 +268,7 @@ class Captioner(keras.Model):
             memory = self.encode(images, training=True)                  # (B, S, D)
             with tape.stop_recording():
                 # K samples per image, an image's rows together (what repeats=K expects below).
-                repeated = ops.repeat(tf.stop_gradient(memory), k, axis=0)
-                ids = sc["sampler"].generate(repeated)                                # (B*K, L)
+                ids = sc["sampler"].generate(tf.stop_gradient(memory), repeats=k)     # (B*K, L)
                 rewards = tf.numpy_function(sc["reward"], [ids, captions], tf.float32,
                                             stateful=False)
                 advantage = ops.reshape(leave_one_out_advantage(rewards, k), (-1, 1))

@@ -63,6 +63,10 @@ class Generator:
         self.method, self.beam_size, self.length_penalty = method, beam_size, length_penalty
         if method == "greedy":
             self.sampler = keras_hub.samplers.GreedySampler(temperature=temperature)
+        elif method == "top_k" and k >= model.decoder.vocab_size:
+            # k covers the vocabulary (self-critical sampling): the same distribution without
+            # sorting the whole vocabulary at every step.
+            self.sampler = keras_hub.samplers.RandomSampler(seed=seed, temperature=temperature)
         elif method == "top_k":
             self.sampler = keras_hub.samplers.TopKSampler(k=k, seed=seed, temperature=temperature)
         elif method == "top_p":
@@ -86,8 +90,9 @@ class Generator:
     def __call__(self, images):
         return self._from_images(ops.convert_to_tensor(images, "float32"))
 
-    def from_memory(self, memory):
-        return self._from_memory(memory)
+    def from_memory(self, memory, repeats: int = 1):
+        """(B, S, D) memory -> (B * repeats, max_len) ids (``generate``)."""
+        return self._from_memory(memory, repeats=repeats)
 
     def _images_to_ids(self, images):
         if self.tta == "none":
@@ -95,13 +100,21 @@ class Generator:
         views = test_time_views(images, self.tta)                             # (B*V, H, W, 3)
         return self.generate(self.model.encode(views, training=False), views=TTA[self.tta])
 
-    def generate(self, memory, views: int = 1):
+    def generate(self, memory, views: int = 1, repeats: int = 1):
         """memory (B, S, D) -> (B, max_len) ids; position 0 is the start token. With ``views=V``
-        memory is (B*V, S, D), an image's V views together, decoded as one ensemble per image."""
+        memory is (B*V, S, D), an image's V views together, decoded as one ensemble per image.
+        With ``repeats=R`` (sampling only): R captions per image, (B*R, max_len), an image's
+        together; a decoder with ``shared_state`` keeps those entries once per image."""
         decoder = self.model.decoder if views == 1 else _ViewEnsemble(self.model.decoder, views)
-        b = ops.shape(memory)[0] // views
-        # The decoder sees positions 0 .. max_len - 2 (the last generated token is never fed back).
-        cache = decoder.init_cache(memory, self.max_len - 1)
+        if repeats > 1 and self.method == "beam":
+            raise ValueError("repeats is for sampling: beam search gives one caption per image")
+        # The decoder sees positions 0 .. max_len - 2 (the last token is never fed back).
+        if repeats > 1 and _shared_state(decoder):
+            cache = decoder.init_cache(memory, self.max_len - 1, repeats=repeats)
+        else:
+            memory = ops.repeat(memory, repeats, axis=0) if repeats > 1 else memory
+            cache, repeats = decoder.init_cache(memory, self.max_len - 1), 1
+        b = ops.shape(memory)[0] // views * repeats                       # caption rows
         prompt = ops.concatenate([ops.full((b, 1), self.start_id, "int32"),
                                   ops.zeros((b, self.max_len - 1), "int32")], axis=1)
         if self.method == "beam":
@@ -121,7 +134,11 @@ class Generator:
         b = ops.shape(prompt)[0]
         per_beam = _beam_state(decoder, cache)
         expand = lambda x: ops.repeat(x, k, axis=0)  # noqa: E731   (B, ...) -> (B*K, ...)
-        seqs, cache = expand(prompt), tf.nest.map_structure(expand, cache)
+        # Entries the decoder shares between an image's rows stay once per image.
+        shared = _shared_state(decoder)
+        seqs = expand(prompt)
+        cache = {name: v if name in shared else tf.nest.map_structure(expand, v)
+                 for name, v in cache.items()}
         # Only the first beam of each image is live at the start, so the K beams differ.
         first_live = ops.convert_to_tensor([[0.0] + [-1e9] * (k - 1)])
         scores = ops.reshape(ops.tile(first_live, (b, 1)), (-1,))
@@ -143,8 +160,8 @@ class Generator:
             # Beams are only reordered within their image, and an image's memory and cross-
             # attention keys/values are the same for all its beams: gather only what each beam
             # accumulates, the entries the decoder declares in ``beam_state``.
-            cache = {k: tf.nest.map_structure(gather, v) if k in per_beam else v
-                     for k, v in cache.items()}
+            cache = {name: tf.nest.map_structure(gather, v) if name in per_beam else v
+                     for name, v in cache.items()}
             seqs = seqs + ops.cast(ops.one_hot(index, length), "int32")[None, :] * token[:, None]
             finished = finished | (token == self.end_id) | (token == 0)
             return index + 1, seqs, cache, ops.reshape(top, (-1,)), finished
@@ -168,6 +185,17 @@ def _beam_state(decoder: Decoder | _ViewEnsemble, cache) -> frozenset[str]:
         raise ValueError(f"{type(decoder).__name__}.beam_state names cache entries it does not "
                          f"have: {sorted(per_beam - set(cache))}. Cache: {sorted(cache)}")
     return per_beam
+
+
+def _shared_state(decoder) -> frozenset[str]:
+    """The cache entries ``decoder`` keeps once per image for all of the image's rows (beams,
+    samples): its ``shared_state``, checked against ``beam_state``; none if it declares none."""
+    shared = frozenset(getattr(decoder, "shared_state", ()))
+    if shared & frozenset(decoder.beam_state):
+        both = sorted(shared & set(decoder.beam_state))
+        raise ValueError(f"{type(decoder).__name__} declares {both} both per beam (beam_state) "
+                         f"and shared (shared_state)")
+    return shared
 
 
 def test_time_views(images, tta: str):
@@ -198,6 +226,7 @@ class _ViewEnsemble:
     def __init__(self, decoder: Decoder, views: int):
         self.decoder, self.views = decoder, views
         self.beam_state = decoder.beam_state       # the same entries, folded
+        self.shared_state = ()      # folded per view: every entry is repeated with the rows
 
     def _fold(self, x):                  # (B*V, ...) -> (B, V, ...)
         return ops.reshape(x, (-1, self.views, *x.shape[1:]))
@@ -247,7 +276,7 @@ def sample_records(generator: Generator, data, records, batch_size: int, n: int,
     for inputs in data.image_dataset(records, batch_size):
         if generator.tta == "none":
             memory = generator.model.encode(inputs, training=False)
-            ids = generator.from_memory(ops.repeat(memory, n, axis=0))
+            ids = generator.from_memory(memory, repeats=n)
         else:                                      # the views are built from the images
             ids = generator(ops.repeat(inputs, n, axis=0))
         caps = data.vocab.decode(keras.ops.convert_to_numpy(ids))

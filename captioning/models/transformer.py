@@ -23,14 +23,16 @@ from captioning.models.blocks import DecoderBlock
 @keras.saving.register_keras_serializable("captioning")
 class TransformerDecoder(layers.Layer):
     """A ``captioning.models.decoder.Decoder``. Cache: ``memory`` (B, S, D); ``self``, per block,
-    the self-attention keys/values (B, 2, max_len, heads, key_dim), which differ between beams;
-    ``cross``, per block, the cross-attention keys/values of the memory (B, 2, S, heads, key_dim).
+    the self-attention (keys, values), each (N, heads, max_len, key_dim), which differ between
+    beams; ``cross``, per block, the cross-attention (keys, values) of the memory, each
+    (B, heads, S, key_dim), once per image (``shared_state``; see ``DecoderBlock.step``).
     ``key_dim`` is each head's width (None: dim / heads); ``ff_dropout`` the dropout after the
     feed-forward ReLU (see ``DecoderBlock``). The attention maps (``return_attention``) are one
     block's cross-attention weights averaged over its heads, the last block's by default.
     """
 
     beam_state = ("self",)       # cache entries beam search reorders with the beams
+    shared_state = ("memory", "cross")   # per image, shared by its beams or samples
 
     def __init__(self, vocab_size, max_len, dim=512, num_layers=1, num_heads=2, ff_dim=512,
                  dropout=0.1, output_dropout=0.5, key_dim=None, ff_dropout=0.0, **kwargs):
@@ -110,51 +112,37 @@ class TransformerDecoder(layers.Layer):
             x = block(x, memory, decoder_attention_mask=mask, training=training)
         return self.out_dropout(ops.reshape(x, (n, t, self.dim)), training=training)
 
-    def _cross_caches(self, memory):
-        """Per block, the cross-attention keys/values of ``memory``: (B, 2, S, heads, head_dim)."""
-        b, head_dim = ops.shape(memory)[0], self.head_dim
-        dummy = ops.zeros((b, 1, self.dim), self.compute_dtype)
-        out = []
-        for block in self.blocks:
-            # A 2-long self-attention cache for the dummy token: with length 1 Keras warns about
-            # a softmax over a size-1 axis (the dummy's output is discarded anyway).
-            self_cache = ops.zeros((b, 2, 2, self.num_heads, head_dim), self.compute_dtype)
-            cross = ops.zeros((b, 2, ops.shape(memory)[1], self.num_heads, head_dim),
-                              self.compute_dtype)
-            # Index 0 asks the block to compute the cross-attention keys/values from memory.
-            _, _, cross = block(dummy, memory, self_attention_cache=self_cache,
-                                self_attention_cache_update_index=0, cross_attention_cache=cross,
-                                cross_attention_cache_update_index=0)
-            out.append(cross)
-        return out
-
     def project(self, hidden):
         """(..., D) -> (..., V) logits."""
         return self.head(hidden)
 
-    def init_cache(self, memory, max_len):
-        """Self-attention caches (empty) and cross-attention caches (computed once from memory)."""
-        b = ops.shape(memory)[0]
-        self_caches = [ops.zeros((b, 2, max_len, self.num_heads, self.head_dim),
-                                 self.compute_dtype)
-                       for _ in self.blocks]
-        return {"memory": memory, "self": self_caches, "cross": self._cross_caches(memory)}
+    def init_cache(self, memory, max_len, repeats=1):
+        """memory (B, S, D) -> the cache for B * ``repeats`` rows (an image's rows together):
+        per block, the self-attention keys and values (empty), each (B*R, heads, max_len,
+        head_dim), and the cross-attention ones, computed once per image, (B, heads, S,
+        head_dim)."""
+        if not self.built:
+            self.build()
+        rows = ops.shape(memory)[0] * repeats
+        empty = ops.zeros((rows, self.num_heads, max_len, self.head_dim), self.compute_dtype)
+        return {"memory": memory, "self": [(empty, empty) for _ in self.blocks],
+                "cross": [block.cross_keys_values(memory) for block in self.blocks]}
 
     def step(self, token, cache, index, return_attention=False, attention_block=-1):
-        """token (B,) at position ``index`` -> logits (B, V) for position index + 1, new cache;
-        ``return_attention``: and the chosen block's cross-attention over the memory (B, S)."""
-        x = self._embed(token[:, None], start_index=index)    # (B, 1, D)
+        """token (N,) at position ``index`` -> logits (N, V) for position index + 1, new cache;
+        ``return_attention``: and the chosen block's cross-attention over the memory (N, S).
+        N may be a multiple R of the cache's images (``shared_state``): an image's R rows
+        together share its cross-attention keys/values."""
+        x = self._embed(token[:, None], start_index=index)    # (N, 1, D)
         new_self, attention = [], None
         chosen = self._block_index(attention_block) if return_attention else None
         blocks = zip(self.blocks, cache["self"], cache["cross"], strict=True)
-        for i, (block, self_cache, cross) in enumerate(blocks):
-            out = block(x, cache["memory"], self_attention_cache=self_cache,
-                        self_attention_cache_update_index=index, cross_attention_cache=cross,
-                        cross_attention_cache_update_index=None, return_attention=i == chosen)
-            x, self_cache = out[0], out[1]
+        for i, (block, self_kv, cross_kv) in enumerate(blocks):
+            out = block.step(x, self_kv, index, cross_kv, return_attention=i == chosen)
+            x = out[0]
             if i == chosen:
-                attention = ops.mean(out[3], axis=1)[:, 0]                     # (B, S)
-            new_self.append(self_cache)
+                attention = ops.mean(out[2], axis=1)[:, 0]                     # (N, S)
+            new_self.append(out[1])
         logits = self.head(x[:, 0])
         cache = {"memory": cache["memory"], "self": new_self, "cross": cache["cross"]}
         return (logits, cache, attention) if return_attention else (logits, cache)

@@ -319,9 +319,9 @@ class CometLogger:
         """The end of a run: final scores as metrics, the run's files as assets, its plots as
         images and, with ``log_model``, the best weights as a model."""
         run_dir = Path(run_dir)
-        for split in ("val", "test"):
+        for split in ("val", "test", "holdout"):
             for k, v in results.get(split, {}).items():
-                self.call("log_metric", f"{split}_{k}" if split == "test" else f"final_val_{k}", v)
+                self.call("log_metric", f"{split}_{k}" if split != "val" else f"final_val_{k}", v)
         for f in ("metrics.json", "history.csv", "predictions.csv", "data.json", "config.yaml"):
             if (run_dir / f).exists():
                 self.call("log_asset", str(run_dir / f), file_name=f)

@@ -40,17 +40,18 @@ def limit_splits(cfg, data) -> None:
         train = data.splits["train"]
         n = batches(overfit, math.ceil(len(train) / size))
         train = train[: n * size]
-        data.splits.update(train=train, val=list(train), test=[])
+        data.splits.update(train=train, val=list(train), test=[], holdout=[])
         notes.append(f"trainer.overfit_batches={overfit}: training on {len(train)} images "
                      f"({n} batch(es), the same each epoch), validated on the same images; "
-                     f"no test scores")
+                     f"no test or holdout scores")
         return
-    for split in ("val", "test"):
-        limit, records = t.get(f"limit_{split}_batches"), data.splits[split]
+    # The holdout split is a second test set: limit_test_batches cuts it too.
+    for split, key in (("val", "val"), ("test", "test"), ("holdout", "test")):
+        limit, records = t.get(f"limit_{key}_batches"), data.splits.get(split, [])
         n = batches(limit, math.ceil(len(records) / eval_size))
         if records and n * eval_size < len(records):
             data.splits[split] = records[: n * eval_size]
-            notes.append(f"trainer.limit_{split}_batches={limit}: {split} scores on "
+            notes.append(f"trainer.limit_{key}_batches={limit}: {split} scores on "
                          f"{n * eval_size} of {len(records)} images")
 
 

@@ -41,11 +41,14 @@ def uses_schedule(cfg) -> bool:
 
 
 def make_schedule(cfg, steps_per_epoch: int, clock=None):
-    """``trainer.lr_schedule`` / ``warmup_steps`` -> a float or a Keras schedule. ``clock``: a
-    scalar variable holding the fraction of ``trainer.max_minutes`` used (the TimeBudget
-    callback keeps it up to date); a cosine schedule then follows whichever runs out first,
-    the steps or the time."""
+    """``trainer.lr_schedule`` / ``warmup_steps`` -> a float or a Keras schedule, fixed by the
+    steps (``max_epochs`` x ``steps_per_epoch``). ``clock``: a scalar variable holding the
+    fraction of ``trainer.max_minutes`` used (the TimeBudget callback keeps it up to date);
+    only with ``trainer.lr_follows_clock=true`` does a cosine schedule follow it, decaying by
+    whichever runs out first, the steps or the time (the run then depends on machine speed)."""
     t = cfg.trainer
+    if not t.get("lr_follows_clock", False):
+        clock = None
     lr = float(t.learning_rate)
     total = max(1, steps_per_epoch * int(t.max_epochs))
     if t.lr_schedule == "cosine":
@@ -138,9 +141,10 @@ class Warmup(keras.optimizers.schedules.LearningRateSchedule):
 
 @keras.saving.register_keras_serializable(SERIALIZABLE)
 class ClockAware(keras.optimizers.schedules.LearningRateSchedule):
-    """A schedule evaluated at max(step, time used / time budget x total steps): on a machine
-    slower than planned the decay still ends when the budget does, instead of training being
-    cut at a high learning rate ("budgeted training", Li et al., ICLR 2020). Keras has none.
+    """``trainer.lr_follows_clock=true``: a schedule evaluated at max(step, time used / time
+    budget x total steps): on a machine slower than planned the decay still ends when the budget
+    does, instead of training being cut at a high learning rate ("budgeted training", Li et
+    al., ICLR 2020), at the price of a run that depends on the machine's speed. Keras has none.
     ``clock`` is a live variable, so a schedule rebuilt from its config follows the steps only."""
 
     def __init__(self, inner, total_steps, clock=None):

@@ -63,6 +63,10 @@ LOCK = "run.lock"
 RESUME_FIXED = ("dataset", "backbone", "decoder", "text", "seed")
 # Keys that locate things on disk: moving the data or the cache is fine.
 RESUME_MOVABLE = ("root", "json", "images", "data_dir", "cache_dir", "output_dir")
+# Keys added since some runs began, with the default that changes nothing: a run whose
+# config.yaml lacks one resumes when the key keeps that default.
+RESUME_ADDED = {"dataset.holdout": None, "dataset.holdout_seed": 0,
+                "dataset.holdout_list": None}
 
 
 def previous_state(path: Path) -> Path:
@@ -158,6 +162,8 @@ def resume_changes(run_dir: Path, cfg) -> list[str]:
     for section in RESUME_FIXED:
         a, b = _leaves(old.get(section), section), _leaves(new.get(section), section)
         for key in sorted(set(a) | set(b)):
+            if key not in a and key in RESUME_ADDED and b.get(key) == RESUME_ADDED[key]:
+                continue
             if key.rsplit(".", 1)[-1] not in RESUME_MOVABLE and a.get(key) != b.get(key):
                 changes.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
     return changes

@@ -30,7 +30,7 @@ class Run:
     state: RunState
     t0: float                      # time.perf_counter() at the start of this process's run
     tracker: object | None = None  # a CometLogger, or None (logger=none)
-    clock: object | None = None    # the fraction of trainer.max_minutes used (a variable)
+    clock: object | None = None    # trainer.lr_follows_clock: the fraction of max_minutes used
 
 
 def train(cfg) -> dict:
@@ -107,7 +107,7 @@ def _build_model(cfg, data, strategy):
     with strategy.scope():           # variables are mirrored when the strategy has several devices
         model = build_model(cfg, data.vocab.size)
         clock = None
-        if cfg.trainer.get("max_minutes"):
+        if cfg.trainer.get("max_minutes") and cfg.trainer.get("lr_follows_clock", False):
             clock = keras.Variable(0.0, trainable=False, name="time_used")
         optimizer = make_optimizer(cfg, steps, clock, model.backbone.trainable_variables)
         model.compile(optimizer=optimizer, jit_compile=bool(cfg.trainer.jit_compile))
