@@ -30,7 +30,7 @@ OWN_KEYS = ("run_dir", "split", "which")
 # What may change at scoring time: the run's decode/evaluation/dataset, and its grid settings.
 ALLOWED = ("decode", "evaluation", "dataset", "callbacks")
 # ... except which images were held out from training.
-HOLDOUT_KEYS = ("dataset.holdout", "dataset.holdout_seed")
+HOLDOUT_KEYS = ("dataset.holdout", "dataset.holdout_seed", "dataset.holdout_list")
 
 
 def decoding_name(decode) -> str:
@@ -99,9 +99,9 @@ def main(argv: list[str]) -> int:
     data = build_data(cfg, vocab=vocab)
     records = data.splits.get(split, [])
     if not records and split == "holdout":
-        raise CaptioningError("The run held out no images (dataset.holdout is null in its "
-                              "config.yaml): a held-out split is chosen before training, "
-                              "python run.py dataset.holdout=N.")
+        raise CaptioningError("The run held out no images (dataset.holdout and holdout_list are "
+                              "null in its config.yaml): a held-out split is chosen before "
+                              "training, python run.py dataset.holdout=N.")
     if not records:
         raise CaptioningError(f"The run's dataset has no {split} split "
                               f"({'; '.join(data.report.notes)}).")
