@@ -338,24 +338,27 @@ def _apply_split(
 
 
 def _hold_out(records: list[Record], ds_cfg) -> list[Record]:
-    """``dataset.holdout`` of the train images (sorted by id, then a ``holdout_seed`` choice)
-    -> split "holdout". The dataset's own split is fixed here, so the choice does not depend
-    on the run's seed."""
-    train = [r.id for r in records if r.split == "train"]
-    if ds_cfg.get("holdout_list"):
-        held = listed_holdout([r for r in records if r.split == "train"], ds_cfg.holdout_list)
-    else:
-        n = holdout_size(ds_cfg.get("holdout"), len(train))
-        held = choose_holdout(train, n, int(ds_cfg.get("holdout_seed") or 0))
+    """``dataset.holdout`` of the train images (sorted by id, then a ``holdout_seed`` choice),
+    or ``dataset.holdout_list``'s -> split "holdout". The dataset's own split is fixed here, so
+    the choice does not depend on the run's seed."""
+    train = [r for r in records if r.split == "train"]
+    held = _held_ids(train, ds_cfg, len(train))
     return [replace(r, split=HOLDOUT) if r.id in held else r for r in records]
+
+
+def _held_ids(candidates: list[Record], ds_cfg, n_train: int) -> set[str]:
+    """The ids among ``candidates`` to hold out: the ones ``dataset.holdout_list`` names, else
+    ``dataset.holdout`` of ``n_train`` train images chosen with ``holdout_seed``."""
+    if ds_cfg.get("holdout_list"):
+        return listed_holdout(candidates, ds_cfg.holdout_list)
+    n = holdout_size(ds_cfg.get("holdout"), n_train)
+    return choose_holdout([r.id for r in candidates], n, int(ds_cfg.get("holdout_seed") or 0))
 
 
 def listed_holdout(records: list[Record], path) -> set[str]:
     """``dataset.holdout_list``: the ids of ``records`` named in the file (one image file name
     or id per line, ``#`` comments; a relative path is from the project root). Every listed
     name must be one of ``records`` (the train images), or one DatasetError names the first."""
-    from pathlib import Path
-
     file = Path(str(path)).expanduser()
     if not file.is_absolute() and not file.exists():
         file = Path(__file__).resolve().parents[2] / file
@@ -380,12 +383,7 @@ def _random_split(records: list[Record], ds_cfg, seed: int) -> list[Record]:
     first, among all images (``holdout_seed``): every seed holds out the same images. Its size
     counts the train images the fractions leave; val and test keep their sizes."""
     vf, tf_, n = ds_cfg.val_fraction, ds_cfg.test_fraction, len(records)
-    if ds_cfg.get("holdout_list"):
-        held = listed_holdout(records, ds_cfg.holdout_list)
-    else:
-        size = holdout_size(ds_cfg.get("holdout"), n - round(n * vf) - round(n * tf_))
-        held = choose_holdout([r.id for r in records], size,
-                              int(ds_cfg.get("holdout_seed") or 0))
+    held = _held_ids(records, ds_cfg, n - round(n * vf) - round(n * tf_))
     split_of = {r.id: r.split for r in assign_random_split(
         [r for r in records if r.id not in held], vf, tf_, seed, of=n)}
     return [replace(r, split=split_of.get(r.id, HOLDOUT)) for r in records]
