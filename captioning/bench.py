@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from captioning.config import compose
 from captioning.flops import Sizes, caption_flops, training_step_flops
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -58,18 +59,14 @@ def timed(fn, repeat: int = 1) -> float:
 
 
 def build(args, overrides):
-    from hydra import compose, initialize_config_dir
-
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return compose(config_name="config", overrides=[
-            "backbone=efficientnetb0", f"backbone.image_size={args.image_size}",
-            "backbone.weights=null",
-            "decoder.dim=512", "decoder.num_heads=2", "decoder.ff_dim=512", "logger=none",
-            f"dataset.max_images={args.images}", f"dataset.image_size={min(args.image_size, 128)}",
-            f"dataset.num_images={max(args.images, 2000)}", "dataset.val_fraction=0.1",
-            "dataset.test_fraction=0.0",
-            f"paths.cache_dir={args.cache_dir}", *overrides])
+    return compose([
+        "backbone=efficientnetb0", f"backbone.image_size={args.image_size}",
+        "backbone.weights=null",
+        "decoder.dim=512", "decoder.num_heads=2", "decoder.ff_dim=512", "logger=none",
+        f"dataset.max_images={args.images}", f"dataset.image_size={min(args.image_size, 128)}",
+        f"dataset.num_images={max(args.images, 2000)}", "dataset.val_fraction=0.1",
+        "dataset.test_fraction=0.0",
+        f"paths.cache_dir={args.cache_dir}", *overrides])
 
 
 def recipe_a_train_step(model):
@@ -379,7 +376,6 @@ def preset_costs(args, steps: int = 12) -> dict:
     import keras
     import numpy as np
     import tensorflow as tf
-    from hydra import compose, initialize_config_dir
 
     from captioning.data.datamodule import build_data
     from captioning.training.callbacks import ValidationCaptions
@@ -387,17 +383,15 @@ def preset_costs(args, steps: int = 12) -> dict:
     from captioning.training.train import _build_model
 
     n_train, n_val = args.preset_images, 210
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            "experiment=ucm_scratch", "dataset=synthetic", "logger=none",
-            f"dataset.num_images={n_train + n_val}", f"dataset.max_images={n_train + n_val}",
-            f"dataset.val_fraction={n_val / (n_train + n_val)}", "dataset.test_fraction=0.0",
-            "dataset.split=random", "dataset.holdout=null", f"paths.cache_dir={args.cache_dir}",
-            "callbacks.kangas.enabled=false",
-            # The warm-up steps teach the captions' length (sampled captions end as a trained
-            # model's do, not at max_len); the schedule's own warm-up would keep them random.
-            "trainer.warmup_steps=0"])
+    cfg = compose([
+        "experiment=ucm_scratch", "dataset=synthetic", "logger=none",
+        f"dataset.num_images={n_train + n_val}", f"dataset.max_images={n_train + n_val}",
+        f"dataset.val_fraction={n_val / (n_train + n_val)}", "dataset.test_fraction=0.0",
+        "dataset.split=random", "dataset.holdout=null", f"paths.cache_dir={args.cache_dir}",
+        "callbacks.kangas.enabled=false",
+        # The warm-up steps teach the captions' length (sampled captions end as a trained
+        # model's do, not at max_len); the schedule's own warm-up would keep them random.
+        "trainer.warmup_steps=0"])
     keras.utils.set_random_seed(0)
     data = build_data(cfg, progress=False)
     model, _ = _build_model(cfg, data, tf.distribute.get_strategy())
@@ -473,13 +467,8 @@ def scaling_child(args) -> int:
     from captioning.models.build import build_model
 
     n = args.scaling_child
-    from hydra import compose, initialize_config_dir
-
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            *SCALING, f"dataset.num_images={n}", f"dataset.max_images={n}",
-            f"paths.cache_dir={args.cache_dir}"])
+    cfg = compose([*SCALING, f"dataset.num_images={n}", f"dataset.max_images={n}",
+                   f"paths.cache_dir={args.cache_dir}"])
     keras.utils.set_random_seed(0)
     data = build_data(cfg, progress=False)
     model = build_model(cfg, data.vocab.size)

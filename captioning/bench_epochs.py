@@ -31,19 +31,16 @@ DEFAULT_WAYS = "recipe,ours:64:1e-4,ours:13:1e-4,ours:64:5e-4"
 
 
 def compose(args):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from captioning.config import compose as compose_config
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=[
-            "experiment=flickr8k_transformer", "dataset=karpathy", f"dataset.json={args.json}",
-            f"dataset.images={args.images}", f"dataset.max_images={args.max_images}",
-            "backbone.weights=null", f"backbone.image_size={args.image_size}",
-            # no augmentation, so both ways read the same cached features
-            "augment.flip=none", "augment.rotation=0.0", "augment.contrast=0.0",
-            "logger=none", f"paths.cache_dir={args.cache_dir}", f"seed={args.seed}",
-            *args.overrides])
+    return compose_config([
+        "experiment=flickr8k_transformer", "dataset=karpathy", f"dataset.json={args.json}",
+        f"dataset.images={args.images}", f"dataset.max_images={args.max_images}",
+        "backbone.weights=null", f"backbone.image_size={args.image_size}",
+        # no augmentation, so both ways read the same cached features
+        "augment.flip=none", "augment.rotation=0.0", "augment.contrast=0.0",
+        "logger=none", f"paths.cache_dir={args.cache_dir}", f"seed={args.seed}",
+        *args.overrides])
 
 
 def recipe_step(model, optimizer):

@@ -16,9 +16,8 @@ no_phone_home()   # before Kangas is imported (captioning/privacy.py)
 
 
 def main(argv: list[str]) -> int:
-    from hydra import compose, initialize_config_dir
-
     from captioning import CaptioningError
+    from captioning.config import compose
     from captioning.data.datamodule import load_records
     from captioning.tracking.kangas_grids import write_dataset_grid
 
@@ -28,10 +27,8 @@ def main(argv: list[str]) -> int:
     own = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv
            if a.split("=")[0] in ("max_rows", "out")}
     overrides = [a for a in argv if a.split("=")[0] not in own]
-    conf = Path(__file__).resolve().parents[1] / "conf"
     try:
-        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
+        cfg = compose(overrides)
         splits, report = load_records(cfg.dataset, int(cfg.seed))
         out = Path(own.get("out") or f"outputs/browse/{cfg.dataset.name}.datagrid")
         write_dataset_grid(out, splits, int(own.get("max_rows", 1000)), int(cfg.seed))
