@@ -3,6 +3,10 @@
     python eval.py run_dir=outputs/2026-11-21/12-00-00 split=test \
 decode.method=beam decode.beam_size=5
 
+which=last scores the last epoch's weights instead of the selected best; which=mean:21-30 the
+mean of epochs 21-30's weights (checkpoint averaging; the run must have kept them with
+callbacks.checkpoints.every_epoch=true).
+
 split=holdout: the images the run held out (dataset.holdout in its config.yaml), chosen again
 from the run's config, so the same images; they cannot change after training.
 
@@ -55,7 +59,8 @@ def result_name(split: str, decode, which: str, overrides: list[str]) -> str:
     temperature the decoding's name leaves out), so no two settings share a result file."""
     import hashlib
 
-    name = f"{split}_{decoding_name(decode)}" + ("" if which == "best" else f"_{which}")
+    weights = which.replace("mean:", "mean").replace(",", "+")    # a file name: no colon
+    name = f"{split}_{decoding_name(decode)}" + ("" if which == "best" else f"_{weights}")
     named = {"decode.method", "decode.beam_size", "decode.length_penalty", "decode.tta"}
     named |= {"decode.k", "decode.temperature"} if decode.method == "top_k" else set()
     named |= {"decode.p", "decode.temperature"} if decode.method == "top_p" else set()

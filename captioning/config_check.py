@@ -311,6 +311,7 @@ RULES: dict[str, Rule] = {
     "callbacks.kangas.every_n_epochs": _int(0),
     "callbacks.kangas.max_rows": _int(0),
     "callbacks.kangas.attention": BOOL,
+    "callbacks.checkpoints.every_epoch": BOOL,
     # logger
     "logger.name": _one_of("comet", "none"),
     "logger.project": STR,

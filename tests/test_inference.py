@@ -19,7 +19,8 @@ from tests.conftest import ROOT, compose_config
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("finished")
     cfg = compose_config("debug=tiny", "logger=none", "trainer.max_epochs=2",
-                         "backbone.image_size=32", f"paths.output_dir={out}")
+                         "backbone.image_size=32", "callbacks.checkpoints.every_epoch=true",
+                         f"paths.output_dir={out}")
     return out, cfg, train(cfg)
 
 
@@ -83,6 +84,26 @@ def test_caption_py_plots_attention_per_word(finished_run, tmp_path):
             assert im.format == "PNG" and im.width >= 200
     with pytest.raises(CaptioningError, match="attention=true needs out=DIR"):
         caption.main([f"run_dir={out}", f"images=[{files[0]}]", "attention=true"])
+
+
+def test_checkpoint_averaging_loads_the_mean_of_the_kept_epochs(finished_run):
+    from captioning import CaptioningError
+    from captioning.training.run_dir import averaged_epochs
+
+    out, _, _ = finished_run
+    assert sorted(p.name for p in (out / "checkpoints").glob("epoch_*")) == [
+        "epoch_001.weights.h5", "epoch_002.weights.h5"]
+    one, two = (load_run(out, f"epoch_00{e}")[2].get_weights() for e in (1, 2))
+    mean = load_run(out, "mean:1-2")[2].get_weights()
+    assert any(not np.array_equal(a, b) for a, b in zip(one, two, strict=True))
+    for a, b, m in zip(one, two, mean, strict=True):
+        np.testing.assert_allclose(m, (a.astype("float64") + b) / 2, rtol=1e-6, atol=1e-7)
+    assert averaged_epochs("mean:3-5,9") == [3, 4, 5, 9] and averaged_epochs("best") == []
+    with pytest.raises(CaptioningError, match="epoch_003.weights.h5 is missing.*every_epoch=true"):
+        load_run(out, "mean:1-3")
+    for bad in ("mean:", "mean:0-2", "mean:a-b"):
+        with pytest.raises(CaptioningError, match="mean:FIRST-LAST"):
+            averaged_epochs(bad)
 
 
 def test_eval_py_rescoring_never_touches_metrics_json(finished_run):
@@ -188,6 +209,7 @@ def test_eval_result_names_differ_whenever_the_settings_do():
              result_name("val", d, "best", ["dataset.max_images=60"]),
              result_name("val", d, "best", ["decode.temperature=0.5"])}
     assert len(names) == 5
+    assert result_name("holdout", d, "mean:21-30", []) == "holdout_beam3_mean21-30"
 
 
 def test_export_text_matches_the_vocabulary_decode_unk_included():

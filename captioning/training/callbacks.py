@@ -153,13 +153,21 @@ def monitor_mode(monitor: str, mode: str = "auto") -> str:
     return "max" if any(s in monitor for s in scores) else "min"
 
 
+def epoch_name(epoch: int) -> str:
+    """The weights name of a 1-based epoch's own checkpoint: ``epoch_007``."""
+    return f"epoch_{epoch:03d}"
+
+
 class SaveWeights(keras.callbacks.Callback):
     """``checkpoints/last.weights.h5`` every epoch and ``best.weights.h5`` when ``monitor``
-    improves, each written atomically (a kill mid-write leaves the previous file)."""
+    improves, each written atomically (a kill mid-write leaves the previous file); with
+    ``every_epoch`` also ``epoch_NNN.weights.h5`` (1-based), which checkpoint averaging reads
+    (``eval.py which=mean:21-30``)."""
 
-    def __init__(self, ckpt_dir: Path, monitor: str, mode: str = "auto", best: float | None = None):
+    def __init__(self, ckpt_dir: Path, monitor: str, mode: str = "auto", best: float | None = None,
+                 every_epoch: bool = False):
         super().__init__()
-        self.dir, self.monitor = Path(ckpt_dir), monitor
+        self.dir, self.monitor, self.every_epoch = Path(ckpt_dir), monitor, every_epoch
         self.mode = monitor_mode(monitor, mode)
         self.best = best
         self.best_epoch = None
@@ -171,6 +179,8 @@ class SaveWeights(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._save("last")
+        if self.every_epoch:
+            self._save(epoch_name(epoch + 1))
         value = (logs or {}).get(self.monitor)
         if value is not None and self.improved(float(value)):
             self.best, self.best_epoch = float(value), epoch + 1
@@ -326,7 +336,8 @@ def make_callbacks(cfg, data, run_dir: Path, state, tracker=None, t0=None,
     """Signals, EMA swap, validation captions, history, checkpoints, early stopping, the resume
     state (after the two it records), NaN guard, time budget, Comet; resumed from ``state``."""
     ckpt_dir, es = Path(run_dir) / "checkpoints", cfg.callbacks.early_stopping
-    saver = SaveWeights(ckpt_dir, es.monitor, es.mode, best=state.best)
+    saver = SaveWeights(ckpt_dir, es.monitor, es.mode, best=state.best,
+                        every_epoch=bool(cfg.callbacks.get("checkpoints", {}).get("every_epoch")))
     saver.best_epoch = state.best_epoch
     history = History(run_dir, rows=[r for r in read_history(run_dir) if r["epoch"] <= state.epoch],
                       monitor=es.monitor, mode=es.mode)

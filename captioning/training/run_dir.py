@@ -17,13 +17,17 @@ def load_run(run_dir, which: str = "best"):
 
     run_dir = Path(run_dir)
     cfg_path, vocab_path = run_dir / "config.yaml", run_dir / "checkpoints" / "vocab.json"
-    weights = run_dir / "checkpoints" / f"{which}.weights.h5"
-    for path in (cfg_path, vocab_path, weights):
+    epochs = averaged_epochs(which)
+    weights = ([run_dir / "checkpoints" / f"epoch_{e:03d}.weights.h5" for e in epochs] if epochs
+               else [run_dir / "checkpoints" / f"{which}.weights.h5"])
+    for path in (cfg_path, vocab_path, *weights):
         if not path.is_file():
             raise CaptioningError(f"{run_dir} is not a finished run: "
                                   f"{path.relative_to(run_dir)} is missing. "
                                   f"Point run_dir at a folder under outputs/ that holds "
-                                  f"config.yaml and checkpoints/.")
+                                  f"config.yaml and checkpoints/."
+                                  + (" Epoch checkpoints are kept with "
+                                     "callbacks.checkpoints.every_epoch=true." if epochs else ""))
     cfg = OmegaConf.load(cfg_path)
     # A run saved before a decode/evaluation option existed gets that option's default, so
     # eval.py and caption.py can use and override it on older runs too.
@@ -32,9 +36,45 @@ def load_run(run_dir, which: str = "best"):
         cfg[group] = OmegaConf.merge(defaults[group], cfg.get(group) or {})
     vocab = Vocabulary.load(vocab_path)
     model = build_model(cfg, vocab.size)
-    model.load_weights(str(weights))
+    if epochs:
+        average_weights(model, weights)
+    else:
+        model.load_weights(str(weights[0]))
     model.compile()          # evaluate() needs a compiled model; the loss lives in test_step
     return cfg, vocab, model
+
+
+def averaged_epochs(which: str) -> list[int]:
+    """``mean:21-30`` -> [21, ..., 30] (``mean:21,25,30`` a list); [] for a plain name."""
+    if not which.startswith("mean:"):
+        return []
+    try:
+        epochs = []
+        for part in which[len("mean:"):].split(","):
+            lo, _, hi = part.partition("-")
+            epochs += list(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        epochs = []
+    if not epochs or min(epochs) < 1:
+        raise CaptioningError(f"which={which}: checkpoint averaging takes 1-based epochs, "
+                              f"mean:FIRST-LAST or mean:E1,E2,... (e.g. which=mean:21-30).")
+    return sorted(set(epochs))
+
+
+def average_weights(model, paths) -> None:
+    """Load the mean of several checkpoints of one architecture into ``model`` (uniform
+    averaging, as in stochastic weight averaging; batch-norm moving statistics are averaged
+    like every other weight rather than recomputed, a small approximation when the epochs are
+    neighbours). Keras has no checkpoint-averaging utility, hence these few lines."""
+    import numpy as np
+
+    total = None
+    for path in paths:
+        model.load_weights(str(path))
+        w = [np.asarray(x, dtype=np.float64) for x in model.get_weights()]
+        total = w if total is None else [t + x for t, x in zip(total, w, strict=True)]
+    model.set_weights([(t / len(paths)).astype(x.dtype)
+                       for t, x in zip(total, model.get_weights(), strict=True)])
 
 
 def merge_overrides(cfg, overrides: list[str], allowed=("decode", "evaluation", "dataset")):
