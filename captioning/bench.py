@@ -387,7 +387,8 @@ def preset_costs(args, steps: int = 12) -> dict:
         "experiment=ucm_scratch", "dataset=synthetic", "logger=none",
         f"dataset.num_images={n_train + n_val}", f"dataset.max_images={n_train + n_val}",
         f"dataset.val_fraction={n_val / (n_train + n_val)}", "dataset.test_fraction=0.0",
-        "dataset.split=random", "dataset.holdout=null", f"paths.cache_dir={args.cache_dir}",
+        "dataset.split=random", "dataset.holdout=null", "dataset.holdout_list=null",
+        f"paths.cache_dir={args.cache_dir}",
         "callbacks.kangas.enabled=false",
         # The warm-up steps teach the captions' length (sampled captions end as a trained
         # model's do, not at max_len); the schedule's own warm-up would keep them random.

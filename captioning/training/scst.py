@@ -80,6 +80,7 @@ def _enable(cfg, data, model):
         return reward.batch(samples, captions, vocab.start_id, vocab.end_id)
 
     model.enable_self_critical(batch_reward, int(t.scst_samples), vocab.start_id, vocab.end_id,
-                               vocab.seq_len, seed=int(cfg.seed))
+                               vocab.seq_len, seed=int(cfg.seed),
+                               jit_compile=bool(cfg.decode.get("jit_compile", False)))
     set_constant_learning_rate(model.optimizer, float(t.scst_learning_rate), uses_schedule(cfg))
     return reward

@@ -111,6 +111,9 @@ def _build_model(cfg, data, strategy):
             clock = keras.Variable(0.0, trainable=False, name="time_used")
         optimizer = make_optimizer(cfg, steps, clock, model.backbone.trainable_variables)
         model.compile(optimizer=optimizer, jit_compile=bool(cfg.trainer.jit_compile))
+        # The optimizer's slots now, not inside the first train step: a tf.function that
+        # creates variables is traced twice, and each trace of the step takes seconds.
+        optimizer.build(model.trainable_variables)
     if strategy.num_replicas_in_sync > 1:
         console.print(f"  training on {strategy.num_replicas_in_sync} replicas "
                       f"({type(strategy).__name__}); trainer.batch_size={cfg.trainer.batch_size} "
