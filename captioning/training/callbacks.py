@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,11 +30,19 @@ class History(keras.callbacks.Callback):
     ``plots/scores.png`` once validation captions are scored (``monitor``/``mode``: the
     checkpoint selection's, to mark the selected epoch)."""
 
+    # Redrawing the plots takes ~0.8 s: after epochs shorter than this, they are redrawn at
+    # most this often, and when training ends (history.csv is rewritten every epoch).
+    PLOT_EVERY_S = 20.0
+
     def __init__(self, run_dir: Path, rows: list[dict] | None = None, monitor: str = "val_loss",
                  mode: str = "auto"):
         super().__init__()
         self.run_dir, self.rows = Path(run_dir), list(rows or [])
         self.monitor, self.mode = monitor, mode
+        self._plotted = None              # perf_counter of the last plot; None: not yet
+
+    def on_train_end(self, logs=None):
+        self.write(plot=True)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
@@ -47,7 +56,8 @@ class History(keras.callbacks.Callback):
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
         self.write()
 
-    def write(self):
+    def write(self, plot: bool | None = None):
+        """history.csv, and the plots when ``plot`` (None: unless drawn under PLOT_EVERY_S ago)."""
         if not self.rows:
             return
         keys = list(dict.fromkeys(k for r in self.rows for k in r))
@@ -56,6 +66,12 @@ class History(keras.callbacks.Callback):
         w.writeheader()
         w.writerows(self.rows)
         atomic_write_text(self.run_dir / "history.csv", buf.getvalue())
+        now = time.perf_counter()
+        if plot is None:
+            plot = self._plotted is None or now - self._plotted >= self.PLOT_EVERY_S
+        if not plot:
+            return
+        self._plotted = now
         plot_history(self.rows, self.run_dir / "plots")
         if any(k in r for r in self.rows for k in SCORE_CURVES):
             plot_scores(self.rows, self.run_dir / "plots", self.monitor,
@@ -180,15 +196,20 @@ class SaveWeights(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._save("last")
         if self.every_epoch:
-            self._save(epoch_name(epoch + 1))
+            self._copy_last(epoch_name(epoch + 1))
         value = (logs or {}).get(self.monitor)
         if value is not None and self.improved(float(value)):
             self.best, self.best_epoch = float(value), epoch + 1
-            self._save("best")
+            self._copy_last("best")
 
     def _save(self, name):
         with atomic_path(self.dir / f"{name}.weights.h5") as tmp:
             self.model.save_weights(str(tmp))
+
+    def _copy_last(self, name):
+        """The same weights under another name: a file copy, not a second serialisation."""
+        with atomic_path(self.dir / f"{name}.weights.h5") as tmp:
+            shutil.copyfile(self.dir / "last.weights.h5", tmp)
 
 
 DISTINCT_WARNING = 0.10     # warn when fewer validation captions than this share are distinct
