@@ -15,7 +15,8 @@ After ``enable_self_critical`` the training step is self-critical sequence train
 et al., 2017): K captions are sampled per image, each is rewarded with its CIDEr-D against the
 image's references, and the gradient raises the log-likelihood of samples that beat the mean of
 the image's other samples (Luo, 2020). ``loss``/``accuracy`` stay the teacher-forced figures on
-the references, for continuity in ``history.csv``; ``reward`` is the mean sampled CIDEr-D.
+the references (each image's first), for continuity in ``history.csv``; ``reward`` is the mean
+sampled CIDEr-D.
 """
 
 from __future__ import annotations
