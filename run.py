@@ -41,13 +41,24 @@ def main(cfg: DictConfig) -> float | None:
     except TrainingInterrupted as e:
         sys.exit(128 + e.signum)                 # the conventional exit status of a signalled job
     except CaptioningError as e:
-        # A problem with the user's input: one clear line, no traceback.
-        logging.getLogger("captioning").error("%s", e)
+        # A problem with the user's input: one clear line, no traceback. The run's log file
+        # keeps it too; the console gets it once.
+        _log_to_file(f"error: {e}")
         print(f"error: {e}", file=sys.stderr)
         if _in_sweep():
             raise                                # Hydra marks this job failed; the others go on
         sys.exit(2)
     return results["val"].get(cfg.monitor)
+
+
+def _log_to_file(message: str) -> None:
+    """Write ``message`` to the run's log file (Hydra's file handler) and not to the console,
+    where Hydra's console handler would repeat the ``error:`` line printed beside it."""
+    log = logging.getLogger("captioning")
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _in_sweep() -> bool:

@@ -201,6 +201,7 @@ RULES: dict[str, Rule] = {
     # evaluation
     "evaluation.batch_size": _int(1),
     "evaluation.spice": BOOL,
+    "evaluation.meteor": BOOL,
     "evaluation.show": _int(0),
     # dataset (the keys of each reader's option)
     "dataset.name": _one_of(*DATASETS),
@@ -396,6 +397,8 @@ def _cross_rules(v: dict) -> list[tuple[bool, str]]:
          f"monitor val_loss."),
         (v["monitor"] != "spice" or v["evaluation.spice"],
          "monitor=spice needs evaluation.spice=true (SPICE is computed only then)."),
+        (v["monitor"] != "meteor" or v.get("evaluation.meteor", True),
+         "monitor=meteor needs evaluation.meteor=true (METEOR is computed only then)."),
         (filt == "none" or low <= high,
          f"text.min_tokens must be <= text.seq_len, or no caption passes text.filter={filt}. "
          f"Received: min_tokens={low}, seq_len={high}"),

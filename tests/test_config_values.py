@@ -202,6 +202,8 @@ def test_issue_cases(overrides, message):
     (["decoder.num_heads=3"], r"^decoder.dim must be divisible by decoder.num_heads"),
     (["text.min_tokens=30"], r"^text.min_tokens must be <= text.seq_len"),
     (["monitor=spice"], r"^monitor=spice needs evaluation.spice=true"),
+    (["monitor=meteor", "evaluation.meteor=false"],
+     r"^monitor=meteor needs evaluation.meteor=true"),
     (["backbone.weights=imagenet"], r"^backbone=small_cnn has no ImageNet weights"),
 ])
 def test_named_cases(composed, overrides, message):

@@ -43,6 +43,18 @@ def test_a_mistyped_resume_fails_before_any_folder_is_written(tmp_path):
     assert list(tmp_path.iterdir()) == []                     # no outputs/<date>/<time>/
 
 
+def test_a_bad_setting_is_said_once_and_kept_in_the_run_log(tmp_path):
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), "trainer.learning_rate=-1",
+                             "logger=none", f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    said = (result.stdout + result.stderr).count("trainer.learning_rate must be > 0")
+    assert said == 1, result.stdout[-2000:] + result.stderr    # not the logger's copy as well
+    assert "error: trainer.learning_rate must be > 0" in result.stderr
+    assert "error: trainer.learning_rate must be > 0" in (run_dir / "run.log").read_text()
+
+
 def test_resume_points_hydra_at_the_run_and_leaves_its_hydra_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = _fake_run(tmp_path / "outputs" / "2026-01-01" / "10-00-00")

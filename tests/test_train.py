@@ -35,7 +35,8 @@ def _check_run_dir(out, result):
 
 
 def test_one_tiny_run_writes_a_complete_run_dir(tmp_path):
-    cfg = compose_config("debug=tiny", f"paths.output_dir={tmp_path}")
+    # debug=tiny leaves METEOR out (its Java scorer takes ~11 s to start); this run keeps it.
+    cfg = compose_config("debug=tiny", "evaluation.meteor=true", f"paths.output_dir={tmp_path}")
     result = train(cfg)
     rows = _check_run_dir(tmp_path, result)
     assert len(rows) == 4                                  # 10% of 40 images
@@ -43,6 +44,22 @@ def test_one_tiny_run_writes_a_complete_run_dir(tmp_path):
 
     # METEOR needs Java (.ci/run installs it); without it the score is left out, with a note.
     assert ("meteor" in result["val"]) == java_available()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert ("meteor" in metrics["test"]) == java_available()
+
+
+def test_meteor_can_be_left_out_and_the_scores_say_so():
+    from captioning.data.datamodule import build_data
+    from captioning.evaluation.evaluate import evaluate_split
+    from captioning.models.build import build_model
+
+    cfg = compose_config("debug=tiny", "evaluation.meteor=false")
+    data = build_data(cfg, progress=False)
+    scores, preds = evaluate_split(build_model(cfg, data.vocab.size), data, data.splits["val"],
+                                   cfg)
+    assert len(preds) == len(data.splits["val"])
+    assert "meteor" not in scores.corpus and "cider" in scores.corpus
+    assert "METEOR skipped (evaluation.meteor=false)" in scores.notes
 
 
 def test_time_budget_stops_after_the_epoch_that_fills_it(tmp_path, capsys):

@@ -45,9 +45,12 @@ def evaluate_split(model, data, records, cfg, seed: int | None = None, generator
     preds = [caps[0] for caps in drawn]
     if samples is not None and n > 1:
         samples[:] = drawn
+    meteor = bool(cfg.evaluation.get("meteor", True))
     scores = score({r.id: list(r.captions) for r in records},
                    {r.id: p for r, p in zip(records, preds, strict=True)},
-                   spice=bool(cfg.evaluation.spice))
+                   spice=bool(cfg.evaluation.spice), meteor=meteor)
+    if not meteor:
+        scores.notes.append("METEOR skipped (evaluation.meteor=false)")
     return scores, preds
 
 
