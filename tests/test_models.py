@@ -582,25 +582,49 @@ def test_self_critical_step_moves_samples_towards_the_reward(tiny_model):
     assert set(history.history) >= {"loss", "accuracy", "reward"}
 
 
-def test_self_critical_trims_samples_to_the_longest_without_changing_the_kept_logits(tiny_model):
-    """The self-critical step trains on samples cut after the longest one's end token; the
-    decoder is causal, so the kept positions' logits are those of the full padded rows."""
-    from captioning.models.captioner import trim_to_longest
+def test_self_critical_packs_samples_by_length_without_changing_the_objective():
+    """The self-critical step runs the decoder on two groups of images, each cut after its
+    longest sample's end token; the decoder is causal, so the advantage-weighted log-likelihood
+    and the token count equal those of one pass over the full padded rows."""
+    import tensorflow as tf
 
-    model, _ = tiny_model
-    ids = np.array([[2, 5, 6, 3, 0, 0, 0, 0],
-                    [2, 7, 3, 9, 0, 0, 0, 0],       # anything after the first end token is cut
-                    [2, 8, 8, 8, 3, 0, 0, 0]], "int32")
-    cut = keras.ops.convert_to_numpy(trim_to_longest(ids, 3))
-    np.testing.assert_array_equal(cut, ids[:, :5])
-    no_end = ids.copy()
-    no_end[2] = [2, 8, 8, 8, 8, 8, 8, 8]       # a sample that hit max_len keeps every position
-    assert keras.ops.convert_to_numpy(trim_to_longest(no_end, 3)).shape == (3, 8)
+    from captioning.models.captioner import length_groups
 
-    images = np.random.default_rng(3).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
-    full = keras.ops.convert_to_numpy(model((images, ids[:, :-1])))
-    short = keras.ops.convert_to_numpy(model((images, cut[:, :-1])))
-    np.testing.assert_allclose(short, full[:, :cut.shape[1] - 1], rtol=1e-5, atol=1e-5)
+    cfg = compose_config("debug=tiny", "backbone.image_size=32", "decoder.dropout=0",
+                         "decoder.output_dropout=0")
+    keras.utils.set_random_seed(3)
+    model = build_model(cfg, V)
+    k, end = 2, 3
+    ids = np.array([[2, 5, 6, 3, 0, 0, 0, 0], [2, 7, 3, 9, 9, 9, 9, 9],    # image 0: through 4
+                    [2, 8, 8, 8, 8, 8, 3, 0], [2, 3, 0, 0, 0, 0, 0, 0],    # image 1: through 7
+                    [2, 4, 3, 0, 0, 0, 0, 0], [2, 5, 5, 3, 0, 0, 0, 0],    # image 2: through 4
+                    [2, 6, 6, 6, 6, 6, 6, 6], [2, 9, 3, 0, 0, 0, 0, 0]],   # image 3: no end, 8
+                   "int32")
+    groups = [(list(np.asarray(i)), int(n)) for i, n in length_groups(ids, end, k)]
+    assert groups == [([0, 2], 4), ([1, 3], 8)]
+    assert [int(n) for _, n in length_groups(ids[:2], end, k)] == [2, 4]   # one image: empty + all
+
+    images = np.random.default_rng(3).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    advantage = np.array([0.5, -1.0, 2.0, 0.25, -0.5, 1.5, -2.0, 1.0], "float32")
+    memory = model.encode(images)
+    total, count = (float(x) for x in model._sample_log_likelihood(memory, tf.constant(ids),
+                                                                    advantage, k, end))
+    # The same sums from one unpacked pass: every row at full length, then masked.
+    logits = keras.ops.convert_to_numpy(model((np.repeat(images, k, axis=0), ids[:, :-1])))
+    logits[..., 0] = -1e9
+    shifted = logits - logits.max(-1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    targets = ids[:, 1:]
+    ended = np.cumsum(targets == end, axis=1) - (targets == end) > 0
+    real = ~ended & (targets > 0)
+    picked = np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+    assert count == real.sum() == 3 + 2 + 6 + 1 + 2 + 3 + 7 + 2
+    assert total == pytest.approx(float((advantage[:, None] * picked * real).sum()), rel=1e-5)
+    # A batch of one image: the first group is empty and adds nothing.
+    one, n = model._sample_log_likelihood(memory[:1], tf.constant(ids[:2]), advantage[:2], k, end)
+    assert int(n) == 3 + 2
+    assert float(one) == pytest.approx(float((advantage[:2, None] * picked[:2] * real[:2]).sum()),
+                                       rel=1e-5)
 
 
 def test_leave_one_out_advantage():

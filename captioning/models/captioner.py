@@ -49,16 +49,25 @@ def masked_loss_and_accuracy(targets, logits, label_smoothing=0.0):
     return ops.sum(ce * mask) / n, ops.sum(hit * mask) / n, ops.sum(mask)
 
 
-def trim_to_longest(ids, end_id: int):
-    """(N, L) sampled ids -> (N, L') with L' just long enough for the longest sample (through its
-    first end token). The sampler pads every row to max_len; a causal decoder's outputs for the
-    kept positions do not depend on the cut ones, so the objective is unchanged and the
-    decoder's training pass covers only positions some sample uses."""
-    length = tf.shape(ids)[1]
+def length_groups(ids, end_id: int, k: int):
+    """(B*K, T) samples, an image's K together -> two (image indices, length) groups: the half of
+    the images whose longest sample (through its first end token) is shortest, with that half's
+    longest, then the other half with theirs. The self-critical step runs the decoder on each
+    group cut to its own length: a trained model's samples average ~12 tokens, but one long
+    sample among a batch's 160 keeps the whole batch at ~27 positions (UCM preset). The groups
+    keep an image's K rows together, so the decoder still shares each image's memory."""
+    n, t = tf.shape(ids)[0], tf.shape(ids)[1]
+    b = n // k
     hit = tf.cast(ids == end_id, "int32")
-    first_end = tf.where(tf.reduce_any(hit > 0, axis=1),
-                         tf.argmax(hit, axis=1, output_type="int32"), length - 1)
-    return ids[:, :tf.minimum(tf.reduce_max(first_end) + 1, length)]
+    through_end = tf.where(tf.reduce_any(hit > 0, axis=1),
+                           tf.argmax(hit, axis=1, output_type="int32") + 1, t)         # (N,)
+    per_image = tf.reduce_max(tf.reshape(through_end, (b, k)), axis=1)                # (B,)
+    order = tf.argsort(per_image, stable=True)
+    groups = []
+    for images in (order[:b // 2], order[b // 2:]):                  # the first is empty if B=1
+        # At least 2 positions (an input and a target), also for an empty group.
+        groups.append((images, tf.maximum(tf.reduce_max(tf.gather(per_image, images)), 2)))
+    return groups
 
 
 def leave_one_out_advantage(rewards, k: int):
@@ -278,23 +287,11 @@ class Captioner(keras.Model):
                 ids = sc["sample"](tf.stop_gradient(memory))                          # (B*K, L)
                 rewards = tf.numpy_function(sc["reward"], [ids, captions], tf.float32,
                                             stateful=False)
-                advantage = ops.reshape(leave_one_out_advantage(rewards, k), (-1, 1))
+                advantage = leave_one_out_advantage(rewards, k)                     # (B*K,)
                 # For the logs only: the teacher-forced loss on each image's first reference,
                 # an unbiased estimate of the loss on all of them at a fifth of the cost.
                 loss, acc, n = self.decode_loss(memory, captions[:, :1], training=False)
-            ids = trim_to_longest(ids, end_id)
-            inputs, targets = ids[:, :-1], ids[:, 1:]
-            hidden = self.decoder(inputs, memory, training=True, repeats=k)           # (B*K, T, D)
-            # A sample's tokens are those up to and including its first end token; only they
-            # are projected onto the vocabulary (the largest matmul), as in decode_loss.
-            ended = tf.cumsum(tf.cast(targets == end_id, "int32"), axis=1, exclusive=True) > 0
-            real = tf.logical_and(tf.logical_not(ended), targets > 0)                 # (B*K, T)
-            logits = ops.cast(self.decoder.project(tf.boolean_mask(hidden, real)), "float32")
-            logp = tf.nn.log_softmax(tf.where(tf.range(tf.shape(logits)[-1]) == 0, -1e9, logits))
-            token_logp = tf.gather(logp, tf.boolean_mask(targets, real), batch_dims=1)  # (n,)
-            weight = tf.boolean_mask(tf.broadcast_to(advantage, tf.shape(targets)), real)
-            total = tf.reduce_sum(weight * token_logp)
-            count = tf.reduce_sum(tf.cast(real, "float32"))
+            total, count = self._sample_log_likelihood(memory, ids, advantage, k, end_id)
             objective = replica_weighted(-total / tf.maximum(count, 1.0), count)
             scaled = self.optimizer.scale_loss(objective)
         grads = tape.gradient(scaled, self.trainable_variables)
@@ -303,6 +300,31 @@ class Captioner(keras.Model):
         self.acc_tracker.update_state(acc, sample_weight=n)
         self.reward_tracker.update_state(tf.reduce_mean(rewards))
         return {m.name: m.result() for m in self.metrics}
+
+    def _sample_log_likelihood(self, memory, ids, advantage, k: int, end_id: int):
+        """The advantage-weighted log-likelihood of the samples (summed) and their token count.
+        The decoder runs on two groups of images, each cut to its own longest sample
+        (``length_groups``): the same sums, ~20% less decoder work on the UCM preset."""
+        b, t = tf.shape(memory)[0], tf.shape(ids)[1]
+        ids, advantage = tf.reshape(ids, (b, k, t)), tf.reshape(advantage, (b, k))
+        total, count = tf.constant(0.0), tf.constant(0.0)
+        for images, length in length_groups(tf.reshape(ids, (-1, t)), end_id, k):
+            rows = tf.reshape(tf.gather(ids, images), (-1, t))[:, :length]
+            inputs, targets = rows[:, :-1], rows[:, 1:]
+            hidden = self.decoder(inputs, tf.gather(memory, images), training=True,
+                                  repeats=k)                                        # (n, T', D)
+            # A sample's tokens are those up to and including its first end token; only they
+            # are projected onto the vocabulary (the largest matmul), as in decode_loss.
+            ended = tf.cumsum(tf.cast(targets == end_id, "int32"), axis=1, exclusive=True) > 0
+            real = tf.logical_and(tf.logical_not(ended), targets > 0)                # (n, T')
+            logits = ops.cast(self.decoder.project(tf.boolean_mask(hidden, real)), "float32")
+            logp = tf.nn.log_softmax(tf.where(tf.range(tf.shape(logits)[-1]) == 0, -1e9, logits))
+            token_logp = tf.gather(logp, tf.boolean_mask(targets, real), batch_dims=1)
+            weight = tf.reshape(tf.gather(advantage, images), (-1, 1))
+            weight = tf.boolean_mask(tf.broadcast_to(weight, tf.shape(targets)), real)
+            total += tf.reduce_sum(weight * token_logp)
+            count += tf.reduce_sum(tf.cast(real, "float32"))
+        return total, count
 
     def test_step(self, data):
         images, captions = data
