@@ -364,6 +364,15 @@ def batch_shape(captions) -> tuple[int, int, int, int]:
     return c.shape[0], c.shape[1], longest - 1, int((c[..., 1:longest] > 0).sum())
 
 
+def _through_end(ids, end_id: int):
+    """(N, L) sampled ids -> (N,) tokens through the first end token. The sampler keeps drawing
+    for rows that have ended until every row has, so non-zero tokens overstate a length."""
+    import numpy as np
+
+    hit = ids == end_id
+    return np.where(hit.any(1), hit.argmax(1) + 1, ids.shape[1])
+
+
 def preset_costs(args, steps: int = 12) -> dict:
     """The UCM preset's training shapes (experiment=ucm_scratch: small_cnn from scratch at
     128 px, Transformer 256, batch 32, 2 captions per step, 5 samples per image for the
@@ -417,10 +426,7 @@ def preset_costs(args, steps: int = 12) -> dict:
     scst_step = (time.perf_counter() - t0) / steps
     x, c = next(iter(sc))
     ids = model.self_critical["sampler"].generate(model.encode(x), repeats=5).numpy()[:, 1:]
-    # Tokens through the first end token: the sampler keeps drawing for rows that have ended
-    # until every row has, so the rows' non-zero tokens overstate a sample's length.
-    ended = (ids == data.vocab.end_id).any(1)
-    lengths = np.where(ended, (ids == data.vocab.end_id).argmax(1) + 1, ids.shape[1])
+    lengths = _through_end(ids, data.vocab.end_id)
     return {"ce_step": ce_step, "scst_step": scst_step, "steps_per_epoch": per_epoch,
             "val_captions_seconds": val_seconds,
             "val_share": val_seconds / (per_epoch * ce_step + val_seconds),
