@@ -397,7 +397,7 @@ def _cross_rules(v: dict) -> list[tuple[bool, str]]:
          f"monitor val_loss."),
         (v["monitor"] != "spice" or v["evaluation.spice"],
          "monitor=spice needs evaluation.spice=true (SPICE is computed only then)."),
-        (v["monitor"] != "meteor" or v.get("evaluation.meteor", True),
+        (v["monitor"] != "meteor" or v["evaluation.meteor"],
          "monitor=meteor needs evaluation.meteor=true (METEOR is computed only then)."),
         (filt == "none" or low <= high,
          f"text.min_tokens must be <= text.seq_len, or no caption passes text.filter={filt}. "

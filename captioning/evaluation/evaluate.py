@@ -45,7 +45,7 @@ def evaluate_split(model, data, records, cfg, seed: int | None = None, generator
     preds = [caps[0] for caps in drawn]
     if samples is not None and n > 1:
         samples[:] = drawn
-    meteor = bool(cfg.evaluation.get("meteor", True))
+    meteor = bool(cfg.evaluation.meteor)
     scores = score({r.id: list(r.captions) for r in records},
                    {r.id: p for r, p in zip(records, preds, strict=True)},
                    spice=bool(cfg.evaluation.spice), meteor=meteor)
