@@ -3,7 +3,8 @@
     python eval.py run_dir=outputs/2026-11-21/12-00-00 split=test \
 decode.method=beam decode.beam_size=5
 
-which=last scores the last epoch's weights instead of the selected best; which=mean:21-30 the
+which=last scores the last epoch's weights, which=best the selected best (the default is the run's
+own callbacks.checkpoints.select); which=mean:21-30 the
 mean of epochs 21-30's weights (checkpoint averaging; the run must have kept them with
 callbacks.checkpoints.every_epoch=true).
 
@@ -96,10 +97,11 @@ def main(argv: list[str]) -> int:
     from captioning.data.datamodule import build_data
     from captioning.evaluation.evaluate import evaluate, write_predictions
     from captioning.io import atomic_write_text
-    from captioning.training.run_dir import load_run, merge_overrides
+    from captioning.training.run_dir import default_weights, load_run, merge_overrides
 
     run_dir = Path(args.run_dir)
-    cfg, vocab, model = load_run(run_dir, args.get("which", "best"))
+    which = str(args.get("which") or default_weights(run_dir))   # the run's own choice
+    cfg, vocab, model = load_run(run_dir, which)
     cfg = merge_overrides(_with_grid_defaults(cfg), rest, allowed=ALLOWED)
     data = build_data(cfg, vocab=vocab)
     records = data.splits.get(split, [])
@@ -111,10 +113,10 @@ def main(argv: list[str]) -> int:
         raise CaptioningError(f"The run's dataset has no {split} split "
                               f"({'; '.join(data.report.notes)}).")
     r = evaluate(model, data, split, cfg, seed=int(cfg.seed))
-    name = result_name(split, cfg.decode, args.get("which", "best"), rest)
+    name = result_name(split, cfg.decode, which, rest)
     result = {split: r.summary,
               "meta": {"decode": OmegaConf.to_container(cfg.decode), "images": len(records),
-                       "weights": args.get("which", "best"), "notes": r.notes}}
+                       "weights": which, "notes": r.notes}}
     atomic_write_text(run_dir / f"eval_{name}.json", json.dumps(result, indent=2))
     write_predictions(run_dir / f"predictions_{name}.csv", records, r.predictions, r.per_image,
                       r.samples)

@@ -224,6 +224,7 @@ RULES: dict[str, Rule] = {
     "dataset.data_dir": PATH_OR_NULL,
     "dataset.cache_dir": PATH,
     "dataset.restval": BOOL,
+    "dataset.train_on_val": BOOL,
     "dataset.year": _one_of(2014, 2017),
     "dataset.download": BOOL,
     "dataset.tfds_name": STR,
@@ -313,6 +314,7 @@ RULES: dict[str, Rule] = {
     "callbacks.kangas.max_rows": _int(0),
     "callbacks.kangas.attention": BOOL,
     "callbacks.checkpoints.every_epoch": BOOL,
+    "callbacks.checkpoints.select": _one_of("best", "last"),
     # logger
     "logger.name": _one_of("comet", "none"),
     "logger.project": STR,

@@ -226,6 +226,36 @@ def test_backbone_lr_multiplier_scales_only_the_backbone_step():
     assert opt.use_ema and isinstance(opt, keras.optimizers.AdamW)
 
 
+@pytest.mark.parametrize("decay", [0.0, 0.01])
+def test_the_fused_adam_step_trains_as_keras_adam_does(decay):
+    """FusedAdam(W): one ResourceApplyAdam kernel per dense variable, Keras's own step for an
+    embedding's sparse gradient; five steps of a small model land where Keras's Adam(W) does."""
+    import keras
+    import numpy as np
+
+    from captioning.training.optim import FusedAdam, FusedAdamW
+
+    def trained(optimizer):
+        keras.utils.set_random_seed(0)
+        ids = keras.Input((8,), dtype="int32")
+        x = keras.layers.Flatten()(keras.layers.Embedding(50, 16)(ids))    # a sparse gradient
+        model = keras.Model(ids, keras.layers.Dense(3)(keras.layers.Dense(32, "relu")(x)))
+        model.compile(optimizer=optimizer, loss="mse")
+        rng = np.random.default_rng(0)
+        model.fit(rng.integers(0, 50, (16, 8)), rng.normal(size=(16, 3)), epochs=5,
+                  batch_size=8, shuffle=False, verbose=0)
+        return model.get_weights(), model.optimizer
+
+    keras_way, _ = trained(keras.optimizers.AdamW(0.01, weight_decay=decay) if decay
+                           else keras.optimizers.Adam(0.01))
+    fused, opt = trained(FusedAdamW(0.01, weight_decay=decay) if decay else FusedAdam(0.01))
+    start, _ = trained(keras.optimizers.SGD(0.0))
+    for a, b, w0 in zip(keras_way, fused, start, strict=True):
+        assert np.abs(a - w0).max() > 1e-3                     # every variable moved ...
+        np.testing.assert_allclose(b, a, atol=1e-5)            # ... to the same place
+    assert int(opt.iterations) == 10
+
+
 def test_self_critical_starts_the_weight_average_at_the_loaded_checkpoint():
     """trainer.ema + scst_epochs: the optimizer's average is reset to the weights loaded from
     the best checkpoint, so the swap at the next epoch's start cannot bring back older ones."""

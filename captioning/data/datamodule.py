@@ -404,6 +404,12 @@ def build_data(cfg, progress: bool = True, vocab: Vocabulary | None = None) -> C
         raise ConfigError(f"text.seq_len counts <start> and <end>, so it must be at least 3. "
                           f"Received: text.seq_len={text.seq_len}")
     splits, report = load_records(cfg.dataset, cfg.seed, progress)
+    if cfg.dataset.get("train_on_val"):
+        # The final fit: val's images are trained on as well, and stay in val so the loop and
+        # its logs run unchanged; their scores are then not held-out scores.
+        splits["train"] = splits["train"] + [replace(r, split="train") for r in splits["val"]]
+        report.notes.append("dataset.train_on_val=true: the val images were trained on too (the "
+                            "final fit), so val scores overstate; read holdout or test")
 
     # The length rule cleans the training captions only: val/test/holdout keep every reference,
     # as the metrics of the literature are computed against all of them.

@@ -8,14 +8,28 @@ from pathlib import Path
 from captioning import CaptioningError, ConfigError
 
 
-def load_run(run_dir, which: str = "best"):
-    """-> (cfg, vocab, model) of a run directory written by ``train``."""
+def default_weights(run_dir) -> str:
+    """The weights a run's own final scores used: its ``callbacks.checkpoints.select`` (best,
+    or last for a fixed-schedule run), best for runs saved before that option existed."""
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return "best"
+    cfg = OmegaConf.load(path)
+    return str(OmegaConf.select(cfg, "callbacks.checkpoints.select", default="best") or "best")
+
+
+def load_run(run_dir, which: str | None = None):
+    """-> (cfg, vocab, model) of a run directory written by ``train``; ``which`` weights
+    (best, last, mean:A-B; None: the ones the run's final scores used)."""
     from omegaconf import OmegaConf
 
     from captioning.data.text import Vocabulary
     from captioning.models.build import build_model
 
     run_dir = Path(run_dir)
+    which = which or default_weights(run_dir)
     cfg_path, vocab_path = run_dir / "config.yaml", run_dir / "checkpoints" / "vocab.json"
     epochs = averaged_epochs(which)
     weights = ([run_dir / "checkpoints" / f"epoch_{e:03d}.weights.h5" for e in epochs] if epochs

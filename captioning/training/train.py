@@ -149,13 +149,15 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     fault_point("between_phases")
     self_critical(cfg, data, model, val_ds, cbs, state)
     train_seconds = time.perf_counter() - run.t0
-    best = run.dir / "checkpoints" / "best.weights.h5"
-    if best.exists():
-        model.load_weights(str(best))   # the selected epoch, whatever stopped the run
+    select = cfg.callbacks.get("checkpoints", {}).get("select", "best")
+    chosen = run.dir / "checkpoints" / f"{select}.weights.h5"
+    if chosen.exists():
+        model.load_weights(str(chosen))   # the selected epoch, whatever stopped the run
+    epoch = cbs.saver.best_epoch if select == "best" else len(cbs.history.rows)
 
     console.rule("Evaluation")
     fault_point("evaluation")
-    results, notes = final_evaluation(model, data, cfg, run.dir, run.tracker, cbs.saver.best_epoch)
+    results, notes = final_evaluation(model, data, cfg, run.dir, run.tracker, epoch)
     results["meta"] = _meta(cfg, cbs, state, train_seconds, notes + data.report.notes)
     results["provenance"] = provenance()                # git commit, versions, command line
     atomic_write_text(run.dir / "metrics.json", json.dumps(results, indent=2))
@@ -171,6 +173,8 @@ def _meta(cfg, cbs, state: RunState, train_seconds: float, notes: list[str]) -> 
     import keras
     import tensorflow as tf
 
+    select = cfg.callbacks.get("checkpoints", {}).get("select", "best")
+
     if cbs.budget is not None and cbs.budget.stopped_epoch:
         stopped_by = "time budget"
     elif stopped_early(state, cfg.trainer):
@@ -178,10 +182,12 @@ def _meta(cfg, cbs, state: RunState, train_seconds: float, notes: list[str]) -> 
     else:
         stopped_by = "scst_epochs" if state.self_critical else "max_epochs"
     return {
-        "best_epoch": cbs.saver.best_epoch, "epochs_run": len(cbs.history.rows),
+        "best_epoch": (cbs.saver.best_epoch if select == "best" else len(cbs.history.rows)),
+        "epochs_run": len(cbs.history.rows),
         "train_seconds": round(train_seconds, 1),
         "decode": OmegaConf.to_container(cfg.decode, resolve=True),
-        "selected_by": cfg.callbacks.early_stopping.monitor, "stopped_by": stopped_by,
+        "selected_by": (cfg.callbacks.early_stopping.monitor if select == "best"
+                        else "last epoch"), "stopped_by": stopped_by,
         "self_critical_from_epoch": None if state.scst_from is None else state.scst_from + 1,
         "notes": notes, "tensorflow": tf.__version__, "keras": keras.__version__,
     }
