@@ -109,7 +109,8 @@ class _FusedAdamStep:
         var = variable.value if isinstance(variable, keras.Variable) else variable
         index = self._get_variable_index(variable)
         m, v = (x.value for x in (self._momentums[index], self._velocities[index]))
-        plain = all(isinstance(x, tf.Variable) and not isinstance(x, tf.distribute.DistributedValues)
+        distributed = tf.distribute.DistributedValues
+        plain = all(isinstance(x, tf.Variable) and not isinstance(x, distributed)
                     and hasattr(x, "handle") for x in (var, m, v))
         # Keras's own step for sparse gradients (embeddings): its ops square each of an
         # IndexedSlices' rows before duplicates are summed, which the dense kernel would not.
