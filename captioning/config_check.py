@@ -60,6 +60,19 @@ def _is_codec(v) -> bool:
         return False
 
 
+def _is_weights(v) -> bool:
+    """callbacks.checkpoints.select: best, last or mean:A-B (eval.py's ``which`` syntax)."""
+    from captioning import CaptioningError
+    from captioning.training.run_dir import averaged_epochs
+
+    if not isinstance(v, str):
+        return False
+    try:
+        return v in ("best", "last") or bool(averaged_epochs(v))
+    except CaptioningError:
+        return False
+
+
 KINDS = {   # kind -> (test, description)
     "int": (_is_int, "an integer"),
     "number": (_is_number, "a number"),
@@ -68,6 +81,8 @@ KINDS = {   # kind -> (test, description)
     "path": (lambda v: isinstance(v, str) and v != "", "a path"),
     "codec": (_is_codec, "a text encoding Python knows, e.g. utf-8, latin-1, cp1252 or utf-16"),
     "ints": (lambda v: _is_list(v, _is_int), "a list of integers"),
+    "weights": (_is_weights, "best, last or mean:FIRST-LAST (the mean of those epochs' "
+                "weights, e.g. mean:28-30)"),
     "strs": (lambda v: isinstance(v, Sequence) and not isinstance(v, str)
              and all(isinstance(x, str) for x in v), "a list of strings"),
 }
@@ -314,7 +329,7 @@ RULES: dict[str, Rule] = {
     "callbacks.kangas.max_rows": _int(0),
     "callbacks.kangas.attention": BOOL,
     "callbacks.checkpoints.every_epoch": BOOL,
-    "callbacks.checkpoints.select": _one_of("best", "last"),
+    "callbacks.checkpoints.select": Rule("weights"),
     # logger
     "logger.name": _one_of("comet", "none"),
     "logger.project": STR,
@@ -412,6 +427,7 @@ def _cross_rules(v: dict) -> list[tuple[bool, str]]:
          f"dataset.val_fraction and test_fraction must be in (0, 1) with a sum below 1. "
          f"Received: val_fraction={val}, test_fraction={test}"),
         *_holdout_and_clock_rules(v),
+        *_select_rules(v),
     ]
     if v["decoder.name"] == "transformer":
         layers, block = v["decoder.num_layers"], v.get("decode.attention_block", -1)
@@ -428,6 +444,26 @@ def _cross_rules(v: dict) -> list[tuple[bool, str]]:
                       f"decoder.dim must be divisible by decoder.encoder.num_heads (an integer "
                       f">= 1). Received: dim={dim}, num_heads={heads}"))
     return rules
+
+
+def _select_rules(v: dict) -> list[tuple[bool, str]]:
+    """callbacks.checkpoints.select=mean:A-B reads epochs A..B's own checkpoints, which only
+    callbacks.checkpoints.every_epoch=true keeps, and which the schedule must reach."""
+    from captioning.training.run_dir import averaged_epochs
+
+    select = v.get("callbacks.checkpoints.select", "best")
+    if not str(select).startswith("mean:"):
+        return []
+    planned = v["trainer.max_epochs"] + v.get("trainer.scst_epochs", 0)
+    key = f"callbacks.checkpoints.select={select}"
+    return [
+        (bool(v.get("callbacks.checkpoints.every_epoch")),
+         f"{key} averages epoch checkpoints, which are kept with "
+         f"callbacks.checkpoints.every_epoch=true: set it, or select=last."),
+        (max(averaged_epochs(select)) <= planned,
+         f"{key} names epochs after the last one planned ({planned}: trainer.max_epochs + "
+         f"trainer.scst_epochs)."),
+    ]
 
 
 def _holdout_and_clock_rules(v: dict) -> list[tuple[bool, str]]:

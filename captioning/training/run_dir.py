@@ -58,6 +58,25 @@ def load_run(run_dir, which: str | None = None):
     return cfg, vocab, model
 
 
+def load_selected(model, run_dir, cfg, epochs_run: int, best_epoch: int | None):
+    """At the end of training, put the weights ``callbacks.checkpoints.select`` names into
+    ``model``: best (early stopping's monitor), last, or mean:A-B (those epochs' checkpoints
+    averaged; epochs an early stop never reached are left out). -> (the epoch they stand for,
+    what selected them: metrics.json's ``best_epoch`` and ``selected_by``)."""
+    select = str(cfg.callbacks.get("checkpoints", {}).get("select", "best"))
+    ckpt = Path(run_dir) / "checkpoints"
+    epochs = [e for e in averaged_epochs(select) if e <= epochs_run]
+    if epochs:
+        average_weights(model, [ckpt / f"epoch_{e:03d}.weights.h5" for e in epochs])
+        return epochs[-1], f"mean of epochs {epochs[0]}-{epochs[-1]} ({select})"
+    if select == "best":
+        if (ckpt / "best.weights.h5").exists():
+            model.load_weights(str(ckpt / "best.weights.h5"))   # whatever stopped the run
+        return best_epoch, str(cfg.callbacks.early_stopping.monitor)
+    model.load_weights(str(ckpt / "last.weights.h5"))
+    return epochs_run, "last epoch"
+
+
 def averaged_epochs(which: str) -> list[int]:
     """``mean:21-30`` -> [21, ..., 30] (``mean:21,25,30`` a list); [] for a plain name."""
     if not which.startswith("mean:"):

@@ -129,6 +129,7 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     from captioning.training.callbacks import make_callbacks
     from captioning.training.debug import limit_train
     from captioning.training.resume import fault_point
+    from captioning.training.run_dir import load_selected
     from captioning.training.scst import self_critical
 
     t, state = cfg.trainer, run.state
@@ -149,16 +150,14 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     fault_point("between_phases")
     self_critical(cfg, data, model, val_ds, cbs, state)
     train_seconds = time.perf_counter() - run.t0
-    select = cfg.callbacks.get("checkpoints", {}).get("select", "best")
-    chosen = run.dir / "checkpoints" / f"{select}.weights.h5"
-    if chosen.exists():
-        model.load_weights(str(chosen))   # the selected epoch, whatever stopped the run
-    epoch = cbs.saver.best_epoch if select == "best" else len(cbs.history.rows)
+    epoch, select = load_selected(model, run.dir, cfg, len(cbs.history.rows),
+                                  cbs.saver.best_epoch)
 
     console.rule("Evaluation")
     fault_point("evaluation")
     results, notes = final_evaluation(model, data, cfg, run.dir, run.tracker, epoch)
     results["meta"] = _meta(cfg, cbs, state, train_seconds, notes + data.report.notes)
+    results["meta"].update(best_epoch=epoch, selected_by=select)
     results["provenance"] = provenance()                # git commit, versions, command line
     atomic_write_text(run.dir / "metrics.json", json.dumps(results, indent=2))
     print_scores(results, notes)
@@ -173,8 +172,6 @@ def _meta(cfg, cbs, state: RunState, train_seconds: float, notes: list[str]) -> 
     import keras
     import tensorflow as tf
 
-    select = cfg.callbacks.get("checkpoints", {}).get("select", "best")
-
     if cbs.budget is not None and cbs.budget.stopped_epoch:
         stopped_by = "time budget"
     elif stopped_early(state, cfg.trainer):
@@ -182,12 +179,10 @@ def _meta(cfg, cbs, state: RunState, train_seconds: float, notes: list[str]) -> 
     else:
         stopped_by = "scst_epochs" if state.self_critical else "max_epochs"
     return {
-        "best_epoch": (cbs.saver.best_epoch if select == "best" else len(cbs.history.rows)),
-        "epochs_run": len(cbs.history.rows),
+        "best_epoch": cbs.saver.best_epoch, "epochs_run": len(cbs.history.rows),
         "train_seconds": round(train_seconds, 1),
         "decode": OmegaConf.to_container(cfg.decode, resolve=True),
-        "selected_by": (cfg.callbacks.early_stopping.monitor if select == "best"
-                        else "last epoch"), "stopped_by": stopped_by,
+        "selected_by": cfg.callbacks.early_stopping.monitor, "stopped_by": stopped_by,
         "self_critical_from_epoch": None if state.scst_from is None else state.scst_from + 1,
         "notes": notes, "tensorflow": tf.__version__, "keras": keras.__version__,
     }
