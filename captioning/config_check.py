@@ -447,8 +447,8 @@ def _cross_rules(v: dict) -> list[tuple[bool, str]]:
 
 
 def _select_rules(v: dict) -> list[tuple[bool, str]]:
-    """callbacks.checkpoints.select=mean:A-B reads epochs A..B's own checkpoints, which only
-    callbacks.checkpoints.every_epoch=true keeps, and which the schedule must reach."""
+    """callbacks.checkpoints.select=mean:A-B averages epochs A..B's own checkpoints (kept for
+    it whatever every_epoch says): the schedule must reach them."""
     from captioning.training.run_dir import averaged_epochs
 
     select = v.get("callbacks.checkpoints.select", "best")
@@ -457,9 +457,6 @@ def _select_rules(v: dict) -> list[tuple[bool, str]]:
     planned = v["trainer.max_epochs"] + v.get("trainer.scst_epochs", 0)
     key = f"callbacks.checkpoints.select={select}"
     return [
-        (bool(v.get("callbacks.checkpoints.every_epoch")),
-         f"{key} averages epoch checkpoints, which are kept with "
-         f"callbacks.checkpoints.every_epoch=true: set it, or select=last."),
         (max(averaged_epochs(select)) <= planned,
          f"{key} names epochs after the last one planned ({planned}: trainer.max_epochs + "
          f"trainer.scst_epochs)."),

@@ -18,9 +18,9 @@ from tests.conftest import ROOT, compose_config
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("finished")
-    cfg = compose_config("debug=tiny", "logger=none", "trainer.max_epochs=2",
-                         "backbone.image_size=32", "callbacks.checkpoints.every_epoch=true",
-                         "callbacks.checkpoints.select=mean:1-2", f"paths.output_dir={out}")
+    cfg = compose_config("debug=tiny", "logger=none", "trainer.max_epochs=3",
+                         "backbone.image_size=32", "callbacks.checkpoints.select=mean:2-3",
+                         f"paths.output_dir={out}")
     return out, cfg, train(cfg)
 
 
@@ -91,20 +91,20 @@ def test_checkpoint_averaging_loads_the_mean_of_the_kept_epochs(finished_run):
     from captioning.training.run_dir import averaged_epochs
 
     out, _, _ = finished_run
+    # callbacks.checkpoints.select=mean:2-3 keeps those epochs' weights (every_epoch is off)
     assert sorted(p.name for p in (out / "checkpoints").glob("epoch_*")) == [
-        "epoch_001.weights.h5", "epoch_002.weights.h5"]
-    one, two = (load_run(out, f"epoch_00{e}")[2].get_weights() for e in (1, 2))
-    mean = load_run(out, "mean:1-2")[2].get_weights()
-    assert any(not np.array_equal(a, b) for a, b in zip(one, two, strict=True))
-    for a, b, m in zip(one, two, mean, strict=True):
+        "epoch_002.weights.h5", "epoch_003.weights.h5"]
+    two, three = (load_run(out, f"epoch_00{e}")[2].get_weights() for e in (2, 3))
+    mean = load_run(out, "mean:2-3")[2].get_weights()
+    assert any(not np.array_equal(a, b) for a, b in zip(two, three, strict=True))
+    for a, b, m in zip(two, three, mean, strict=True):
         np.testing.assert_allclose(m, (a.astype("float64") + b) / 2, rtol=1e-6, atol=1e-7)
     assert averaged_epochs("mean:3-5,9") == [3, 4, 5, 9] and averaged_epochs("best") == []
-    with pytest.raises(CaptioningError, match="epoch_003.weights.h5 is missing.*every_epoch=true"):
+    with pytest.raises(CaptioningError, match="epoch_001.weights.h5 is missing.*every_epoch=true"):
         load_run(out, "mean:1-3")
-    # callbacks.checkpoints.select=mean:1-2: the run's own scores came from that mean, and
-    # eval.py / caption.py load it by default
+    # The run's own scores came from that mean, and eval.py / caption.py load it by default.
     meta = json.loads((out / "metrics.json").read_text())["meta"]
-    assert (meta["best_epoch"], meta["selected_by"]) == (2, "mean of epochs 1-2 (mean:1-2)")
+    assert (meta["best_epoch"], meta["selected_by"]) == (3, "mean of epochs 2-3 (mean:2-3)")
     for a, m in zip(load_run(out)[2].get_weights(), mean, strict=True):
         np.testing.assert_array_equal(a, m)
     for bad in ("mean:", "mean:0-2", "mean:a-b"):
@@ -119,11 +119,11 @@ def test_eval_py_rescoring_never_touches_metrics_json(finished_run):
                           "decode.method=beam", "decode.beam_size=3", "decode.tta=dihedral"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    scores = json.loads((out / "eval_test_beam3_tta_dihedral_mean1-2.json").read_text())
+    scores = json.loads((out / "eval_test_beam3_tta_dihedral_mean2-3.json").read_text())
     assert ({"bleu_4", "cider", "loss"} <= set(scores["test"])
             and scores["meta"]["decode"]["method"] == "beam")
     assert scores["meta"]["decode"]["tta"] == "dihedral"
-    assert (out / "predictions_test_beam3_tta_dihedral_mean1-2.csv").is_file()
+    assert (out / "predictions_test_beam3_tta_dihedral_mean2-3.csv").is_file()
     assert (out / "metrics.json").read_bytes() == before
     # Its Kangas grid: every row's image has one heat-map layer per word of its prediction (the
     # tiny model's beam + dihedral captions may all be empty; test_attention checks real words).
@@ -131,8 +131,8 @@ def test_eval_py_rescoring_never_touches_metrics_json(finished_run):
 
     from tests.test_attention import mask_layers
 
-    grid = out / "predictions" / "eval_test_beam3_tta_dihedral_mean1-2.datagrid"
-    with open(out / "predictions_test_beam3_tta_dihedral_mean1-2.csv", encoding="utf-8") as f:
+    grid = out / "predictions" / "eval_test_beam3_tta_dihedral_mean2-3.datagrid"
+    with open(out / "predictions_test_beam3_tta_dihedral_mean2-3.csv", encoding="utf-8") as f:
         words = sorted(len(row["prediction"].split()) for row in csv.DictReader(f))
     layers = mask_layers(grid)
     assert len(layers) == 4 and sorted(len(x) for x in layers) == words

@@ -178,12 +178,14 @@ class SaveWeights(keras.callbacks.Callback):
     """``checkpoints/last.weights.h5`` every epoch and ``best.weights.h5`` when ``monitor``
     improves, each written atomically (a kill mid-write leaves the previous file); with
     ``every_epoch`` also ``epoch_NNN.weights.h5`` (1-based), which checkpoint averaging reads
-    (``eval.py which=mean:21-30``)."""
+    (``eval.py which=mean:21-30``), and those of the ``keep`` epochs whatever ``every_epoch``
+    says (``callbacks.checkpoints.select=mean:28-30``)."""
 
     def __init__(self, ckpt_dir: Path, monitor: str, mode: str = "auto", best: float | None = None,
-                 every_epoch: bool = False):
+                 every_epoch: bool = False, keep: tuple[int, ...] = ()):
         super().__init__()
         self.dir, self.monitor, self.every_epoch = Path(ckpt_dir), monitor, every_epoch
+        self.keep = set(keep)        # 1-based epochs kept anyway (select=mean:A-B averages them)
         self.mode = monitor_mode(monitor, mode)
         self.best = best
         self.best_epoch = None
@@ -195,7 +197,7 @@ class SaveWeights(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._save("last")
-        if self.every_epoch:
+        if self.every_epoch or epoch + 1 in self.keep:
             self._copy_last(epoch_name(epoch + 1))
         value = (logs or {}).get(self.monitor)
         if value is not None and self.improved(float(value)):
@@ -356,9 +358,13 @@ def make_callbacks(cfg, data, run_dir: Path, state, tracker=None, t0=None,
                    clock=None) -> CallbackSet:
     """Signals, EMA swap, validation captions, history, checkpoints, early stopping, the resume
     state (after the two it records), NaN guard, time budget, Comet; resumed from ``state``."""
+    from captioning.training.run_dir import averaged_epochs
+
     ckpt_dir, es = Path(run_dir) / "checkpoints", cfg.callbacks.early_stopping
+    ckpts = cfg.callbacks.get("checkpoints", {})
     saver = SaveWeights(ckpt_dir, es.monitor, es.mode, best=state.best,
-                        every_epoch=bool(cfg.callbacks.get("checkpoints", {}).get("every_epoch")))
+                        every_epoch=bool(ckpts.get("every_epoch")),
+                        keep=tuple(averaged_epochs(str(ckpts.get("select", "best")))))
     saver.best_epoch = state.best_epoch
     history = History(run_dir, rows=[r for r in read_history(run_dir) if r["epoch"] <= state.epoch],
                       monitor=es.monitor, mode=es.mode)
