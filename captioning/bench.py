@@ -376,7 +376,7 @@ def _through_end(ids, end_id: int):
 def preset_costs(args, steps: int = 12) -> dict:
     """The UCM preset's training shapes (experiment=ucm_scratch: small_cnn from scratch at
     128 px, Transformer 256, batch 32, 2 captions per step, 5 samples per image for the
-    self-critical reward, beam-3 validation captions of 210 images every epoch) on synthetic
+    self-critical reward, beam-3 val captions of 210 images every epoch as in tuning) on synthetic
     data of the same counts. Times ``steps`` cross-entropy steps after as many warm-up steps
     (so sampled captions end like a trained model's), then ``steps`` self-critical steps, then
     one epoch's validation captioning and scoring (the ``ValidationCaptions`` callback itself).
@@ -398,8 +398,9 @@ def preset_costs(args, steps: int = 12) -> dict:
         f"dataset.num_images={n_train + n_val}", f"dataset.max_images={n_train + n_val}",
         f"dataset.val_fraction={n_val / (n_train + n_val)}", "dataset.test_fraction=0.0",
         "dataset.split=random", "dataset.holdout=null", "dataset.holdout_list=null",
-        f"paths.cache_dir={args.cache_dir}",
-        "callbacks.kangas.enabled=false",
+        # a tuning run's shapes: train alone, val scored every epoch (the final fit does neither)
+        "dataset.train_on_val=false", "callbacks.val_captions.every_n_epochs=1",
+        f"paths.cache_dir={args.cache_dir}", "callbacks.kangas.enabled=false",
         # The warm-up steps teach the captions' length (sampled captions end as a trained
         # model's do, not at max_len); the schedule's own warm-up would keep them random.
         "trainer.warmup_steps=0"])
