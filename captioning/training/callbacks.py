@@ -21,7 +21,7 @@ from captioning.training.resume import (
     StopOnSignal,
     fault_point,
 )
-from captioning.training.run_dir import read_history
+from captioning.training.run_dir import averaged_epochs, epoch_name, read_history
 
 
 class History(keras.callbacks.Callback):
@@ -167,11 +167,6 @@ def monitor_mode(monitor: str, mode: str = "auto") -> str:
         return mode
     scores = ("acc", "bleu", "cider", "meteor", "rouge", "spice")
     return "max" if any(s in monitor for s in scores) else "min"
-
-
-def epoch_name(epoch: int) -> str:
-    """The weights name of a 1-based epoch's own checkpoint: ``epoch_007``."""
-    return f"epoch_{epoch:03d}"
 
 
 class SaveWeights(keras.callbacks.Callback):
@@ -358,8 +353,6 @@ def make_callbacks(cfg, data, run_dir: Path, state, tracker=None, t0=None,
                    clock=None) -> CallbackSet:
     """Signals, EMA swap, validation captions, history, checkpoints, early stopping, the resume
     state (after the two it records), NaN guard, time budget, Comet; resumed from ``state``."""
-    from captioning.training.run_dir import averaged_epochs
-
     ckpt_dir, es = Path(run_dir) / "checkpoints", cfg.callbacks.early_stopping
     ckpts = cfg.callbacks.get("checkpoints", {})
     saver = SaveWeights(ckpt_dir, es.monitor, es.mode, best=state.best,

@@ -8,6 +8,11 @@ from pathlib import Path
 from captioning import CaptioningError, ConfigError
 
 
+def epoch_name(epoch: int) -> str:
+    """The weights name of a 1-based epoch's own checkpoint: ``epoch_007``."""
+    return f"epoch_{epoch:03d}"
+
+
 def default_weights(run_dir) -> str:
     """The weights a run's own final scores used: its ``callbacks.checkpoints.select`` (best,
     or last for a fixed-schedule run), best for runs saved before that option existed."""
@@ -32,7 +37,7 @@ def load_run(run_dir, which: str | None = None):
     which = which or default_weights(run_dir)
     cfg_path, vocab_path = run_dir / "config.yaml", run_dir / "checkpoints" / "vocab.json"
     epochs = averaged_epochs(which)
-    weights = ([run_dir / "checkpoints" / f"epoch_{e:03d}.weights.h5" for e in epochs] if epochs
+    weights = ([run_dir / "checkpoints" / f"{epoch_name(e)}.weights.h5" for e in epochs] if epochs
                else [run_dir / "checkpoints" / f"{which}.weights.h5"])
     for path in (cfg_path, vocab_path, *weights):
         if not path.is_file():
@@ -67,7 +72,7 @@ def load_selected(model, run_dir, cfg, epochs_run: int, best_epoch: int | None):
     ckpt = Path(run_dir) / "checkpoints"
     epochs = [e for e in averaged_epochs(select) if e <= epochs_run]
     if epochs:
-        average_weights(model, [ckpt / f"epoch_{e:03d}.weights.h5" for e in epochs])
+        average_weights(model, [ckpt / f"{epoch_name(e)}.weights.h5" for e in epochs])
         return epochs[-1], f"mean of epochs {epochs[0]}-{epochs[-1]} ({select})"
     if select == "best":
         if (ckpt / "best.weights.h5").exists():

@@ -156,8 +156,8 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     console.rule("Evaluation")
     fault_point("evaluation")
     results, notes = final_evaluation(model, data, cfg, run.dir, run.tracker, epoch)
-    results["meta"] = _meta(cfg, cbs, state, train_seconds, notes + data.report.notes)
-    results["meta"].update(best_epoch=epoch, selected_by=select)
+    results["meta"] = _meta(cfg, cbs, state, train_seconds, notes + data.report.notes,
+                            (epoch, select))
     results["provenance"] = provenance()                # git commit, versions, command line
     atomic_write_text(run.dir / "metrics.json", json.dumps(results, indent=2))
     print_scores(results, notes)
@@ -167,8 +167,10 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     return results
 
 
-def _meta(cfg, cbs, state: RunState, train_seconds: float, notes: list[str]) -> dict:
-    """metrics.json's ``meta``: how the run was selected, stopped, decoded, and on what."""
+def _meta(cfg, cbs, state: RunState, train_seconds: float, notes: list[str],
+          selected: tuple[int | None, str]) -> dict:
+    """metrics.json's ``meta``: how the run was selected (``selected``: the scored epoch and
+    what chose it, from ``load_selected``), stopped, decoded, and on what."""
     import keras
     import tensorflow as tf
 
@@ -179,10 +181,10 @@ def _meta(cfg, cbs, state: RunState, train_seconds: float, notes: list[str]) -> 
     else:
         stopped_by = "scst_epochs" if state.self_critical else "max_epochs"
     return {
-        "best_epoch": cbs.saver.best_epoch, "epochs_run": len(cbs.history.rows),
+        "best_epoch": selected[0], "epochs_run": len(cbs.history.rows),
         "train_seconds": round(train_seconds, 1),
         "decode": OmegaConf.to_container(cfg.decode, resolve=True),
-        "selected_by": cfg.callbacks.early_stopping.monitor, "stopped_by": stopped_by,
+        "selected_by": selected[1], "stopped_by": stopped_by,
         "self_critical_from_epoch": None if state.scst_from is None else state.scst_from + 1,
         "notes": notes, "tensorflow": tf.__version__, "keras": keras.__version__,
     }
