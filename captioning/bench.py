@@ -354,14 +354,15 @@ def gemm_gflops(n: int = 2048) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
-def batch_shape(captions) -> tuple[int, int, int, int]:
-    """(images, captions per image, decoder positions, real target tokens) of a (B, C, L)
-    caption batch, as ``Captioner.decode_loss`` cuts it (to the batch's longest caption)."""
+def batch_shape(captions) -> tuple[int, int, int]:
+    """(images, packed row length, real target tokens) of a (B, C, L) caption batch, as
+    ``Captioner.decode_loss`` runs it: an image's teacher-forced positions with a real target,
+    its captions end to end (``TransformerDecoder.call_packed``)."""
     import numpy as np
 
     c = np.asarray(captions)
-    longest = int((c > 0).sum(-1).max())
-    return c.shape[0], c.shape[1], longest - 1, int((c[..., 1:longest] > 0).sum())
+    per_image = (c[..., 1:] > 0).sum(axis=(1, 2))
+    return c.shape[0], int(max(per_image.max(), 1)), int(per_image.sum())
 
 
 def _through_end(ids, end_id: int):

@@ -10,8 +10,8 @@ one), except for the encoder's input projection, whose input (cached features) n
 gradient (2x).
 
 Our own few lines: TensorFlow's graph FLOP counter needs static shapes, and a training step
-here has dynamic ones (captions cut to the batch's longest, the vocabulary head applied only to
-real tokens).
+here has dynamic ones (an image's captions packed without their padding, the vocabulary head
+applied only to real tokens).
 """
 
 from __future__ import annotations
@@ -53,22 +53,21 @@ def encoder_macs(s: Sizes, images: int) -> tuple[float, float]:
     return proj, attn
 
 
-def training_step_flops(s: Sizes, images: int, captions: int, positions: int,
-                        tokens: int) -> float:
+def training_step_flops(s: Sizes, images: int, packed: int, tokens: int) -> float:
     """FLOPs of one teacher-forced training step on cached features: ``images`` memories,
-    ``captions`` caption rows per image, ``positions`` decoder positions per row (the batch's
-    longest caption, less one), ``tokens`` real target tokens (the vocabulary head's rows).
-    An image's captions share its cross-attention keys/values and attend within one
-    block-diagonal row of captions * positions (``TransformerDecoder.call`` with repeats)."""
+    ``tokens`` real target tokens, ``packed`` the batch's longest packed row (the largest sum of
+    an image's caption lengths). The projections, feed-forward network and vocabulary head run
+    on the real tokens only, the attention on each image's packed row against its memory
+    (``TransformerDecoder.call_packed``); an image's captions share its cross-attention
+    keys/values."""
     proj, enc = encoder_macs(s, images)
-    rows = images * captions
     inner = s.heads * s.head_dim
-    per_block = (rows * positions * (4 * s.dim * inner            # self-attention Q, K, V, O
-                                     + 2 * s.dim * inner          # cross-attention Q, O
-                                     + 2 * s.dim * s.ff_dim)      # feed-forward
+    per_block = (tokens * (4 * s.dim * inner                      # self-attention Q, K, V, O
+                           + 2 * s.dim * inner                    # cross-attention Q, O
+                           + 2 * s.dim * s.ff_dim)                # feed-forward
                  + images * s.memory * 2 * s.dim * inner          # cross K, V once per image
-                 + images * (captions * positions) ** 2 * inner * 2   # block-diagonal self-attn
-                 + rows * positions * s.memory * inner * 2)       # cross-attention scores, sum
+                 + images * packed ** 2 * inner * 2               # block-diagonal self-attn
+                 + images * packed * s.memory * inner * 2)        # cross-attention scores, sum
     head = tokens * s.dim * s.vocab
     return 2 * (2 * proj + 3 * (enc + s.layers * per_block + head))
 

@@ -132,6 +132,38 @@ class TransformerDecoder(keras_hub.layers.TransformerDecoder):
         result += (scores,) if return_attention else ()
         return result if len(result) > 1 else x
 
+    def call_packed(self, x, slots, packed_shape, mask, memory, training=None):
+        """``call`` on real tokens only: x (1, n, D), the n real positions of a batch in a row;
+        ``slots`` (n, 2) each one's (image, position) in the packed layout of ``packed_shape``
+        (B, P), where ``mask`` (B, P, P) says which packed positions each may attend to (its own
+        caption's earlier ones). Returns (1, n, D).
+
+        The projections, the feed-forward network and the norms, which are most of a block's
+        arithmetic and work token by token, run on the n real tokens; only the attention
+        itself runs on the (B, P) layout (``TransformerDecoder.call_packed`` says why), through
+        the attention layers' own ``_compute_attention``, so the math is Keras's."""
+        def padded(t):                                  # (1, n, H, Dk) -> (B, P, H, Dk)
+            return tf.scatter_nd(slots, t[0], (*packed_shape, *t.shape[2:]))
+
+        att = self._self_attention_layer
+        out, _ = att._compute_attention(padded(att._query_dense(x)), padded(att._key_dense(x)),
+                                        padded(att._value_dense(x)), attention_mask=mask,
+                                        training=training)
+        out = att._output_dense(tf.gather_nd(out, slots)[None])
+        x = self._self_attention_layer_norm(self._self_attention_dropout(out, training=training)
+                                            + x)
+        att = self._cross_attention_layer
+        out, _ = att._compute_attention(padded(att._query_dense(x)), att._key_dense(memory),
+                                        att._value_dense(memory), training=training)
+        out = att._output_dense(tf.gather_nd(out, slots)[None])
+        x = self._cross_attention_layer_norm(self._cross_attention_dropout(out, training=training)
+                                             + x)
+        h = self._feedforward_intermediate_dense(x)
+        if self._ff_activation_dropout is not None:
+            h = self._ff_activation_dropout(h, training=training)
+        h = self._feedforward_output_dense(h)
+        return self._feedforward_layer_norm(self._feedforward_dropout(h, training=training) + x)
+
     def step(self, x, self_kv, index, cross_kv, return_attention=False):
         """One incremental decoding step, inference only: the same function as ``call`` with
         keras-hub's caches, on caches laid out for it.

@@ -230,11 +230,17 @@ class Captioner(keras.Model):
         longest = ops.max(ops.sum(ops.cast(captions > 0, "int32"), axis=1))
         captions = captions[:, :longest]
         inputs, targets = captions[:, :-1], captions[:, 1:]              # teacher forcing
-        hidden = self.decoder(inputs, memory, training=training, repeats=c)   # (B*C, T, D)
         # Project onto the vocabulary only where there is a real target token: padding is most
         # positions, and the (D x V) projection is the largest matmul of the decoder.
         real = targets > 0
-        logits = self.decoder.project(tf.boolean_mask(hidden, real))     # (n_tokens, V)
+        if hasattr(self.decoder, "call_packed"):
+            # The Transformer also leaves the padding out of its blocks (see call_packed).
+            hidden = self.decoder.call_packed(inputs, memory, real, repeats=c,
+                                              training=training)          # (n_tokens, D)
+        else:
+            hidden = tf.boolean_mask(
+                self.decoder(inputs, memory, training=training, repeats=c), real)
+        logits = self.decoder.project(hidden)                            # (n_tokens, V)
         return masked_loss_and_accuracy(tf.boolean_mask(targets, real), logits,
                                         self.label_smoothing)
 
