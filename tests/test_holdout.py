@@ -73,6 +73,22 @@ def test_holdout_comes_from_train_and_stays_out_of_the_vocabulary(flickr8k_origi
     assert _ids(seed7["holdout"]) == {held.id}                 # not the run's seed
 
 
+def test_the_final_fit_trains_on_val_and_says_so(flickr8k_original):
+    """dataset.train_on_val=true: val's image joins train (and its words the vocabulary); the
+    data report notes it, and warns when the checkpoint is still picked on val (select=best)."""
+    base = ("dataset=flickr8k", f"dataset.root={flickr8k_original}", "dataset.split=karpathy",
+            "backbone.image_size=32", "text.seq_len=12", "dataset.train_on_val=true")
+    data = build_data(compose_config(*base), progress=False)
+    assert _ids(data.splits["train"]) == {"a.jpg", "b.jpg", "c.jpg"}
+    assert _ids(data.splits["val"]) == {"c.jpg"}                       # still scored as before
+    assert _words(data.splits["val"]) - SPECIAL <= set(data.vocab.tokens)
+    assert any("train_on_val=true" in n for n in data.report.notes)
+    assert any("select=best picks its epoch on val" in n for n in data.report.notes)
+    data = build_data(compose_config(*base, "callbacks.checkpoints.select=mean:1-2"),
+                      progress=False)
+    assert not any("select=best" in n for n in data.report.notes)
+
+
 def test_a_holdout_larger_than_train_names_the_key_and_the_fix(flickr8k_original):
     ds = compose_config("dataset=flickr8k", f"dataset.root={flickr8k_original}",
                         "dataset.split=karpathy", "dataset.holdout=2").dataset
@@ -217,6 +233,7 @@ def test_a_tiny_run_scores_the_holdout_like_val_and_eval_py_repeats_it(tmp_path)
     meta = metrics["meta"]
     assert (meta["best_epoch"], meta["selected_by"]) == (meta["epochs_run"], "last epoch")
     assert any("train_on_val=true" in n for n in meta["notes"])
+    assert not any("select=best" in n for n in meta["notes"])      # select=last: no pick on val
     rows = {s: [r["image"] for r in csv.DictReader(open(tmp_path / f, encoding="utf-8"))]
             for s, f in (("val", "predictions.csv"), ("test", "predictions_test.csv"),
                          ("holdout", "predictions_holdout.csv"))}

@@ -60,8 +60,8 @@ def test_offline_archive_holds_params_metrics_images_and_grid(comet_run):
     assert any(m["metricName"] == "word_loss" for m in metrics)          # trainer.word_loss > 0
     uploads = [m["payload"]["additional_params"] for m in messages if m["type"] == "file_upload"]
     names = {u.get("fileName") or u.get("figName") for u in uploads}
-    assert {"metrics.json", "predictions/final.datagrid", "predictions/epoch_001.datagrid",
-            "plots/loss"} <= names
+    assert {"metrics.json", "predictions.csv", "predictions_test.csv",
+            "predictions/final.datagrid", "predictions/epoch_001.datagrid", "plots/loss"} <= names
     assert any(n.startswith("val/") for n in names)                    # sample images with captions
 
 

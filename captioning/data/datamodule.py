@@ -410,6 +410,11 @@ def build_data(cfg, progress: bool = True, vocab: Vocabulary | None = None) -> C
         splits["train"] = splits["train"] + [replace(r, split="train") for r in splits["val"]]
         report.notes.append("dataset.train_on_val=true: the val images were trained on too (the "
                             "final fit), so val scores overstate; read holdout or test")
+        select = cfg.get("callbacks", {}).get("checkpoints", {}).get("select", "best")
+        if select == "best":
+            report.notes.append("callbacks.checkpoints.select=best picks its epoch on val, which "
+                                "is trained on here: prefer select=last or select=mean:A-B "
+                                "(the last epochs' mean), as experiment=ucm_scratch does")
 
     # The length rule cleans the training captions only: val/test/holdout keep every reference,
     # as the metrics of the literature are computed against all of them.

@@ -322,7 +322,8 @@ class CometLogger:
         for split in ("val", "test", "holdout"):
             for k, v in results.get(split, {}).items():
                 self.call("log_metric", f"{split}_{k}" if split != "val" else f"final_val_{k}", v)
-        for f in ("metrics.json", "history.csv", "predictions.csv", "data.json", "config.yaml"):
+        for f in ("metrics.json", "history.csv", "predictions.csv", "predictions_test.csv",
+                  "predictions_holdout.csv", "data.json", "config.yaml"):
             if (run_dir / f).exists():
                 self.call("log_asset", str(run_dir / f), file_name=f)
         for png in sorted((run_dir / "plots").glob("*.png")):
