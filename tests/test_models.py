@@ -613,10 +613,11 @@ def test_self_critical_step_moves_samples_towards_the_reward(tiny_model):
     assert set(history.history) >= {"loss", "accuracy", "reward"}
 
 
-def test_self_critical_packs_samples_by_length_without_changing_the_objective():
-    """The self-critical step runs the decoder on two groups of images, each cut after its
-    longest sample's end token; the decoder is causal, so the advantage-weighted log-likelihood
-    and the token count equal those of one pass over the full padded rows."""
+def test_self_critical_packs_samples_by_length_without_changing_the_objective(monkeypatch):
+    """The self-critical step runs the Transformer on each sample's tokens through its end token
+    only (call_packed), other decoders on two groups of images, each cut after its longest
+    sample's end token; the decoder is causal, so the advantage-weighted log-likelihood and the
+    token count equal those of one pass over the full padded rows, either way."""
     import tensorflow as tf
 
     from captioning.models.captioner import length_groups
@@ -640,6 +641,11 @@ def test_self_critical_packs_samples_by_length_without_changing_the_objective():
     memory = model.encode(images)
     total, count = (float(x) for x in model._sample_log_likelihood(memory, tf.constant(ids),
                                                                     advantage, k, end))
+    with monkeypatch.context() as m:                  # the length groups (decoders without it)
+        m.delattr(TransformerDecoder, "call_packed")
+        grouped = [float(x) for x in model._sample_log_likelihood(memory, tf.constant(ids),
+                                                                   advantage, k, end)]
+    assert grouped == pytest.approx([total, count], rel=1e-5)
     # The same sums from one unpacked pass: every row at full length, then masked.
     logits = keras.ops.convert_to_numpy(model((np.repeat(images, k, axis=0), ids[:, :-1])))
     logits[..., 0] = -1e9

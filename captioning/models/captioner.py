@@ -309,8 +309,16 @@ class Captioner(keras.Model):
 
     def _sample_log_likelihood(self, memory, ids, advantage, k: int, end_id: int):
         """The advantage-weighted log-likelihood of the samples (summed) and their token count.
-        The decoder runs on two groups of images, each cut to its own longest sample
-        (``length_groups``): the same sums, ~20% less decoder work on the UCM preset."""
+        A sample's tokens are those up to and including its first end token. The Transformer
+        runs on those tokens only (``call_packed``: a trained model's samples average ~12
+        tokens, but one long sample among a batch's 160 keeps every row at ~27 positions on
+        the UCM preset); other decoders run on two groups of images, each cut to its own longest
+        sample (``length_groups``). The same sums either way."""
+        if hasattr(self.decoder, "call_packed"):
+            inputs, targets = ids[:, :-1], ids[:, 1:]
+            real = self._sampled_tokens(targets, end_id)
+            hidden = self.decoder.call_packed(inputs, memory, real, repeats=k, training=True)
+            return self._weighted_log_likelihood(hidden, targets, real, advantage)
         b, t = tf.shape(memory)[0], tf.shape(ids)[1]
         ids, advantage = tf.reshape(ids, (b, k, t)), tf.reshape(advantage, (b, k))
         total, count = tf.constant(0.0), tf.constant(0.0)
@@ -319,18 +327,29 @@ class Captioner(keras.Model):
             inputs, targets = rows[:, :-1], rows[:, 1:]
             hidden = self.decoder(inputs, tf.gather(memory, images), training=True,
                                   repeats=k)                                        # (n, T', D)
-            # A sample's tokens are those up to and including its first end token; only they
-            # are projected onto the vocabulary (the largest matmul), as in decode_loss.
-            ended = tf.cumsum(tf.cast(targets == end_id, "int32"), axis=1, exclusive=True) > 0
-            real = tf.logical_and(tf.logical_not(ended), targets > 0)                # (n, T')
-            logits = ops.cast(self.decoder.project(tf.boolean_mask(hidden, real)), "float32")
-            logp = tf.nn.log_softmax(tf.where(tf.range(tf.shape(logits)[-1]) == 0, -1e9, logits))
-            token_logp = tf.gather(logp, tf.boolean_mask(targets, real), batch_dims=1)
-            weight = tf.reshape(tf.gather(advantage, images), (-1, 1))
-            weight = tf.boolean_mask(tf.broadcast_to(weight, tf.shape(targets)), real)
-            total += tf.reduce_sum(weight * token_logp)
-            count += tf.reduce_sum(tf.cast(real, "float32"))
+            real = self._sampled_tokens(targets, end_id)
+            part = self._weighted_log_likelihood(
+                tf.boolean_mask(hidden, real), targets, real,
+                tf.reshape(tf.gather(advantage, images), (-1,)))
+            total, count = total + part[0], count + part[1]
         return total, count
+
+    @staticmethod
+    def _sampled_tokens(targets, end_id: int):
+        """(n, T) sampled targets -> bool, True through each row's first end token."""
+        ended = tf.cumsum(tf.cast(targets == end_id, "int32"), axis=1, exclusive=True) > 0
+        return tf.logical_and(tf.logical_not(ended), targets > 0)
+
+    def _weighted_log_likelihood(self, hidden, targets, real, advantage):
+        """hidden (n_real, D) of the ``real`` (n, T) positions, advantage (n,) ->
+        (sum of advantage * log p(target), n_real). Only the real tokens are projected onto the
+        vocabulary (the largest matmul), as in decode_loss; padding (id 0) is never a token."""
+        logits = ops.cast(self.decoder.project(hidden), "float32")
+        logp = tf.nn.log_softmax(tf.where(tf.range(tf.shape(logits)[-1]) == 0, -1e9, logits))
+        token_logp = tf.gather(logp, tf.boolean_mask(targets, real), batch_dims=1)
+        weight = tf.boolean_mask(tf.broadcast_to(tf.reshape(advantage, (-1, 1)),
+                                                 tf.shape(targets)), real)
+        return tf.reduce_sum(weight * token_logp), tf.reduce_sum(tf.cast(real, "float32"))
 
     def test_step(self, data):
         images, captions = data
