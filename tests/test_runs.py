@@ -100,12 +100,18 @@ def test_resume_with_a_changed_model_names_the_keys(tmp_path):
 
     from captioning.training.run_dir import check_resume
 
-    _fake_run(tmp_path / "run")
+    _fake_run(tmp_path / "run", overrides=("debug=tiny", "dataset.root=/data/my images"))
     old = compose_config("debug=tiny", f"paths.output_dir={tmp_path / 'run'}")
     (tmp_path / "run" / "config.yaml").write_text(OmegaConf.to_yaml(old, resolve=True))
     new = compose_config("debug=tiny", "decoder.dim=64", "resume=true",
                          f"paths.output_dir={tmp_path / 'run'}")
-    with pytest.raises(ConfigError, match=r"decoder.dim: 32 -> 64"):
+    with pytest.raises(ConfigError, match=r"decoder.dim: 32 -> 64") as e:
+        check_resume(new, tmp_path / "run")
+    # The command that resumes it, from the overrides Hydra recorded when it started.
+    assert str(e.value).endswith(f"resume it with: python run.py debug=tiny "
+                                 f"'dataset.root=/data/my images' resume={tmp_path / 'run'}")
+    (tmp_path / "run" / ".hydra" / "overrides.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"the overrides it was started with, or start a new"):
         check_resume(new, tmp_path / "run")
     longer = compose_config("debug=tiny", "trainer.max_epochs=9", "resume=true",
                             f"paths.output_dir={tmp_path / 'run'}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shlex
 from pathlib import Path
 
 from captioning import CaptioningError, ConfigError
@@ -290,10 +291,28 @@ def check_resume(cfg, run_dir: Path) -> bool:
         raise ConfigError(f"resume: {problem}")
     changes = [] if (run_dir / "metrics.json").is_file() else resume_changes(run_dir, cfg)
     if changes:
+        started = started_with(run_dir)
+        how = ("give it the overrides it was started with, or start a new run" if started is None
+               else f"resume it with: python run.py "
+                    f"{shlex.join([*started, f'resume={run_dir}'])}")
         raise ConfigError(f"resume: these settings differ from {run_dir / 'config.yaml'}: "
-                          f"{'; '.join(changes)}. A resumed run keeps its model and data: drop "
-                          f"these overrides, or start a new run.")
+                          f"{'; '.join(changes)}. A resumed run keeps its model and data: {how}")
     return True
+
+
+def started_with(run_dir: Path) -> list[str] | None:
+    """The command-line overrides ``run_dir`` was started with (Hydra's
+    ``.hydra/overrides.yaml``, less ``resume=``), or None when Hydra did not record them."""
+    import yaml
+
+    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    try:
+        overrides = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(overrides, list):
+        return None
+    return [str(o) for o in overrides if not str(o).startswith(("resume=", "+resume="))]
 
 
 def report_interrupted(run_dir: Path, e) -> None:
