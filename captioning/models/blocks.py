@@ -123,11 +123,7 @@ class TransformerDecoder(keras_hub.layers.TransformerDecoder):
             cross_attention_cache = rest[0]
         x = self._cross_attention_layer_norm(self._cross_attention_dropout(out, training=training)
                                              + x)
-        h = self._feedforward_intermediate_dense(x)
-        if self._ff_activation_dropout is not None:
-            h = self._ff_activation_dropout(h, training=training)
-        h = self._feedforward_output_dense(h)
-        x = self._feedforward_layer_norm(self._feedforward_dropout(h, training=training) + x)
+        x = self._feed_forward(x, training)
         result = (x, self_attention_cache, cross_attention_cache) if cached else (x,)
         result += (scores,) if return_attention else ()
         return result if len(result) > 1 else x
@@ -158,6 +154,10 @@ class TransformerDecoder(keras_hub.layers.TransformerDecoder):
         out = att._output_dense(tf.gather_nd(out, slots)[None])
         x = self._cross_attention_layer_norm(self._cross_attention_dropout(out, training=training)
                                              + x)
+        return self._feed_forward(x, training)
+
+    def _feed_forward(self, x, training=None):
+        """The feed-forward sublayer with its residual and norm (post-norm), token by token."""
         h = self._feedforward_intermediate_dense(x)
         if self._ff_activation_dropout is not None:
             h = self._ff_activation_dropout(h, training=training)
