@@ -23,13 +23,15 @@ def _cache_dir(tmp_path_factory):
 
 
 def compose_config(*overrides: str):
-    """The real config from conf/, as `python run.py OVERRIDES` would compose it."""
-    from hydra import compose, initialize_config_dir
+    """The real config from conf/, as `python run.py OVERRIDES` would compose it (through
+    `captioning.config.compose`, the tools' own path). A Hydra left initialised by a test
+    that failed midway is cleared first."""
     from hydra.core.global_hydra import GlobalHydra
 
+    from captioning.config import compose
+
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose(overrides)
 
 
 def write_image(path: Path, color=(200, 30, 30), size=40) -> Path:

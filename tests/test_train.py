@@ -281,14 +281,23 @@ def test_self_critical_starts_the_weight_average_at_the_loaded_checkpoint():
         np.testing.assert_array_equal(got, want)
 
 
+def _optimizer_steps(run_dir: Path) -> int:
+    """The optimizer's step counter (``iterations``, its first variable) in the resume state."""
+    with np.load(run_dir / "checkpoints" / "last.state.npz") as state:
+        return int(state["o0"])
+
+
 @pytest.mark.slow
 def test_self_critical_epochs_follow_and_resume_inside_the_phase(tmp_path):
     """trainer.scst_epochs: after the cross-entropy epochs, self-critical epochs log the mean
-    sampled CIDEr-D as `reward`; a resume inside the phase stays in it."""
+    sampled CIDEr-D as `reward`; a resume inside the phase stays in it; limit_train_batches
+    cuts both phases' epochs."""
     overrides = ["debug=tiny", "trainer.max_epochs=1", "trainer.scst_samples=3",
-                 "trainer.scst_reward.bleu_4=2", f"paths.output_dir={tmp_path}"]
+                 "trainer.scst_reward.bleu_4=2", "trainer.limit_train_batches=2",
+                 f"paths.output_dir={tmp_path}"]
     result = train(compose_config(*overrides, "trainer.scst_epochs=1"))
     _check_run_dir(tmp_path, result)
+    assert _optimizer_steps(tmp_path) == 2 + 2               # two batches in each phase's epoch
     history = list(csv.DictReader(open(tmp_path / "history.csv")))
     assert len(history) == 2 and history[0]["reward"] == ""
     assert math.isfinite(float(history[1]["reward"]))
@@ -301,6 +310,7 @@ def test_self_critical_epochs_follow_and_resume_inside_the_phase(tmp_path):
     train(compose_config(*overrides, "trainer.scst_epochs=2", "resume=true"))
     history = list(csv.DictReader(open(tmp_path / "history.csv")))
     assert [h["reward"] != "" for h in history] == [False, True, True]
+    assert _optimizer_steps(tmp_path) == 2 + 2 + 2
     assert (json.loads((tmp_path / "metrics.json").read_text())["meta"]["self_critical_from_epoch"]
             == 2)
 

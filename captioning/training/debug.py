@@ -1,7 +1,8 @@
 """Lightning's debugging switches, for a Keras run (``conf/debug/{fdr,limit,overfit,profile}``).
 
 - ``trainer.limit_train_batches``: each epoch trains on the first N batches of that epoch's
-  shuffled order (``Dataset.take``), so every epoch sees other images, as in Lightning.
+  shuffled order (``Dataset.take``, see ``limit_train``), so every epoch sees other images, as
+  in Lightning.
 - ``trainer.limit_val_batches`` / ``limit_test_batches``: validation (per epoch and final) and
   the test scores use the first N batches of ``evaluation.batch_size`` images of the split
   (the split is cut, so the feature cache, the validation captions and the final scores all
@@ -62,10 +63,19 @@ def train_steps(cfg, data) -> int:
 
 
 def limit_train(cfg, data, dataset):
-    """``(dataset, steps per epoch)``: the training dataset cut to ``limit_train_batches``."""
+    """``(dataset, steps)`` for ``model.fit(dataset, steps_per_epoch=steps)``: an epoch is the
+    first ``steps`` batches (``limit_train_batches``, else all) of each pass over ``dataset``,
+    and the passes repeat, each in a new shuffled order.
+
+    Keras is told the epoch's length rather than left to find the end of the data: a dataset
+    read with ``ignore_errors`` (the image path) has no known length, and at its end Keras's
+    train function runs once more, stops on the missing batch, and the optimizer's step counter
+    (``iterations``, which drives the learning-rate schedule) has already counted that step:
+    one step per epoch that trains nothing (Keras 3.15, TensorFlow 2.21). Should a broken image
+    be dropped, an epoch takes one batch of the next pass instead."""
     steps = train_steps(cfg, data)
     full = math.ceil(len(data.splits["train"]) / int(cfg.trainer.batch_size))
-    return (dataset.take(steps) if steps < full else dataset), steps
+    return (dataset.take(steps) if steps < full else dataset).repeat(), steps
 
 
 def profiler(cfg, run_dir: Path) -> list:

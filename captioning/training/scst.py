@@ -25,6 +25,7 @@ EPOCH_COST = 2.5
 def self_critical(cfg, data, model, val_ds, cbs, state) -> None:
     """Run (or, after a resume inside it, finish) the phase; a no-op when scst_epochs is 0."""
     from captioning.console import console
+    from captioning.training.debug import limit_train       # trainer.limit_train_batches
 
     epochs = int(cfg.trainer.get("scst_epochs", 0))
     if not epochs:
@@ -40,9 +41,10 @@ def self_critical(cfg, data, model, val_ds, cbs, state) -> None:
     t = cfg.trainer
     console.rule(f"Self-critical training (reward {reward}, {int(t.scst_samples)} samples per "
                  f"image, epochs {start + 1}-{end}, learning rate {float(t.scst_learning_rate):g})")
-    train_all = data.train_dataset(int(t.batch_size), int(cfg.seed) + 1)   # every reference
+    train_all, steps = limit_train(cfg, data,  # every reference; limit_train_batches applies
+                                   data.train_dataset(int(t.batch_size), int(cfg.seed) + 1))
     model.fit(train_all, validation_data=val_ds, epochs=end, callbacks=cbs.all, verbose=cbs.verbose,
-              shuffle=False, initial_epoch=start)
+              shuffle=False, initial_epoch=start, steps_per_epoch=steps)
 
 
 def _start(cfg, model, cbs, state) -> bool:

@@ -140,13 +140,13 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     val_ds = data.train_dataset(int(cfg.evaluation.batch_size), int(cfg.seed), split="val",
                                 shuffle=False)
     cbs = make_callbacks(cfg, data, run.dir, state, run.tracker, run.t0, run.clock)
-    train_ds, steps = limit_train(cfg, data, train_ds)  # trainer.limit_train_batches
+    train_ds, steps = limit_train(cfg, data, train_ds)  # limit_train_batches; repeated
     console.rule(f"Training ({len(data.splits['train'])} images, {steps} steps/epoch, up to "
                  f"{t.max_epochs} epochs)")
     if not state.cross_entropy_done(int(t.max_epochs)):
         model.fit(train_ds, validation_data=val_ds, epochs=int(t.max_epochs), callbacks=cbs.all,
                   verbose=cbs.verbose, shuffle=False,           # the pipeline shuffles, seeded
-                  initial_epoch=state.epoch)
+                  initial_epoch=state.epoch, steps_per_epoch=steps)
     fault_point("between_phases")
     self_critical(cfg, data, model, val_ds, cbs, state)
     train_seconds = time.perf_counter() - run.t0
