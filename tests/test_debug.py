@@ -64,9 +64,17 @@ def test_limits_cut_the_splits_and_the_epoch():
     full = math.ceil(len(data.splits["train"]) / 4)
     ds, steps = limit_train(cfg, data, data.train_dataset(4, 0))
     assert steps == train_steps(cfg, data) == max(1, int(full * 0.25)) < full
-    batches = iter(ds)                  # passes repeat (model.fit is given steps_per_epoch)
-    first, second = ([next(batches)[1].numpy() for _ in range(steps)] for _ in range(2))
-    assert not all((a == b).all() for a, b in zip(first, second, strict=True))  # a new order
+    # The passes repeat (model.fit is given steps_per_epoch), each cut to `steps` batches: in a
+    # fixed order the second pass is the first again, shuffled it is a new order.
+    def two_passes(dataset):
+        batches = iter(dataset)
+        return ([next(batches)[1].numpy() for _ in range(steps)] for _ in range(2))
+
+    fixed, _ = limit_train(cfg, data, data.train_dataset(4, 0, shuffle=False))
+    first, second = two_passes(fixed)
+    assert all((a == b).all() for a, b in zip(first, second, strict=True))
+    first, second = two_passes(ds)
+    assert not all((a == b).all() for a, b in zip(first, second, strict=True))
 
 
 @pytest.mark.slow

@@ -74,8 +74,7 @@ def limit_train(cfg, data, dataset):
     one step per epoch that trains nothing (Keras 3.15, TensorFlow 2.21). Should a broken image
     be dropped, an epoch takes one batch of the next pass instead."""
     steps = train_steps(cfg, data)
-    full = math.ceil(len(data.splits["train"]) / int(cfg.trainer.batch_size))
-    return (dataset.take(steps) if steps < full else dataset).repeat(), steps
+    return dataset.take(steps).repeat(), steps          # take(all) is the whole pass
 
 
 def profiler(cfg, run_dir: Path) -> list:
