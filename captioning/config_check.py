@@ -279,6 +279,7 @@ RULES: dict[str, Rule] = {
     "decoder.encoder.input_norm": BOOL,
     # trainer
     "trainer.max_epochs": _int(1),
+    "trainer.check_val_every_n_epoch": _int(1, hint=" (1: every epoch)"),
     "trainer.max_minutes": _num(0, lo_open=True, null=True,
                                 what="a number of minutes > 0, or null (no time budget)"),
     "trainer.lr_follows_clock": BOOL,

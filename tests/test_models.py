@@ -585,6 +585,29 @@ def test_augmentation_layers_transform_training_batches_only():
         build_augmentation(compose_config("augment.zoom=1.5"), seed=0)
 
 
+def test_rot90_turns_by_one_gather_as_the_four_selects_did():
+    """Images of a known side take the gather path; of an unknown side, the select path. With
+    the same seed they draw the same turns, so both give the same images, pixel for pixel."""
+    import tensorflow as tf
+
+    from captioning.models.augment import RandomRot90, _turn_maps
+
+    x = np.random.default_rng(1).uniform(0, 255, (64, 9, 9, 3)).astype("float32")
+    fast, slow = RandomRot90(seed=5), RandomRot90(seed=5)
+    unknown_side = tf.function(lambda t: slow(t, training=True),
+                               input_signature=[tf.TensorSpec((None, None, None, 3))])
+    for _ in range(2):                                   # two draws: the seed streams agree
+        y = keras.ops.convert_to_numpy(fast(x, training=True))
+        np.testing.assert_array_equal(y, unknown_side(x).numpy())
+    turns = [next(k for k in range(4) if np.array_equal(y[i], np.rot90(x[i], k)))
+             for i in range(len(x))]
+    assert set(turns) == {0, 1, 2, 3}                    # every turn is drawn
+    maps = _turn_maps(9)
+    for k in range(4):
+        np.testing.assert_array_equal(x[0].reshape(81, 3)[maps[k]].reshape(9, 9, 3),
+                                      np.rot90(x[0], -k))     # k turns clockwise
+
+
 def test_self_critical_step_moves_samples_towards_the_reward(tiny_model):
     """Policy gradient, for real: rewarding samples by how often they use token 7 must make the
     sampled captions use it more after a few steps."""

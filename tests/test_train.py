@@ -74,6 +74,25 @@ def test_time_budget_stops_after_the_epoch_that_fills_it(tmp_path, capsys):
     assert "Self-critical training skipped" in capsys.readouterr().out
 
 
+def test_validation_loss_every_n_epochs(tmp_path, recwarn):
+    """trainer.check_val_every_n_epoch=2: val_loss on epochs 2 and 4 only, early stopping on it
+    waits without Keras's missing-metric warning, the plots draw the epochs that have it."""
+    cfg = compose_config("debug=tiny", "trainer.max_epochs=4", "trainer.check_val_every_n_epoch=2",
+                         "callbacks.early_stopping.monitor=val_loss",
+                         f"paths.output_dir={tmp_path}")
+    train(cfg)
+    history = list(csv.DictReader(open(tmp_path / "history.csv")))
+    assert [bool(h["val_loss"]) for h in history] == [False, True, False, True]
+    assert all(h["loss"] for h in history)
+    assert not [w for w in recwarn if "Early stopping conditioned on metric" in str(w.message)]
+    assert (tmp_path / "plots" / "loss.png").stat().st_size > 0
+    from captioning import ConfigError
+    from captioning.config_check import check_config
+
+    with pytest.raises(ConfigError, match="trainer.check_val_every_n_epoch"):
+        check_config(compose_config("trainer.check_val_every_n_epoch=0"))
+
+
 def test_tiny_gru_run(tmp_path):
     cfg = compose_config("debug=tiny", "decoder=gru", "trainer.max_epochs=1", "decode.method=beam",
                          f"paths.output_dir={tmp_path}")

