@@ -14,7 +14,7 @@ import keras
 
 from captioning.io import atomic_path, atomic_write_text
 from captioning.tracking.kangas_grids import write_grid
-from captioning.training.debug import profiler
+from captioning.training.debug import profiler, validation_freq
 from captioning.training.resume import (
     ResumableEarlyStopping,
     SaveState,
@@ -354,8 +354,6 @@ def make_callbacks(cfg, data, run_dir: Path, state, tracker=None, t0=None,
                    clock=None) -> CallbackSet:
     """Signals, EMA swap, validation captions, history, checkpoints, early stopping, the resume
     state (after the two it records), NaN guard, time budget, Comet; resumed from ``state``."""
-    from captioning.training.train import validation_freq
-
     ckpt_dir, es = Path(run_dir) / "checkpoints", cfg.callbacks.early_stopping
     ckpts = cfg.callbacks.get("checkpoints", {})
     saver = SaveWeights(ckpt_dir, es.monitor, es.mode, best=state.best,

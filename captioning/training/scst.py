@@ -25,8 +25,7 @@ EPOCH_COST = 2.5
 def self_critical(cfg, data, model, val_ds, cbs, state) -> None:
     """Run (or, after a resume inside it, finish) the phase; a no-op when scst_epochs is 0."""
     from captioning.console import console
-    from captioning.training.debug import limit_train  # trainer.limit_train_batches
-    from captioning.training.train import validation_freq
+    from captioning.training.debug import limit_train, validation_freq
 
     epochs = int(cfg.trainer.get("scst_epochs", 0))
     if not epochs:

@@ -127,7 +127,7 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     from captioning.evaluation.evaluate import final_evaluation
     from captioning.provenance import provenance
     from captioning.training.callbacks import make_callbacks
-    from captioning.training.debug import limit_train
+    from captioning.training.debug import limit_train, validation_freq
     from captioning.training.resume import fault_point
     from captioning.training.run_dir import load_selected
     from captioning.training.scst import self_critical
@@ -145,9 +145,8 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
                  f"{t.max_epochs} epochs)")
     if not state.cross_entropy_done(int(t.max_epochs)):
         model.fit(train_ds, validation_data=val_ds, epochs=int(t.max_epochs), callbacks=cbs.all,
-                  verbose=cbs.verbose, shuffle=False,           # the pipeline shuffles, seeded
-                  initial_epoch=state.epoch, steps_per_epoch=steps,
-                  validation_freq=validation_freq(cfg))
+                  verbose=cbs.verbose, shuffle=False, initial_epoch=state.epoch,  # seeded pipeline
+                  steps_per_epoch=steps, validation_freq=validation_freq(cfg))
     fault_point("between_phases")
     self_critical(cfg, data, model, val_ds, cbs, state)
     train_seconds = time.perf_counter() - run.t0
@@ -166,14 +165,6 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
         run.tracker.log_outputs(run.dir, results, log_model=bool(cfg.logger.log_model))
     console.print(f"[bold]Run directory:[/] {run.dir}")
     return results
-
-
-def validation_freq(cfg) -> int:
-    """``trainer.check_val_every_n_epoch`` (Lightning's name) as Keras's ``validation_freq``: the
-    validation loss on epochs N, 2N, ... (counted from the run's first epoch, so a resumed run
-    keeps the same ones). For a final fit, where val is trained on, its loss is only a curve,
-    and computing it every epoch cost ~5% of a UCM preset epoch."""
-    return int(cfg.trainer.get("check_val_every_n_epoch", 1))
 
 
 def _meta(cfg, cbs, state: RunState, train_seconds: float, notes: list[str],
