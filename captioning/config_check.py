@@ -413,6 +413,11 @@ def _cross_rules(v: dict) -> list[tuple[bool, str]]:
          f"callbacks.early_stopping.monitor={monitor} is computed by captioning the validation "
          f"images during training: set callbacks.val_captions.every_n_epochs=1 (or N), or "
          f"monitor val_loss."),
+        (monitor in CAPTION_SCORES or not monitor.startswith("val_")
+         or v["trainer.check_val_every_n_epoch"] <= v["trainer.max_epochs"],
+         f"trainer.check_val_every_n_epoch={v['trainer.check_val_every_n_epoch']} is more than "
+         f"trainer.max_epochs={v['trainer.max_epochs']}: {monitor}, which "
+         f"callbacks.early_stopping.monitor names, would never be computed. Lower it."),
         (v["monitor"] != "spice" or v["evaluation.spice"],
          "monitor=spice needs evaluation.spice=true (SPICE is computed only then)."),
         (v["monitor"] != "meteor" or v["evaluation.meteor"],

@@ -91,6 +91,8 @@ def test_validation_loss_every_n_epochs(tmp_path, recwarn):
 
     with pytest.raises(ConfigError, match="trainer.check_val_every_n_epoch"):
         check_config(compose_config("trainer.check_val_every_n_epoch=0"))
+    with pytest.raises(ConfigError, match="would never be computed"):
+        check_config(compose_config("trainer.max_epochs=4", "trainer.check_val_every_n_epoch=5"))
 
 
 def test_tiny_gru_run(tmp_path):
