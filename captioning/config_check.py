@@ -417,7 +417,8 @@ def _cross_rules(v: dict) -> list[tuple[bool, str]]:
          or v["trainer.check_val_every_n_epoch"] <= v["trainer.max_epochs"],
          f"trainer.check_val_every_n_epoch={v['trainer.check_val_every_n_epoch']} is more than "
          f"trainer.max_epochs={v['trainer.max_epochs']}: {monitor}, which "
-         f"callbacks.early_stopping.monitor names, would never be computed. Lower it."),
+         f"callbacks.early_stopping.monitor names, would never be computed in the "
+         f"cross-entropy epochs. Lower it."),
         (v["monitor"] != "spice" or v["evaluation.spice"],
          "monitor=spice needs evaluation.spice=true (SPICE is computed only then)."),
         (v["monitor"] != "meteor" or v["evaluation.meteor"],
