@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
     from captioning.data.images import check_records, explain, set_pixel_limit
     from captioning.data.records import Record
     from captioning.models.decoding import Generator, sample_records
-    from captioning.training.run_dir import load_run, merge_overrides
+    from captioning.runs.checkpoints import load_run, merge_overrides
 
     cfg, vocab, model = load_run(args.run_dir)
     cfg = merge_overrides(cfg, rest)

@@ -97,7 +97,8 @@ def main(argv: list[str]) -> int:
     from captioning.data.datamodule import build_data
     from captioning.evaluation.evaluate import evaluate, write_predictions
     from captioning.io import atomic_write_text
-    from captioning.training.run_dir import default_weights, load_run, merge_overrides
+    from captioning.runs.checkpoints import load_run, merge_overrides
+    from captioning.runs.files import default_weights
 
     run_dir = Path(args.run_dir)
     which = str(args.get("which") or default_weights(run_dir))   # the run's own choice

@@ -27,16 +27,20 @@ warnings.filterwarnings("ignore", message=".*input ran out of data.*")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    if cfg.logger.name == "comet":
-        import comet_ml  # noqa: F401 - before TensorFlow/Keras, so Comet's hooks attach
-
-        _name_the_run(cfg)
+    from captioning.config_check import check_config
     from captioning.console import print_config_tree
-    from captioning.training import train
 
-    print_config_tree(cfg)
     try:
-        _locate_resume(cfg)
+        if _in_sweep():
+            _locate_resume(cfg)        # a sweep's job resolves its own resume= (single runs:
+        check_config(cfg)              # _prepare_run_dir, before Hydra); then every value rule
+        if cfg.logger.name == "comet":
+            import comet_ml  # noqa: F401 - before TensorFlow/Keras, so Comet's hooks attach
+
+            _name_the_run(cfg)
+        print_config_tree(cfg)
+        from captioning.training import train  # the boundary: TensorFlow loads here
+
         results = train(cfg)
     except TrainingInterrupted as e:
         sys.exit(128 + e.signum)                 # the conventional exit status of a signalled job
@@ -69,24 +73,16 @@ def _in_sweep() -> bool:
 
 
 def _locate_resume(cfg: DictConfig) -> None:
-    """resume=true: the newest unfinished run with the same overrides; resume=DIR: that run."""
-    from pathlib import Path
-
+    """A sweep job's ``resume=`` (true: the newest unfinished run with the job's overrides; or
+    a directory) becomes its output directory."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    if not cfg.resume:
-        return
-    from captioning.training.run_dir import find_resumable
+    from captioning.runs.resume import locate
 
-    if cfg.resume is True:
-        run = find_resumable(Path("outputs"), list(HydraConfig.get().overrides.task))
-        if run is None:
-            raise CaptioningError("resume=true: no unfinished run under outputs/ "
-                                  "was started with the same overrides. "
-                                  "Give the run directory instead: resume=outputs/<date>/<time>")
-    else:
-        run = Path(str(cfg.resume))
+    run = locate(cfg.resume, list(HydraConfig.get().overrides.task))
+    if run is None:
+        return
     with open_dict(cfg):
         cfg.paths.output_dir = str(run)
     print(f"Resuming in {run}")
@@ -123,29 +119,16 @@ def _prepare_run_dir(argv: list[str]) -> list[str]:
     folder) and its run becomes Hydra's run directory, whose ``.hydra/`` is left as the run
     wrote it; a new run gets a folder no other run has, even one started in the same second
     (``outputs/<date>/<time>``, else ``<time>-2``, ``-3``: claimed with an atomic mkdir)."""
-    from pathlib import Path
 
     if any(a.split("=")[0] in NO_JOB for a in argv[1:]):
         return argv
     values = dict(a.split("=", 1) for a in argv[1:] if "=" in a and not a.startswith("-"))
-    resume = values.get("resume", "false")
-    if resume.lower() in ("false", "null", "none", ""):
-        return argv if "hydra.run.dir" in values else [*argv, f"hydra.run.dir={_claim()}"]
-    from captioning.training.run_dir import find_resumable, has_state, resume_blocker
+    from captioning.runs.resume import locate
 
-    if resume.lower() == "true":
-        named = values.get("hydra.run.dir")
-        run = Path(named) if named and has_state(Path(named)) else find_resumable(
-            Path("outputs"), [f"{k}={v}" for k, v in values.items()])
-        if run is None:
-            raise CaptioningError("resume=true: no unfinished run under outputs/ "
-                                  "was started with the same overrides. "
-                                  "Give the run directory instead: resume=outputs/<date>/<time>")
-    else:
-        run = Path(resume)
-    problem = resume_blocker(run)
-    if problem:
-        raise CaptioningError(f"resume={resume}: {problem}")
+    run = locate(values.get("resume", "false"), [f"{k}={v}" for k, v in values.items()],
+                 named_dir=values.get("hydra.run.dir"))
+    if run is None:
+        return argv if "hydra.run.dir" in values else [*argv, f"hydra.run.dir={_claim()}"]
     kept = [a for a in argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
     return [*kept, f"hydra.run.dir={run}", "hydra.output_subdir=null"]
 

@@ -399,8 +399,8 @@ def preset_costs(args, steps: int = 12) -> dict:
 
     from captioning.data.datamodule import build_data
     from captioning.training.callbacks import ValidationCaptions
-    from captioning.training.scst import _enable
-    from captioning.training.train import _build_model
+    from captioning.training.compile import compile_captioner
+    from captioning.training.scst import enable_self_critical
 
     n_train, n_val = args.preset_images, 210
     cfg = compose([
@@ -416,7 +416,7 @@ def preset_costs(args, steps: int = 12) -> dict:
         "trainer.warmup_steps=0"])
     keras.utils.set_random_seed(0)
     data = build_data(cfg, progress=False)
-    model, _ = _build_model(cfg, data, tf.distribute.get_strategy())
+    model, _ = compile_captioner(cfg, data, tf.distribute.get_strategy())
     t = cfg.trainer
     per_epoch = math.ceil(len(data.splits["train"]) / int(t.batch_size))
     ce = data.train_dataset(int(t.batch_size), 0, sample=int(t.sample_captions)).take(steps)
@@ -429,14 +429,14 @@ def preset_costs(args, steps: int = 12) -> dict:
     t0 = time.perf_counter()
     val.on_epoch_end(0, {})
     val_seconds = time.perf_counter() - t0
-    _enable(cfg, data, model)
+    enable_self_critical(cfg, data, model)
     sc = data.train_dataset(int(t.batch_size), 1).take(steps).cache()
     model.fit(sc.take(2), epochs=1, verbose=0)                             # trace
     t0 = time.perf_counter()
     model.fit(sc, epochs=1, verbose=0)
     scst_step = (time.perf_counter() - t0) / steps
     x, c = next(iter(sc))
-    ids = model.self_critical["sampler"].generate(model.encode(x), repeats=5).numpy()[:, 1:]
+    ids = model.self_critical.sampler.generate(model.encode(x), repeats=5).numpy()[:, 1:]
     lengths = _through_end(ids, data.vocab.end_id)
     return {"ce_step": ce_step, "scst_step": scst_step, "steps_per_epoch": per_epoch,
             "val_captions_seconds": val_seconds,

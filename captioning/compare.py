@@ -207,7 +207,7 @@ def grid_rows(sweep: Path, rows: list[dict]) -> tuple[list[str], list[list], lis
     preds = [{p["image"]: p for p in job_predictions(sweep / r["job"])} for r in jobs]
     order = list(dict.fromkeys(i for p in preds for i in p))
     paths, notes = image_paths([sweep / r["job"] for r in jobs])
-    from captioning.tracking.kangas_grids import _image
+    from captioning.tracking.kangas_grids import image_cell
 
     columns = ["image", "id", "references"]
     for label in labels:
@@ -225,7 +225,7 @@ def grid_rows(sweep: Path, rows: list[dict]) -> tuple[list[str], list[list], lis
         refs = next(p[image]["references"] for p in preds if image in p)
         best = max(ciders, key=ciders.get)
         spread = max(ciders.values()) - min(ciders.values()) if len(ciders) > 1 else None
-        out.append([_image(paths.get(image, "")), image, refs, *cells, best,
+        out.append([image_cell(paths.get(image, "")), image, refs, *cells, best,
                     None if spread is None else round(spread, 4)])
     missing = sum(1 for i in order if i not in paths)
     if missing and not notes:
@@ -238,7 +238,7 @@ def write_comparison_grid(sweep: Path, rows: list[dict]) -> Path | None:
     predictions.csv)."""
     import kangas
 
-    from captioning.tracking.kangas_grids import _save
+    from captioning.tracking.kangas_grids import save_grid
 
     columns, grid, notes = grid_rows(sweep, rows)
     for note in notes:
@@ -247,7 +247,7 @@ def write_comparison_grid(sweep: Path, rows: list[dict]) -> Path | None:
         print("note: no finished job has predictions.csv: no comparison.datagrid")
         return None
     dg = kangas.DataGrid(grid, columns=columns, name="comparison")
-    return _save(dg, sweep / "comparison.datagrid")
+    return save_grid(dg, sweep / "comparison.datagrid")
 
 
 def main(argv=None) -> int:

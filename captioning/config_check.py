@@ -63,7 +63,7 @@ def _is_codec(v) -> bool:
 def _is_weights(v) -> bool:
     """callbacks.checkpoints.select: best, last or mean:A-B (eval.py's ``which`` syntax)."""
     from captioning import CaptioningError
-    from captioning.training.run_dir import averaged_epochs
+    from captioning.runs.files import averaged_epochs
 
     if not isinstance(v, str):
         return False
@@ -456,7 +456,7 @@ def _cross_rules(v: dict) -> list[tuple[bool, str]]:
 def _select_rules(v: dict) -> list[tuple[bool, str]]:
     """callbacks.checkpoints.select=mean:A-B averages epochs A..B's own checkpoints (kept for
     it whatever every_epoch says): the schedule must reach them."""
-    from captioning.training.run_dir import averaged_epochs
+    from captioning.runs.files import averaged_epochs
 
     select = v.get("callbacks.checkpoints.select", "best")
     if not str(select).startswith("mean:"):

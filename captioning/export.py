@@ -25,7 +25,7 @@ def export(run_dir, out=None, overrides=()) -> Path:
     import tensorflow as tf
 
     from captioning.models.decoding import Generator
-    from captioning.training.run_dir import load_run, merge_overrides
+    from captioning.runs.checkpoints import load_run, merge_overrides
 
     cfg, vocab, model = load_run(run_dir)
     cfg = merge_overrides(cfg, list(overrides))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -61,61 +63,90 @@ LOCK_REFRESH_SECONDS = 30    # how often its holder refreshes it
 LOCK_POLL_SECONDS = 0.5
 
 
+class PidLock:
+    """A lock file created atomically (``O_CREAT | O_EXCL``) holding its owner: host, pid, a
+    random id and, inside a SLURM job, the job id. Not an ``flock``: flock is not reliable on
+    NFS and Lustre (a cluster's shared home), where exclusive creation is.
+
+    The holder refreshes the file's time while it holds it. A lock is stale, and is broken by
+    the next taker, when its process is gone (same host), when it was not refreshed for
+    ``LOCK_STALE_SECONDS`` (another host), or when it belongs to an earlier run of this very
+    SLURM job (a requeued job's previous incarnation is dead: SLURM runs one at a time)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._mine: str | None = None
+        self._done = threading.Event()
+        self._refresher: threading.Thread | None = None
+
+    def owner(self) -> dict | None:
+        """The live holder's record (``host``, ``pid``, ...), or None (free, or stale)."""
+        held = _read_lock(self.path)
+        if held is None or held == self._mine or _lock_is_stale(self.path, held):
+            return None
+        try:
+            owner = json.loads(held)
+        except ValueError:
+            return {}
+        return owner if isinstance(owner, dict) else {}
+
+    def acquire(self, wait: bool = True) -> bool:
+        """Take the lock; with ``wait`` block while a live process holds it, else return False
+        at once. A lock this very process holds already is taken over."""
+        text = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                           "job": os.environ.get("SLURM_JOB_ID"), "id": os.urandom(8).hex()})
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                held = _read_lock(self.path)
+                if held is not None and (_lock_is_stale(self.path, held) or _is_mine(held)):
+                    _break_lock(self.path, held)
+                    continue
+                if not wait:
+                    return False
+                time.sleep(LOCK_POLL_SECONDS)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            self._mine = text
+            self._done.clear()
+            self._refresher = threading.Thread(target=_refresh_lock,
+                                               args=(self.path, self._done), daemon=True)
+            self._refresher.start()
+            return True
+
+    def release(self) -> None:
+        self._done.set()
+        if self._refresher is not None:
+            self._refresher.join()
+            self._refresher = None
+        if self._mine is not None and _read_lock(self.path) == self._mine:
+            self.path.unlink(missing_ok=True)
+        self._mine = None
+
+
 @contextmanager
 def build_lock(folder: Path):
-    """Hold ``<folder>.lock`` while ``folder`` is built: a second process waits, then finds it
-    built. Inside the lock, temporary folders that a killed build left (``.<name>.*`` beside
-    it, see ``tempfile.mkdtemp`` in the builders) are removed first: no live build can own them
-    while the lock is held.
-
-    The lock is a file created atomically (``O_CREAT | O_EXCL``) holding the host and pid, not
-    an ``flock``: flock is not reliable on NFS and Lustre (a cluster's shared home), where
-    exclusive creation is. A holder refreshes the file's time while it builds; a waiter breaks
-    a stale lock: one whose process is gone (same host), or not refreshed for
-    ``LOCK_STALE_SECONDS`` (another host)."""
+    """Hold ``<folder>.lock`` (a ``PidLock``) while ``folder`` is built: a second process
+    waits, then finds it built. Inside the lock, temporary folders that a killed build left
+    (``.<name>.*`` beside it, see ``tempfile.mkdtemp`` in the builders) are removed first: no
+    live build can own them while the lock is held."""
     import shutil
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    lock = folder.parent / f"{folder.name}.lock"
-    mine = _take_lock(lock)
-    done = threading.Event()
-    refresher = threading.Thread(target=_refresh_lock, args=(lock, done), daemon=True)
-    refresher.start()
+    lock = PidLock(folder.parent / f"{folder.name}.lock")
+    lock.acquire(wait=True)
     try:
         for stale in folder.parent.glob(f".{folder.name}.*"):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
         yield
     finally:
-        done.set()
-        refresher.join()
-        if _read_lock(lock) == mine:
-            lock.unlink(missing_ok=True)
-
-
-def _take_lock(lock: Path) -> str:
-    """Create ``lock`` exclusively (waiting while another live process holds it); -> its text."""
-    import json
-    import socket
-
-    text = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                       "id": os.urandom(8).hex()})
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            held = _read_lock(lock)
-            if held is not None and _lock_is_stale(lock, held):
-                _break_lock(lock, held)
-                continue
-            time.sleep(LOCK_POLL_SECONDS)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        return text
+        lock.release()
 
 
 def _read_lock(lock: Path) -> str | None:
@@ -125,10 +156,17 @@ def _read_lock(lock: Path) -> str | None:
         return None
 
 
-def _lock_is_stale(lock: Path, held: str) -> bool:
-    import json
-    import socket
+def _is_mine(held: str) -> bool:
+    """Whether a lock's text names this very process (a lock it took and did not release)."""
+    try:
+        owner = json.loads(held)
+    except ValueError:
+        return False
+    return (isinstance(owner, dict) and owner.get("host") == socket.gethostname()
+            and owner.get("pid") == os.getpid())
 
+
+def _lock_is_stale(lock: Path, held: str) -> bool:
     try:
         owner = json.loads(held)
         age = time.time() - lock.stat().st_mtime
@@ -136,6 +174,9 @@ def _lock_is_stale(lock: Path, held: str) -> bool:
         return False                    # being written or just released: look again
     if not isinstance(owner, dict):
         return age > LOCK_STALE_SECONDS
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and owner.get("job") == job and owner.get("pid") != os.getpid():
+        return True                     # this job's previous run (requeued): it is gone
     if owner.get("host") == socket.gethostname():
         try:
             os.kill(int(owner.get("pid", -1)), 0)

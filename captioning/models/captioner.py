@@ -21,6 +21,8 @@ sampled CIDEr-D.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import keras
@@ -91,6 +93,35 @@ def replica_weighted(objective, count):
     return objective
 
 
+@dataclass(frozen=True)
+class SelfCriticalSettings:
+    """How the self-critical train step samples and rewards (``trainer.scst_*``)."""
+
+    reward: Callable          # (samples (B*K, L), captions (B, C, L)) -> (B*K,) float32
+    samples: int              # K captions per image (>= 2: each one's baseline is the others')
+    start_id: int
+    end_id: int
+    max_len: int
+    seed: int | None = None
+    jit_compile: bool = False  # XLA for the sampling loop alone (the reward is Python)
+
+    def __post_init__(self):
+        if self.samples < 2:
+            raise ValueError(f"self-critical training needs >= 2 samples per image "
+                             f"(the baseline is the mean of the others). "
+                             f"Received: samples={self.samples}")
+
+
+@dataclass
+class SelfCriticalStep:
+    """What the self-critical train step uses: its settings, the sampler (a top-k Generator
+    over the whole vocabulary, i.e. plain sampling) and its compiled K-sample draw."""
+
+    settings: SelfCriticalSettings
+    sampler: object           # models.decoding.Generator
+    sample: Callable          # memory (B, S, D) -> ids (B*K, L), an image's rows together
+
+
 @keras.saving.register_keras_serializable("captioning")
 class Captioner(keras.Model):
     """images -> backbone -> encoder -> memory (B, S, D) -> ``decoder`` (a ``Decoder``)."""
@@ -138,28 +169,18 @@ class Captioner(keras.Model):
         raise NotImplementedError("A Captioner is rebuilt with captioning.models.build.build_model"
                                   "(cfg, vocab_size) and load_weights, not from get_config().")
 
-    def enable_self_critical(self, reward, samples: int, start_id: int, end_id: int,
-                             max_len: int, seed=None, jit_compile: bool = False):
-        """Switch ``fit`` to self-critical training.
-
-        ``reward(samples (B*K, L), captions (B, C, L))`` -> (B*K,) float32
-        (``rewards.Reward.batch``); ``samples``: K captions drawn per image. ``jit_compile``:
-        the sampling loop alone is compiled with XLA (the step cannot be: the reward is
-        Python); on the 2-core CPU it draws the UCM preset's samples ~17% faster."""
+    def enable_self_critical(self, settings: SelfCriticalSettings):
+        """Switch ``fit`` to self-critical training with ``settings``."""
         from captioning.models.decoding import Generator
 
-        if samples < 2:
-            raise ValueError(f"self-critical training needs >= 2 samples per image "
-                             f"(the baseline is the mean of the others). Received: {samples}")
-        sampler = Generator(self, start_id, end_id, max_len, method="top_k",
-                            k=self.decoder.vocab_size, seed=seed)
-        self.self_critical = {"reward": reward, "k": int(samples), "end_id": int(end_id),
-                              "sampler": sampler,
-                              "sample": tf.function(partial(sampler.generate, repeats=samples),
-                                                    jit_compile=jit_compile)}
-        # The reward is Python (numpy_function): XLA cannot compile it.
+        sampler = Generator(self, settings.start_id, settings.end_id, settings.max_len,
+                            method="top_k", k=self.decoder.vocab_size, seed=settings.seed)
+        sample = tf.function(partial(sampler.generate, repeats=settings.samples),
+                             jit_compile=settings.jit_compile)
+        self.self_critical = SelfCriticalStep(settings, sampler, sample)
+        # The reward is Python (numpy_function): XLA cannot compile the step.
         self.jit_compile = False
-        self.train_function = None           # the next fit traces the new train_step
+        self.train_function = None           # Keras's cue to trace the new train_step on fit
 
     def build(self, input_shape=None):
         # Sublayers build on the first call (build_model calls the model once on zeros).
@@ -285,13 +306,13 @@ class Captioner(keras.Model):
     def _self_critical_step(self, data):
         images, captions = data
         sc = self.self_critical
-        k, end_id = sc["k"], sc["end_id"]
+        k, end_id = sc.settings.samples, sc.settings.end_id
         with tf.GradientTape() as tape:
             memory = self.encode(images, training=True)                  # (B, S, D)
             with tape.stop_recording():
                 # K samples per image, an image's rows together (what repeats=K expects below).
-                ids = sc["sample"](tf.stop_gradient(memory))                          # (B*K, L)
-                rewards = tf.numpy_function(sc["reward"], [ids, captions], tf.float32,
+                ids = sc.sample(tf.stop_gradient(memory))                          # (B*K, L)
+                rewards = tf.numpy_function(sc.settings.reward, [ids, captions], tf.float32,
                                             stateful=False)
                 advantage = leave_one_out_advantage(rewards, k)                     # (B*K,)
                 # For the logs only: the teacher-forced loss on each image's first reference,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from captioning.io import atomic_write_text
 from captioning.privacy import no_phone_home
+from captioning.runs.files import LOCATION_KEYS
 
 log = logging.getLogger("captioning")
 
@@ -28,9 +29,8 @@ no_phone_home()
 
 MASK = "***"
 COMET_JSON = "comet.json"      # in the run folder: the experiment key, URL, offline archives
-# Overrides that only say where things are: left out of experiment names.
-LOCATION_KEYS = ("root", "json", "images", "data_dir", "cache_dir", "output_dir",
-                 "offline_directory", "resume")
+# Overrides left out of an experiment's name: where things are, not what the run is.
+NAME_SKIPS = (*LOCATION_KEYS, "offline_directory", "resume")
 
 
 def api_keys() -> set[str]:
@@ -106,13 +106,13 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 def experiment_name(overrides) -> str:
     """A run's Comet name: its command-line overrides, without the ones that only locate
-    things (``hydra.*``, ``paths.*``, ``dataset.root=...``, ``resume=...``: ``LOCATION_KEYS``);
+    things (``hydra.*``, ``paths.*``, ``dataset.root=...``, ``resume=...``: ``NAME_SKIPS``);
     any other value that is a path keeps only its last part (``backbone.weights=best.h5``)."""
     kept = []
     for override in overrides:
         key, _, value = str(override).partition("=")
         bare = key.lstrip("+~")
-        if bare.startswith(("hydra.", "paths.")) or bare.rsplit(".", 1)[-1] in LOCATION_KEYS:
+        if bare.startswith(("hydra.", "paths.")) or bare.rsplit(".", 1)[-1] in NAME_SKIPS:
             continue
         if ("/" in value or "\\" in value) and not value.startswith(("[", "{")):
             value = value.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]

@@ -23,7 +23,7 @@ def pick_rows(records, max_rows: int | None, seed: int = 0):
     return [records[i] for i in idx]
 
 
-def _image(path: str, thumb: int = 256):
+def image_cell(path: str, thumb: int = 256):
     """A kangas.Image of the file, upright (EXIF orientation applied) and downsized so grids
     stay small. A file that cannot be decoded, or one over Pillow's decompression-bomb limit,
     becomes a grey square instead of ending the grid."""
@@ -82,7 +82,7 @@ def write_predictions_grid(path: Path, records, predictions, per_image: dict, ep
     rows = []
     for i, (r, p) in enumerate(zip(records, predictions, strict=True)):
         s = per_image.get(r.id, {})
-        image = _image(r.image)
+        image = image_cell(r.image)
         if attention is not None:
             add_attention(image, attention[i].words, attention[i].maps)
         rows.append([image, r.id, " | ".join(r.captions), p,
@@ -92,7 +92,7 @@ def write_predictions_grid(path: Path, records, predictions, per_image: dict, ep
     # decode.num_captions > 1: a "samples" column shows all of the image's N captions
     columns = PREDICTION_COLUMNS + (["samples"] if samples else [])
     dg = kangas.DataGrid(rows, columns=columns, name=Path(path).stem)
-    return _save(dg, Path(path))
+    return save_grid(dg, Path(path))
 
 
 def write_dataset_grid(path: Path, splits: dict, max_rows: int | None = None,
@@ -103,13 +103,13 @@ def write_dataset_grid(path: Path, splits: dict, max_rows: int | None = None,
     rows = []
     for split, records in splits.items():
         for r in pick_rows(records, max_rows, seed):
-            rows.append([_image(r.image), r.id, split, " | ".join(r.captions), len(r.captions)])
+            rows.append([image_cell(r.image), r.id, split, " | ".join(r.captions), len(r.captions)])
     dg = kangas.DataGrid(rows, columns=["image", "id", "split", "captions", "num_captions"],
                          name=Path(path).stem)
-    return _save(dg, Path(path))
+    return save_grid(dg, Path(path))
 
 
-def _save(dg, path: Path) -> Path:
+def save_grid(dg, path: Path) -> Path:
     import contextlib
     import io
 

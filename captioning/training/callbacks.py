@@ -13,15 +13,13 @@ from pathlib import Path
 import keras
 
 from captioning.io import atomic_path, atomic_write_text
+from captioning.runs.files import averaged_epochs, checkpoints, epoch_name, read_history, state_path
 from captioning.tracking.kangas_grids import write_grid
 from captioning.training.debug import profiler, validation_freq
-from captioning.training.resume import (
-    ResumableEarlyStopping,
-    SaveState,
-    StopOnSignal,
-    fault_point,
-)
-from captioning.training.run_dir import averaged_epochs, epoch_name, read_history
+from captioning.training.early_stopping import ResumableEarlyStopping
+from captioning.training.phases import Phases
+from captioning.training.signals import StopOnSignal, fault_point
+from captioning.training.state_file import SaveState
 
 
 class History(keras.callbacks.Callback):
@@ -178,13 +176,13 @@ class SaveWeights(keras.callbacks.Callback):
     says (``callbacks.checkpoints.select=mean:28-30``)."""
 
     def __init__(self, ckpt_dir: Path, monitor: str, mode: str = "auto", best: float | None = None,
-                 every_epoch: bool = False, keep: tuple[int, ...] = ()):
+                 best_epoch: int | None = None, every_epoch: bool = False,
+                 keep: tuple[int, ...] = ()):
         super().__init__()
         self.dir, self.monitor, self.every_epoch = Path(ckpt_dir), monitor, every_epoch
         self.keep = set(keep)        # 1-based epochs kept anyway (select=mean:A-B averages them)
         self.mode = monitor_mode(monitor, mode)
-        self.best = best
-        self.best_epoch = None
+        self.best, self.best_epoch = best, best_epoch    # resumed from the RunState
 
     def improved(self, value: float) -> bool:
         if self.best is None:
@@ -315,6 +313,10 @@ class TimeBudget(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
 
+    def seconds_left(self) -> float:
+        """What is left of the budget now."""
+        return self.budget - (time.perf_counter() - self.t0)
+
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()
         self.slowest = max(self.slowest, now - self.started)
@@ -350,16 +352,16 @@ class CallbackSet:
     verbose: int = field(default_factory=lambda: 1 if sys.stdout.isatty() else 2)  # bar or lines
 
 
-def make_callbacks(cfg, data, run_dir: Path, state, tracker=None, t0=None,
+def make_callbacks(cfg, data, run_dir: Path, phases: Phases, tracker=None, t0=None,
                    clock=None) -> CallbackSet:
     """Signals, EMA swap, validation captions, history, checkpoints, early stopping, the resume
-    state (after the two it records), NaN guard, time budget, Comet; resumed from ``state``."""
-    ckpt_dir, es = Path(run_dir) / "checkpoints", cfg.callbacks.early_stopping
+    state (after the two it records), NaN guard, time budget, Comet; resumed from the run's
+    state (``phases.state``)."""
+    state, es = phases.state, cfg.callbacks.early_stopping
     ckpts = cfg.callbacks.get("checkpoints", {})
-    saver = SaveWeights(ckpt_dir, es.monitor, es.mode, best=state.best,
-                        every_epoch=bool(ckpts.get("every_epoch")),
+    saver = SaveWeights(checkpoints(run_dir), es.monitor, es.mode, best=state.best,
+                        best_epoch=state.best_epoch, every_epoch=bool(ckpts.get("every_epoch")),
                         keep=tuple(averaged_epochs(str(ckpts.get("select", "best")))))
-    saver.best_epoch = state.best_epoch
     history = History(run_dir, rows=[r for r in read_history(run_dir) if r["epoch"] <= state.epoch],
                       monitor=es.monitor, mode=es.mode)
     early = ResumableEarlyStopping(monitor=es.monitor, patience=int(es.patience),
@@ -375,7 +377,7 @@ def make_callbacks(cfg, data, run_dir: Path, state, tracker=None, t0=None,
         history,
         saver,
         early,
-        SaveState(ckpt_dir / "last.state.npz", state, saver, early, ema, t0),
+        SaveState(state_path(run_dir), phases, saver, early, ema, t0),
         keras.callbacks.TerminateOnNaN(),
     ]
     minutes = cfg.trainer.get("max_minutes")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captioning import ConfigError
+from captioning.runs.resume import RunLock
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,6 @@ def workspace(cfg, run_dir: Path, resuming: bool):
     from omegaconf import open_dict
 
     from captioning.console import console
-    from captioning.training.run_dir import RunLock
 
     worker = this_worker(cfg.trainer)
     if worker.count > 1:

@@ -1,0 +1,98 @@
+"""The names of a run folder's files and the plain-text ones read back (pure Python)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import yaml
+
+from captioning import CaptioningError
+
+CHECKPOINTS = "checkpoints"
+LAST_STATE = "last.state.npz"          # the resume state: weights, optimizer, RunState
+PREVIOUS_STATE = "previous.state.npz"  # the epoch before, should the last write have died
+VOCAB = "vocab.json"
+LOCK = "run.lock"                      # held while a process trains in the run
+# Keys that locate things on disk (in any section): a resumed run may move them, and Comet's
+# experiment names leave them out.
+LOCATION_KEYS = ("root", "json", "images", "data_dir", "cache_dir", "output_dir")
+
+
+def checkpoints(run_dir) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def weights_path(run_dir, name: str) -> Path:
+    """``checkpoints/<name>.weights.h5`` (best, last, or an ``epoch_name``)."""
+    return checkpoints(run_dir) / f"{name}.weights.h5"
+
+
+def state_path(run_dir) -> Path:
+    return checkpoints(run_dir) / LAST_STATE
+
+
+def previous_state(path: Path) -> Path:
+    """``previous.state.npz`` beside ``last.state.npz``: the epoch before, kept as a fallback."""
+    return Path(path).with_name(PREVIOUS_STATE)
+
+
+def has_state(run_dir) -> bool:
+    last = state_path(run_dir)
+    return last.is_file() or previous_state(last).is_file()
+
+
+def epoch_name(epoch: int) -> str:
+    """The weights name of a 1-based epoch's own checkpoint: ``epoch_007``."""
+    return f"epoch_{epoch:03d}"
+
+
+def averaged_epochs(which: str) -> list[int]:
+    """``mean:21-30`` -> [21, ..., 30] (``mean:21,25,30`` a list); [] for a plain name."""
+    if not which.startswith("mean:"):
+        return []
+    try:
+        epochs = []
+        for part in which[len("mean:"):].split(","):
+            lo, _, hi = part.partition("-")
+            epochs += list(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        epochs = []
+    if not epochs or min(epochs) < 1:
+        raise CaptioningError(f"which={which}: checkpoint averaging takes 1-based epochs, "
+                              f"mean:FIRST-LAST or mean:E1,E2,... (e.g. which=mean:21-30).")
+    return sorted(set(epochs))
+
+
+def read_history(run_dir) -> list[dict]:
+    """The rows of ``history.csv`` ([] when there is none yet)."""
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(f)]
+
+
+def started_with(run_dir) -> list[str] | None:
+    """The command-line overrides ``run_dir`` was started with (Hydra's
+    ``.hydra/overrides.yaml``, less ``resume=``), or None when Hydra did not record them."""
+    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    try:
+        overrides = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(overrides, list):
+        return None
+    return [str(o) for o in overrides if not str(o).startswith(("resume=", "+resume="))]
+
+
+def default_weights(run_dir) -> str:
+    """The weights a run's own final scores used: its ``callbacks.checkpoints.select`` (best,
+    or last for a fixed-schedule run), best for runs saved before that option existed."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return "best"
+    saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    select = ((saved.get("callbacks") or {}).get("checkpoints") or {}).get("select")
+    return str(select or "best")
