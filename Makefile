@@ -39,8 +39,9 @@ kangas: $(STAMP)  ## serve every Kangas DataGrid under outputs/ on 127.0.0.1:400
 bench: $(STAMP)  ## speed benchmark vs the recipe-A way (prints ratios; several minutes)
 	$(BIN)/python -m captioning.bench $(ARGS)
 
-lint: $(STAMP)  ## ruff on every Python file (E501 at 100 included)
+lint: $(STAMP)  ## ruff on every Python file, yamllint on conf/ and experiments/ (both at 100 columns)
 	$(BIN)/ruff check .
+	$(BIN)/yamllint --strict conf experiments
 
 clean:  ## remove caches and build files (keeps outputs/ and .venv)
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info

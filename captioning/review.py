@@ -5,9 +5,10 @@ predictions/*.datagrid and the sweeps' comparison.datagrid (``python -m captioni
 
 Binds both Kangas servers (the Python backend and the Node frontend) to 127.0.0.1 unless told
 otherwise, switches Kangas's version check off (no phoning home), prints the address, and runs
-until Ctrl-C or SIGTERM, which stop both servers. Hardening (issue 21), applied in the server
-process: filters are compiled by RestrictedPython (it refuses to serve without it), and a
-DataGrid is only served from inside DIR (no absolute or ../ paths out of it). The servers'
+until Ctrl-C or SIGTERM, which stop both servers. Hardening, applied in the server process, so
+a page's filter or a crafted URL cannot run code or read files outside DIR: filters are
+compiled by RestrictedPython (it refuses to serve without it), and a DataGrid is only served
+from inside DIR (no absolute or ../ paths out of it). The servers'
 output goes to a log file (--log; by default a new captioning-review-*.log in the system temp
 folder, printed at start), never to a pipe.
 """

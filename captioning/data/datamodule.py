@@ -160,11 +160,10 @@ def _finish(ds, buffer: int = 2):
     """Prefetch ``buffer`` batches, with tf.data's autotuner off.
 
     Keras deletes the train and val iterators every epoch. With the autotuner on, deleting one
-    waited (idle CPU, blocked in ``RootDataset::Iterator``'s destructor on its background thread)
-    for up to ~40 s: on the 2-core CPU about one UCM epoch in three took 80 s instead of 40
-    (py-spy: 23% of a run's wall time in ``EpochIterator.reset``). Off, ``AUTOTUNE`` map
-    parallelism keeps tf.data's starting value instead of being tuned; decoding is cached or
-    cheap next to a training step here."""
+    can block, CPU idle, on the autotuner's background thread (``RootDataset::Iterator``'s
+    destructor), stalling epoch boundaries (figures: docs/experiments/speed.md). Off,
+    ``AUTOTUNE`` map parallelism keeps tf.data's starting value instead of being tuned;
+    decoding is cached or cheap next to a training step here."""
     import tensorflow as tf
 
     options = tf.data.Options()

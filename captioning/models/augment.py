@@ -43,9 +43,9 @@ class RandomRot90(layers.Layer):
             r270 = ops.flip(ops.transpose(images, (0, 2, 1, 3)), axis=1)
             return ops.where(k == 0, images, ops.where(k == 1, r90, ops.where(k == 2, r180, r270)))
         # One gather of each image's pixels by its turn's index map, instead of all four turns
-        # and three selects: the same images, 4x less work (a UCM preset step: 22 -> 5 ms of
-        # ~300 ms on a 2-core CPU). tf.gather with batch_dims, because keras.ops.take_along_axis
-        # broadcasts the indices over the channels first and was slower than the selects.
+        # and three selects: the same images, a quarter of the work. tf.gather with batch_dims,
+        # because keras.ops.take_along_axis broadcasts the indices over the channels first and
+        # was slower than the selects (figures: docs/experiments/speed.md).
         import tensorflow as tf
 
         flat = tf.reshape(images, (-1, side * side, images.shape[3]))

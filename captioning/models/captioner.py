@@ -55,9 +55,9 @@ def length_groups(ids, end_id: int, k: int):
     """(B*K, T) samples, an image's K together -> two (image indices, length) groups: the half of
     the images whose longest sample (through its first end token) is shortest, with that half's
     longest, then the other half with theirs. The self-critical step runs the decoder on each
-    group cut to its own length: a trained model's samples average ~12 tokens, but one long
-    sample among a batch's 160 keeps the whole batch at ~27 positions (UCM preset). The groups
-    keep an image's K rows together, so the decoder still shares each image's memory."""
+    group cut to its own length: samples are mostly much shorter than a batch's longest, which
+    would otherwise set every row's length (docs/experiments/speed.md). The groups keep an
+    image's K rows together, so the decoder still shares each image's memory."""
     n, t = tf.shape(ids)[0], tf.shape(ids)[1]
     b = n // k
     hit = tf.cast(ids == end_id, "int32")
@@ -103,7 +103,9 @@ class SelfCriticalSettings:
     end_id: int
     max_len: int
     seed: int | None = None
-    jit_compile: bool = False  # XLA for the sampling loop alone (the reward is Python)
+    # XLA for the sampling loop alone (the step cannot be: the reward is Python); it draws the
+    # samples faster (docs/experiments/speed.md)
+    jit_compile: bool = False
 
     def __post_init__(self):
         if self.samples < 2:
@@ -331,10 +333,9 @@ class Captioner(keras.Model):
     def _sample_log_likelihood(self, memory, ids, advantage, k: int, end_id: int):
         """The advantage-weighted log-likelihood of the samples (summed) and their token count.
         A sample's tokens are those up to and including its first end token. The Transformer
-        runs on those tokens only (``call_packed``: a trained model's samples average ~12
-        tokens, but one long sample among a batch's 160 keeps every row at ~27 positions on
-        the UCM preset); other decoders run on two groups of images, each cut to its own longest
-        sample (``length_groups``). The same sums either way."""
+        runs on those tokens only (``call_packed``: one long sample would otherwise set every
+        row's length; docs/experiments/speed.md); other decoders run on two groups of images,
+        each cut to its own longest sample (``length_groups``). The same sums either way."""
         if hasattr(self.decoder, "call_packed"):
             inputs, targets = ids[:, :-1], ids[:, 1:]
             real = self._sampled_tokens(targets, end_id)

@@ -40,7 +40,7 @@ class GRUDecoder(layers.Layer):
         if repeats > 1:
             # This attention projects nothing (dot product with the raw memory), so there is no
             # per-image work to share between captions: repeating the memory measured faster
-            # than one (B, C*T) query block per image (1.1x, fwd+bwd, B=32, C=5, D=256, CPU).
+            # than one (B, C*T) query block per image (docs/experiments/speed.md).
             memory = ops.repeat(memory, repeats, axis=0)
         # (N, T, D): query = GRU output; the weights (N, T, S) only when asked for.
         context = self.attention([out, memory], return_attention_scores=return_attention)

@@ -120,9 +120,9 @@ class TransformerDecoder(layers.Layer):
         real)``'s order, equal to that of ``call`` (same weights, same function).
 
         ``call`` with repeats runs an image's C captions as one C*T row, each caption padded to
-        the batch's longest (T): on UCM and on the bench's data the mean caption is ~12 tokens
-        against a longest of ~21, so ~45% of the rows' projections and feed-forward work, most
-        of a block's arithmetic, is padding. Here those run on the real tokens only
+        the batch's longest (T): captions are mostly much shorter than the longest, so much of
+        the rows' projections and feed-forward work, most of a block's arithmetic, is padding
+        (figures: docs/experiments/speed.md). Here those run on the real tokens only
         (``DecoderBlock.call_packed``). The attention runs on a packed layout: an image's
         captions end to end without their padding, each with its own positions and a
         block-diagonal causal mask, so each caption still attends to its own earlier tokens

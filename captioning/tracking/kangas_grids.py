@@ -49,9 +49,9 @@ def image_cell(path: str, thumb: int = 256):
 
 
 # The long side of each attention mask, in pixels. The Kangas UI stretches a mask over its image
-# (with the browser's smoothing), and a mask is stored as JSON numbers, one per pixel: measured
-# on 300 rows (~8 words each), the grid was 2.9 MB without masks, 9 MB at 16, 22 MB at 32 and
-# 65 MB at 64 pixels. The maps come from grids of 3x3 to 10x10 image tokens: 16 loses nothing.
+# (with the browser's smoothing), and a mask is stored as JSON numbers, one per pixel, so the
+# grid's size grows with the side squared (measured: docs/experiments/speed.md). The maps come
+# from grids of 3x3 to 10x10 image tokens: 16 loses nothing.
 MASK_SIDE = 16
 
 

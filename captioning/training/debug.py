@@ -83,7 +83,7 @@ def validation_freq(cfg) -> int:
     """``trainer.check_val_every_n_epoch`` (Lightning's name) as Keras's ``validation_freq``: the
     validation loss on epochs N, 2N, ... (counted from the run's first epoch, so a resumed run
     keeps the same ones). For a final fit, where val is trained on, its loss is only a curve,
-    and computing it every epoch cost ~5% of a UCM preset epoch."""
+    not worth an evaluation every epoch (its cost: docs/experiments/speed.md)."""
     return int(cfg.trainer.get("check_val_every_n_epoch", 1))
 
 

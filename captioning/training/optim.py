@@ -5,10 +5,13 @@ one fused TensorFlow kernel) with the schedule
 ``trainer.lr_schedule`` / ``warmup_steps`` ask for, optional Polyak averaging (``trainer.ema``)
 and a learning-rate multiplier for the backbone (``trainer.backbone_lr_multiplier``).
 
-Two Keras private attributes are used, each in one function below: ``_var_key`` (to recognise a
-variable inside ``update_step``) and the optimizer's EMA variables (``ema_pairs``). Keras has no
-public API for either; ``tests/test_train.py`` fails with a clear message if a Keras release
-renames them (tested: the range pinned in pyproject.toml).
+Keras has no public API for three things done here, so they use private optimizer members:
+``_var_key`` (``_LRMultiplied``: recognise a backbone variable in ``update_step``);
+``_get_variable_index``, ``_momentums`` and ``_velocities`` (``_FusedAdamStep``: Adam's slots);
+``_model_variables_moving_average`` and ``_trainable_variables`` (``ema_pairs``: the averaged
+weights). ``tests/test_structure.py`` fails naming the EMA two if a Keras release renames them;
+the others fail the backbone-multiplier and fused-Adam tests in ``tests/test_train.py``.
+Tested: the keras range pinned in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -98,8 +101,8 @@ class _FusedAdamStep:
     """Mixin: Adam's per-variable update as TensorFlow's fused ``ResourceApplyAdam`` kernel,
     the same formula as Keras's ``Adam.update_step`` (m and v moving averages, the bias-corrected
     step ``lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)``, ``epsilon`` outside the square root), in
-    one op per variable instead of ~15. Keras has no fused path; building those ops took half of
-    the training step's trace (~3 s of every run's start, seconds of every test). Under a
+    one op per variable instead of ~15. Keras has no fused path, and building those ops was a
+    large share of the training step's trace (figures: docs/experiments/speed.md). Under a
     strategy with several replicas (mirrored variables) and for sparse gradients Keras's own step
     runs."""
 

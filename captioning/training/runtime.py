@@ -46,7 +46,7 @@ def op_determinism(enabled: bool) -> None:
     """``trainer.deterministic``: TensorFlow's op determinism, on or off as each run says (a
     sweep runs its jobs in one process, so it is turned back off for a run that does not ask
     for it). Without it, parallel CPU kernels sum in varying orders, and two runs of one config
-    and seed drift apart (six UCM-Captions runs of the preset's recipe: 0.585-0.646 val BLEU-4)."""
+    and seed drift apart (by how much: docs/experiments/speed.md)."""
     import tensorflow as tf
     from tensorflow.python.framework import config as tf_config  # the off switch is not public
 

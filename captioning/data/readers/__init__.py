@@ -1,5 +1,7 @@
-"""One reader per on-disk layout. Each returns ``(records, report)``; nothing downstream
-knows which layout the data came from.
+"""One reader per on-disk layout: ``reader(cfg, report) -> (records, official_split)``, one
+``Record`` per image, and ``{image name: train | val | test}`` where the layout ships its own
+split lists (Flickr8k's original release), else ``None``. What a reader skips goes into the
+``DataReport`` it is given. Nothing downstream knows which layout the data came from.
 
 Every problem with the data is found here, while indexing, and reported as one message that
 names the file (and line) and the fix, never as a traceback from inside tf.data.
