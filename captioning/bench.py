@@ -215,7 +215,7 @@ def main(argv=None) -> int:
         return timed(lambda: f(memory).numpy(), repeat=5)
 
     t_rep, t_shared = decoder_pass("repeated"), decoder_pass("shared")
-    t_packed = decoder_pass("packed") if hasattr(model.decoder, "call_packed") else t_shared
+    t_packed = decoder_pass("packed") if model.decoder.supports_packed else t_shared
     rows.append(("decoder fwd+bwd, one batch (s)", t_rep, t_packed,
                  f"{c} captions/image: K/V once per image ({t_shared:.3f} s), then real "
                  f"tokens only"))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from captioning import ConfigError, DatasetError
+from captioning.config_rules import check_values
 from captioning.data.readers import MAX_NAMED, READERS
 from captioning.data.records import (
     HOLDOUT,
@@ -311,6 +312,7 @@ def _apply_split(
     """Give each record its split per ``dataset.split`` (random | karpathy), then move
     ``dataset.holdout`` train images to the split "holdout" (``_hold_out``)."""
     name, mode = ds_cfg.name, ds_cfg.split
+    check_values({"dataset.split": mode})
     if mode == "random":
         return _random_split(records, ds_cfg, seed)
     if mode == "karpathy":
@@ -331,8 +333,6 @@ def _apply_split(
                 "Flickr30k's Kaggle layout has no split lists. Use dataset.split=random, or "
                 "dataset=karpathy dataset.json=dataset_flickr30k.json for the Karpathy split.")
         # karpathy / coco_json readers set the split themselves
-    else:
-        raise ConfigError(f"dataset.split must be random or karpathy. Received: {mode!r}")
     return _hold_out(records, ds_cfg)
 
 
@@ -399,9 +399,7 @@ def _with(cfg, **updates):
 def build_data(cfg, progress: bool = True, vocab: Vocabulary | None = None) -> CaptionData:
     """The whole data side of a run, from the composed config."""
     text = cfg.text
-    if text.seq_len < 3:
-        raise ConfigError(f"text.seq_len counts <start> and <end>, so it must be at least 3. "
-                          f"Received: text.seq_len={text.seq_len}")
+    check_values({"text.seq_len": text.seq_len})
     splits, report = load_records(cfg.dataset, cfg.seed, progress)
     if cfg.dataset.get("train_on_val"):
         # The final fit: val's images are trained on as well, and stay in val so the loop and

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from captioning.config_rules import check_values
+
 
 def rotate90(images):
     """(B, H, W, C) square images turned 90 degrees clockwise (also decode.tta's views)."""
@@ -62,9 +64,7 @@ def build_augmentation(cfg, seed: int):
     a = cfg.augment
     flip = {"none": None, "horizontal": "horizontal", "vertical": "vertical",
             "both": "horizontal_and_vertical"}
-    if a.flip not in flip:
-        from captioning import ConfigError
-        raise ConfigError(f"augment.flip must be one of {sorted(flip)}. Received: {a.flip!r}")
+    check_values({"augment.flip": a.flip})
     if flip[a.flip]:
         out.append(layers.RandomFlip(flip[a.flip], seed=seed, name="aug_flip"))
     if a.rot90:

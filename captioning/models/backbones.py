@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captioning import ConfigError
+from captioning.config_rules import check_backbone
 
 
 @dataclass(frozen=True)
@@ -37,17 +38,9 @@ def _small_cnn(filters=(32, 64, 128, 192), dropout=0.0, convs=1, stem=0, stem_st
     A stage's convs after its first are residual (x + BN(conv(x)), then ReLU), so depth does
     not make it harder to train. ``convs`` is one count for every stage or one per stage.
     """
+    check_backbone(name="small_cnn", filters=filters, convs_per_stage=convs, stem=stem,
+                   stem_stride=stem_stride)
     per_stage = [int(convs)] * len(filters) if isinstance(convs, int) else [int(c) for c in convs]
-    if isinstance(stem_stride, bool) or stem_stride not in (1, 2, 3, 4):
-        raise ConfigError(f"backbone.stem_stride must be 1, 2, 3 or 4 (4: a patchify stem). "
-                          f"Received: {stem_stride!r}")
-    if not stem and stem_stride != 2:
-        raise ConfigError(f"backbone.stem_stride={stem_stride} needs a stem: "
-                          f"set backbone.stem to its channels "
-                          f"(e.g. backbone.stem=32), or leave stem_stride at 2.")
-    if len(per_stage) != len(filters) or min(per_stage) < 1:
-        raise ConfigError(f"backbone.convs_per_stage must be >= 1, one number or one per stage "
-                          f"(backbone.filters has {len(filters)}). Received: {convs}")
 
     def build(input_shape, weights=None):
         import keras
@@ -194,14 +187,10 @@ def build_backbone(cfg):
                         convs_per_stage=b.get("convs_per_stage", 1), stem=b.get("stem", 0),
                         stem_stride=b.get("stem_stride", 2))
     size = int(b.image_size)
-    if size < 16:
-        raise ConfigError(f"backbone.image_size must be at least 16 pixels. Received: {size}")
     weights = b.get("weights")
     weights = None if weights in (None, "null", "none", "None") else str(weights)
+    check_backbone(name=spec.name, image_size=size, weights=weights)
     is_file = weights not in (None, "imagenet")
-    if spec.name == "small_cnn" and weights == "imagenet":
-        raise ConfigError("backbone=small_cnn has no ImageNet weights: set backbone.weights=null "
-                          "(train from scratch) or a path to weights saved from a small_cnn run.")
     path = _weights_file(weights, spec.name) if is_file else None
     net = _build_net(spec, size, None if is_file or spec.name == "small_cnn" else weights)
     if path is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from captioning import ConfigError
+from captioning.models.registry import DECODERS, resolve
 
 
 def build_model(cfg, vocab_size: int):
@@ -16,22 +17,9 @@ def build_model(cfg, vocab_size: int):
 
     d = cfg.decoder
     max_len = int(cfg.text.seq_len) - 1            # decoder positions: <start> .. last input token
-    # The sizes were checked by captioning.config_check (every value rule lives there).
-    if d.name == "transformer":
-        from captioning.models.transformer import TransformerDecoder
-
-        # key_dim / ff_dropout: absent from runs saved before they existed (the defaults then).
-        key_dim = d.get("key_dim")
-        decoder = TransformerDecoder(vocab_size, max_len, d.dim, d.num_layers, d.num_heads,
-                                     d.ff_dim, d.dropout, d.output_dropout,
-                                     key_dim=int(key_dim) if key_dim is not None else None,
-                                     ff_dropout=float(d.get("ff_dropout", 0.0)), name="decoder")
-    elif d.name == "gru":
-        from captioning.models.gru import GRUDecoder
-
-        decoder = GRUDecoder(vocab_size, max_len, d.dim, d.dropout, name="decoder")
-    else:
-        raise ConfigError(f"Unknown decoder {d.name!r}. Known: ['gru', 'transformer']")
+    if d.name not in DECODERS:
+        raise ConfigError(f"Unknown decoder {d.name!r}. Known: {sorted(DECODERS)}")
+    decoder = resolve(DECODERS[d.name])(d, vocab_size, max_len)
     e = d.encoder
     encoder = ImageEncoder(d.dim, e.num_layers, e.num_heads, e.dropout, e.input_norm,
                            name="encoder")
@@ -44,3 +32,22 @@ def build_model(cfg, vocab_size: int):
     # Create the variables.
     model((np.zeros((1, size, size, 3), "float32"), np.ones((1, max_len), "int32")))
     return model
+
+
+# The builders registry.DECODERS names (decoder.name -> one of these). The sizes were checked by
+# captioning.config_check (each key's rule is in captioning/config_rules.py).
+def transformer_decoder(d, vocab_size: int, max_len: int):
+    from captioning.models.transformer import TransformerDecoder
+
+    # key_dim / ff_dropout: absent from runs saved before they existed (the defaults then).
+    key_dim = d.get("key_dim")
+    return TransformerDecoder(vocab_size, max_len, d.dim, d.num_layers, d.num_heads, d.ff_dim,
+                              d.dropout, d.output_dropout,
+                              key_dim=int(key_dim) if key_dim is not None else None,
+                              ff_dropout=float(d.get("ff_dropout", 0.0)), name="decoder")
+
+
+def gru_decoder(d, vocab_size: int, max_len: int):
+    from captioning.models.gru import GRUDecoder
+
+    return GRUDecoder(vocab_size, max_len, d.dim, d.dropout, name="decoder")

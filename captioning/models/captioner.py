@@ -256,7 +256,7 @@ class Captioner(keras.Model):
         # Project onto the vocabulary only where there is a real target token: padding is most
         # positions, and the (D x V) projection is the largest matmul of the decoder.
         real = targets > 0
-        if hasattr(self.decoder, "call_packed"):
+        if self.decoder.supports_packed:
             # The Transformer also leaves the padding out of its blocks (see call_packed).
             hidden = self.decoder.call_packed(inputs, memory, real, repeats=c,
                                               training=training)          # (n_tokens, D)
@@ -336,7 +336,7 @@ class Captioner(keras.Model):
         runs on those tokens only (``call_packed``: one long sample would otherwise set every
         row's length; docs/experiments/speed.md); other decoders run on two groups of images,
         each cut to its own longest sample (``length_groups``). The same sums either way."""
-        if hasattr(self.decoder, "call_packed"):
+        if self.decoder.supports_packed:
             inputs, targets = ids[:, :-1], ids[:, 1:]
             real = self._sampled_tokens(targets, end_id)
             hidden = self.decoder.call_packed(inputs, memory, real, repeats=k, training=True)

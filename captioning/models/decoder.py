@@ -3,8 +3,14 @@
 ``TransformerDecoder`` (transformer.py) and ``GRUDecoder`` (gru.py) implement it; the
 ``Captioner`` trains through ``call``/``project`` and ``decoding.Generator`` generates through
 ``init_cache``/``step``, reading ``beam_state`` for beam search. A new decoder is a Keras layer
-with these members, registered in ``build.build_model``; no other module knows the names of its
-cache entries.
+with these members, registered in ``registry.DECODERS`` (built in ``build.py``); no other module
+knows the names of its cache entries.
+
+Two capabilities are optional, and each decoder declares whether it has them, as class
+attributes that callers read (they never probe for a method): ``supports_packed`` (it has
+``call_packed``) and ``shared_state`` (cache entries kept once per image). A decoder without
+them declares ``supports_packed = False`` and ``shared_state = ()`` (the defaults written here)
+and gets the general path.
 """
 
 from __future__ import annotations
@@ -25,11 +31,24 @@ class Decoder(Protocol):
     entries along with them and leaves the others (the image memory, cross-attention keys/values:
     the same for all beams of an image) in place. An entry missing from ``beam_state`` that does
     depend on the generated tokens gives wrong beams silently, so each decoder declares its own.
+
+    ``shared_state`` (``()`` when none) names the cache entries that are the same for
+    all rows of an image (its beams, or its samples with ``repeats``): ``init_cache(memory,
+    max_len, repeats=R)`` then keeps them once per image, and ``step`` takes R rows per image.
+    None of them may be in ``beam_state``.
+
+    ``supports_packed`` (False when it has none) says the decoder has ``call_packed(tokens,
+    memory, real, repeats=1, training=None)``: the hidden states (n_real, D) of the real
+    positions only (``real`` (N, T) bool), the same as ``tf.boolean_mask(call(tokens, memory,
+    repeats=repeats), real)``, with the padding left out of the work. The Captioner's loss and
+    self-critical step use it when declared, else ``call`` and a mask.
     """
 
     vocab_size: int
     dim: int
     beam_state: ClassVar[tuple[str, ...]]
+    shared_state: ClassVar[tuple[str, ...]] = ()
+    supports_packed: ClassVar[bool] = False
 
     def call(self, tokens, memory, training=None, repeats: int = 1,
              return_attention: bool = False, attention_block: int = -1):

@@ -23,28 +23,10 @@ import tensorflow as tf
 from keras import ops
 
 from captioning import ConfigError
+from captioning.config_rules import check_values
 from captioning.models.augment import rotate90
 from captioning.models.decoder import Decoder
-
-METHODS = ("greedy", "beam", "top_k", "top_p")
-TTA = {"none": 1, "flip": 2, "dihedral": 8}   # decode.tta -> views per image
-
-
-def _check(method: str, beam_size: int, k: int, p: float, temperature: float,
-           tta: str = "none") -> None:
-    if tta not in TTA:
-        raise ConfigError(f"decode.tta must be one of {list(TTA)} "
-                          f"(flip: each image and its mirror image; "
-                          f"dihedral: its 8 flips and 90-degree rotations, "
-                          f"for square overhead images). "
-                          f"Received: {tta!r}")
-    if method not in METHODS:
-        raise ConfigError(f"decode.method must be one of {list(METHODS)}. Received: {method!r}")
-    if beam_size < 1 or k < 1 or not 0 < p <= 1 or temperature <= 0:
-        raise ConfigError(f"decode settings out of range: "
-                          f"beam_size >= 1, k >= 1, 0 < p <= 1, temperature > 0. "
-                          f"Received: beam_size={beam_size}, k={k}, p={p}, "
-                          f"temperature={temperature}")
+from captioning.models.registry import TTA_VIEWS
 
 
 class Generator:
@@ -57,7 +39,8 @@ class Generator:
     def __init__(self, model, start_id, end_id, max_len, method="greedy", beam_size=3,
                  length_penalty=0.0, k=10, p=0.9, temperature=1.0, seed=None, jit_compile=False,
                  tta="none"):
-        _check(method, beam_size, k, p, temperature, tta)
+        check_values({"decode.tta": tta, "decode.method": method, "decode.beam_size": beam_size,
+                      "decode.k": k, "decode.p": p, "decode.temperature": temperature})
         self.model, self.start_id, self.end_id, self.max_len = model, start_id, end_id, max_len
         self.tta = tta
         self.method, self.beam_size, self.length_penalty = method, beam_size, length_penalty
@@ -98,7 +81,7 @@ class Generator:
         if self.tta == "none":
             return self.generate(self.model.encode(images, training=False))
         views = test_time_views(images, self.tta)                             # (B*V, H, W, 3)
-        return self.generate(self.model.encode(views, training=False), views=TTA[self.tta])
+        return self.generate(self.model.encode(views, training=False), views=TTA_VIEWS[self.tta][0])
 
     def generate(self, memory, views: int = 1, repeats: int = 1):
         """memory (B, S, D) -> (B, max_len) ids; position 0 is the start token. With ``views=V``
@@ -189,8 +172,8 @@ def _beam_state(decoder: Decoder | _ViewEnsemble, cache) -> frozenset[str]:
 
 def _shared_state(decoder) -> frozenset[str]:
     """The cache entries ``decoder`` keeps once per image for all of the image's rows (beams,
-    samples): its ``shared_state``, checked against ``beam_state``; none if it declares none."""
-    shared = frozenset(getattr(decoder, "shared_state", ()))
+    samples): its ``shared_state``, checked against ``beam_state`` (() for a decoder without)."""
+    shared = frozenset(decoder.shared_state)
     if shared & frozenset(decoder.beam_state):
         both = sorted(shared & set(decoder.beam_state))
         raise ValueError(f"{type(decoder).__name__} declares {both} both per beam (beam_state) "

@@ -15,6 +15,8 @@ class GRUDecoder(layers.Layer):
     the dot-product attention weights over the image tokens."""
 
     beam_state = ("state",)      # cache entries beam search reorders with the beams
+    shared_state = ()            # no entry kept once per image: memory is repeated per row
+    supports_packed = False      # no call_packed: the loss masks a full padded pass
 
     def __init__(self, vocab_size, max_len, dim=512, dropout=0.0, **kwargs):
         super().__init__(**kwargs)

@@ -34,6 +34,7 @@ class TransformerDecoder(layers.Layer):
 
     beam_state = ("self",)       # cache entries beam search reorders with the beams
     shared_state = ("memory", "cross")   # per image, shared by its beams or samples
+    supports_packed = True       # call_packed: the blocks run on the real tokens only
 
     def __init__(self, vocab_size, max_len, dim=512, num_layers=1, num_heads=2, ff_dim=512,
                  dropout=0.1, output_dropout=0.5, key_dim=None, ff_dropout=0.0, **kwargs):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from captioning.config_check import CAPTION_SCORES
+from captioning.config_rules import CAPTION_SCORES
 from captioning.training.phases import RunState
 
 

@@ -4,6 +4,7 @@ GPU memory growth, and the distribution strategy. Everything process-wide lives 
 from __future__ import annotations
 
 from captioning import ConfigError
+from captioning.config_rules import check_values
 
 
 def prepare_runtime(cfg):
@@ -28,18 +29,17 @@ def make_strategy(t):
     import tensorflow as tf
 
     name = t.get("strategy", "auto")
+    check_values({"trainer.strategy": name})
     devices = list(t.devices) if t.get("devices") else None
     if name == "auto":
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy(devices=devices)
-    if name == "multi_worker":
-        from captioning.training.cluster import make_multi_worker_strategy
+    # multi_worker (the one name left: check_values passed it)
+    from captioning.training.cluster import make_multi_worker_strategy
 
-        return make_multi_worker_strategy(t)
-    raise ConfigError(f"trainer.strategy must be auto, mirrored or multi_worker. "
-                      f"Received: {name!r}")
+    return make_multi_worker_strategy(t)
 
 
 def op_determinism(enabled: bool) -> None:

@@ -1,0 +1,41 @@
+"""The names ``decoder.name``, ``decode.method`` and ``decode.tta`` may take, each list written
+once, with what each name builds.
+
+Pure Python on purpose. ``captioning.config_rules`` derives its allowed values from these
+names, and the config check must run before TensorFlow is imported (composing a config and
+every config error stay instant); the code they name imports Keras. So an entry names what it
+builds as data (a ``"module:function"`` string, a number of views), which the heavy code
+resolves when it builds (``resolve``). Strings rather than imports also keep this module a
+leaf of the import graph: the builders' modules import the config rules, which import this.
+
+(``dataset.name``'s registry is ``READERS`` in ``captioning/data/readers/__init__.py``: the
+readers are pure Python already, so that mapping of functions is its own list.)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# decoder.name -> "module:function(decoder_cfg, vocab_size, max_len)" that builds the decoder
+# (captioning/models/build.py, the one place models are assembled).
+DECODERS = {
+    "gru": "captioning.models.build:gru_decoder",
+    "transformer": "captioning.models.build:transformer_decoder",
+}
+
+# decode.method -> how decoding.Generator decodes: keras-hub's greedy, top-k and top-p
+# samplers, or our own beam search.
+DECODE_METHODS = ("greedy", "beam", "top_k", "top_p")
+
+# decode.tta -> (views per image, what they are), for decoding.test_time_views.
+TTA_VIEWS = {
+    "none": (1, ""),
+    "flip": (2, "each image and its mirror image"),
+    "dihedral": (8, "its 8 flips and 90-degree rotations, for overhead imagery"),
+}
+
+
+def resolve(spec: str):
+    """``"package.module:name"`` -> that object (the module imported now)."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
