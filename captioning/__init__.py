@@ -1,11 +1,15 @@
 """captioning: a Hydra + Keras 3 experiment framework for image captioning.
 
 Layout (one concern per package): ``data`` (records, readers, text, tf.data),
-``models`` (backbones, decoders, the Captioner, decoding), ``training`` (``train(cfg)``),
+``models`` (backbones, decoders, the Captioner, decoding), ``training`` (``train(cfg)``, its
+phases, callbacks, signals and state file), ``runs`` (reading run folders back),
 ``evaluation`` (COCO caption metrics), ``tracking`` (Comet, Kangas).
 
-Heavy libraries (TensorFlow, Keras, Comet, Kangas) are imported inside the functions that
-need them, so composing a config or printing ``--help`` stays instant.
+Modules import what they use at the top. TensorFlow and Keras load with ``captioning.models``
+and ``captioning.training``; the entry points (``run.py``, ``eval.py``, ``caption.py``) import
+those only after the config is checked, so composing a config, ``--help`` and every config
+error stay instant. ``config``, ``config_check``, ``config_rules``, ``runs.files``,
+``runs.resume``, ``data.readers`` and ``io`` never import them (tests/test_structure.py).
 """
 
 __version__ = "0.1.0"

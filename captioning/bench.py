@@ -29,7 +29,16 @@ import time
 from pathlib import Path
 
 from captioning.config import compose
+from captioning.data.datamodule import build_data
+from captioning.data.features import attach_feature_cache, ensure_features
 from captioning.flops import Sizes, caption_flops, training_step_flops
+from captioning.models.backbones import build_backbone
+from captioning.models.build import build_model
+from captioning.models.captioner import masked_loss_and_accuracy
+from captioning.models.decoding import Generator
+from captioning.training.callbacks import ValidationCaptions
+from captioning.training.compile import compile_captioner
+from captioning.training.scst import enable_self_critical
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -73,8 +82,6 @@ def recipe_a_train_step(model):
     """Recipe A's train_step: CNN once per batch, then per caption an encoder pass, a decoder
     pass and an optimizer step (five per batch)."""
     import tensorflow as tf
-
-    from captioning.models.captioner import masked_loss_and_accuracy
 
     @tf.function
     def step(images, captions):
@@ -138,11 +145,6 @@ def main(argv=None) -> int:
     import numpy as np
     import tensorflow as tf
     from rich.console import Console
-
-    from captioning.data.datamodule import build_data
-    from captioning.data.features import ensure_features
-    from captioning.models.build import build_model
-    from captioning.models.decoding import Generator
 
     console = Console()
     console.print(f"[bold]Machine:[/] {machine()}")
@@ -298,7 +300,6 @@ def main(argv=None) -> int:
     for name in ("efficientnetb0", "inceptionresnetv2"):
         c = build(args, [f"backbone={name}", f"backbone.image_size={args.image_size}",
                          "backbone.weights=null"])
-        from captioning.models.backbones import build_backbone
 
         net = build_backbone(c)
         fn = tf.function(lambda x, net=net: net(x, training=False))
@@ -397,11 +398,6 @@ def preset_costs(args, steps: int = 12) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from captioning.data.datamodule import build_data
-    from captioning.training.callbacks import ValidationCaptions
-    from captioning.training.compile import compile_captioner
-    from captioning.training.scst import enable_self_critical
-
     n_train, n_val = args.preset_images, 210
     cfg = compose([
         "experiment=ucm_scratch", "dataset=synthetic", "logger=none",
@@ -484,10 +480,6 @@ def scaling_child(args) -> int:
     import resource
 
     import keras
-
-    from captioning.data.datamodule import build_data
-    from captioning.data.features import attach_feature_cache
-    from captioning.models.build import build_model
 
     n = args.scaling_child
     cfg = compose([*SCALING, f"dataset.num_images={n}", f"dataset.max_images={n}",

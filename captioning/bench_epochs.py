@@ -25,14 +25,17 @@ import sys
 import time
 from pathlib import Path
 
+from captioning.config import compose as compose_config
+from captioning.data.datamodule import build_data
+from captioning.data.features import attach_feature_cache
+from captioning.models.build import build_model
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEFAULT_WAYS = "recipe,ours:64:1e-4,ours:13:1e-4,ours:64:5e-4"
 
 
 def compose(args):
-    from captioning.config import compose as compose_config
-
     return compose_config([
         "experiment=flickr8k_transformer", "dataset=karpathy", f"dataset.json={args.json}",
         f"dataset.images={args.images}", f"dataset.max_images={args.max_images}",
@@ -64,8 +67,6 @@ def recipe_step(model, optimizer):
 def train_one_way(cfg, data, way: str, epochs: int, seed: int) -> dict:
     """Train from the seed's initial weights one way; returns steps/epoch, val losses, time."""
     import keras
-
-    from captioning.models.build import build_model
 
     keras.utils.set_random_seed(seed)
     model = build_model(cfg, data.vocab.size)
@@ -108,10 +109,6 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="also write the table (Markdown) to this file")
     p.add_argument("overrides", nargs="*", help="more Hydra overrides, e.g. decoder.dim=256")
     args = p.parse_args(argv)
-
-    from captioning.data.datamodule import build_data
-    from captioning.data.features import attach_feature_cache
-    from captioning.models.build import build_model
 
     cfg = compose(args)
     data = build_data(cfg, progress=False)

@@ -10,17 +10,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from captioning import CaptioningError
+from captioning.config import compose
+from captioning.data.datamodule import load_records
 from captioning.privacy import no_phone_home
+from captioning.tracking.kangas_grids import write_dataset_grid
 
 no_phone_home()   # before Kangas is imported (captioning/privacy.py)
 
 
 def main(argv: list[str]) -> int:
-    from captioning import CaptioningError
-    from captioning.config import compose
-    from captioning.data.datamodule import load_records
-    from captioning.tracking.kangas_grids import write_dataset_grid
-
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0

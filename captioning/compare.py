@@ -21,7 +21,10 @@ import statistics
 import sys
 from pathlib import Path
 
+from captioning.data.datamodule import load_records
+from captioning.io import atomic_path
 from captioning.privacy import no_phone_home
+from captioning.tracking.kangas_grids import image_cell, save_grid
 
 no_phone_home()   # as every entry point does (captioning/privacy.py)
 
@@ -136,8 +139,6 @@ def print_groups(groups: list[dict], by: str) -> None:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    from captioning.io import atomic_path
-
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
@@ -158,8 +159,6 @@ def image_paths(jobs: list[Path]) -> tuple[dict[str, str], list[str]]:
     """{image id: file} for the jobs' datasets (read from each job's config.yaml, without
     re-checking the images), and notes on the datasets that could not be read."""
     from omegaconf import OmegaConf
-
-    from captioning.data.datamodule import load_records
 
     paths: dict[str, str] = {}
     notes: list[str] = []
@@ -207,7 +206,6 @@ def grid_rows(sweep: Path, rows: list[dict]) -> tuple[list[str], list[list], lis
     preds = [{p["image"]: p for p in job_predictions(sweep / r["job"])} for r in jobs]
     order = list(dict.fromkeys(i for p in preds for i in p))
     paths, notes = image_paths([sweep / r["job"] for r in jobs])
-    from captioning.tracking.kangas_grids import image_cell
 
     columns = ["image", "id", "references"]
     for label in labels:
@@ -237,8 +235,6 @@ def write_comparison_grid(sweep: Path, rows: list[dict]) -> Path | None:
     """``comparison.datagrid`` in the sweep folder (None, with a message, when no job has
     predictions.csv)."""
     import kangas
-
-    from captioning.tracking.kangas_grids import save_grid
 
     columns, grid, notes = grid_rows(sweep, rows)
     for note in notes:

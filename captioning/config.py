@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from captioning import ConfigError
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -16,8 +18,6 @@ def compose(overrides=()):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
-
-    from captioning import ConfigError
 
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from captioning import ConfigError
+from captioning import CaptioningError, ConfigError
 from captioning.config_rules import (
     CAPTION_SCORES,
     HOLDOUT,
@@ -29,6 +29,7 @@ from captioning.config_rules import (
     is_number,
     small_cnn_rules,
 )
+from captioning.evaluation.rewards import SCORES
 from captioning.runs.files import averaged_epochs
 
 # The smallest input side keras.applications accepts (imagenet_utils.obtain_input_shape's
@@ -146,8 +147,6 @@ def _select_rules(v: dict) -> list[tuple[bool, str]]:
     that import is why this syntax rule is here and not in RULES, which the model code imports).
     mean:A-B averages epochs A..B's own checkpoints (kept for it whatever every_epoch says):
     the schedule must reach them."""
-    from captioning import CaptioningError
-
     select = v.get("callbacks.checkpoints.select", "best")
     try:
         known = select in ("best", "last") or bool(averaged_epochs(select))
@@ -229,8 +228,6 @@ def _backbone_rules(v: dict) -> list[tuple[bool, str]]:
 
 def _reward_rule(weights) -> tuple[bool, str]:
     """``trainer.scst_reward``: weights >= 0 of known scores, at least one > 0."""
-    from captioning.evaluation.rewards import SCORES  # pure Python, no TF import
-
     example = "e.g. trainer.scst_reward={cider:1,bleu_4:2}"
     if not isinstance(weights, Mapping) or not weights:
         return False, (f"trainer.scst_reward must map scores to weights, {example}. "

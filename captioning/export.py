@@ -15,7 +15,9 @@ import os
 from pathlib import Path
 
 from captioning import run_cli
+from captioning.models.decoding import Generator
 from captioning.privacy import no_phone_home
+from captioning.runs.checkpoints import load_run, merge_overrides
 
 no_phone_home()   # before Kangas or Comet is imported (captioning/privacy.py)
 
@@ -23,9 +25,6 @@ no_phone_home()   # before Kangas or Comet is imported (captioning/privacy.py)
 def export(run_dir, out=None, overrides=()) -> Path:
     import keras
     import tensorflow as tf
-
-    from captioning.models.decoding import Generator
-    from captioning.runs.checkpoints import load_run, merge_overrides
 
     cfg, vocab, model = load_run(run_dir)
     cfg = merge_overrides(cfg, list(overrides))

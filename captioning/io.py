@@ -11,6 +11,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from captioning import CaptioningError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -225,8 +227,6 @@ def ensure_free_space(folder: Path, needed: int, what: str, fix: str) -> None:
     or one error with the size needed, the free space, the folder and ``fix`` (the key that
     points elsewhere). Checked before any work, so a full disk never ends a long build."""
     import shutil
-
-    from captioning import CaptioningError
 
     probe = Path(os.path.expanduser(str(folder)))
     while not probe.exists() and probe != probe.parent:   # the disk the folder will be on

@@ -16,6 +16,15 @@ import numpy as np
 
 from captioning import ConfigError, DatasetError
 from captioning.config_rules import check_values
+from captioning.console import console
+from captioning.data.images import (
+    REPORT_KEY,
+    check_image,
+    check_records,
+    describe_skipped,
+    pil_pixels,
+    set_pixel_limit,
+)
 from captioning.data.readers import MAX_NAMED, READERS
 from captioning.data.records import (
     HOLDOUT,
@@ -26,6 +35,7 @@ from captioning.data.records import (
     holdout_size,
     split_counts,
 )
+from captioning.data.synthetic import VERSION, ensure_synthetic
 from captioning.data.text import Vocabulary, filter_indexed, normalize, wrap
 
 
@@ -135,8 +145,6 @@ class CaptionData:
         keeps every row in place, and is named in the data report."""
         if all(r.decoder for r in records):
             return [_MODE[r.decoder] for r in records]
-        from captioning.console import console
-        from captioning.data.images import check_image
 
         modes, bad = [], []
         for r in records:
@@ -217,8 +225,6 @@ def _loader(size: int, modes: set[int], strict: bool):
     image); 2: a black image without reading the file. Only the branches in use are built."""
     import tensorflow as tf
 
-    from captioning.data.images import pil_pixels
-
     def pil(path):
         img = tf.numpy_function(lambda p: pil_pixels(p, strict), [path], tf.uint8,
                                 stateful=False)
@@ -240,8 +246,6 @@ def _loader(size: int, modes: set[int], strict: bool):
 def _verify_images(records: list[Record], report: DataReport, progress: bool) -> list[Record]:
     """Check every image (``images.check_image``: the header, completeness, the pixel limit,
     the EXIF orientation); drop and count the unusable ones, note how to decode the others."""
-    from captioning.data.images import REPORT_KEY, check_records, describe_skipped
-
     good, bad = check_records(records, progress)
     for _, kind, _ in bad:
         report.removed[REPORT_KEY[kind]] += 1
@@ -250,8 +254,6 @@ def _verify_images(records: list[Record], report: DataReport, progress: bool) ->
 
 
 def synthetic_root(cfg) -> Path:
-    from captioning.data.synthetic import VERSION
-
     if cfg.get("root"):
         return Path(os.path.expanduser(str(cfg.root)))
     cache = Path(os.path.expanduser(str(cfg.cache_dir)))
@@ -273,13 +275,10 @@ def load_records(
             raise DatasetError(
                 f"dataset.{key} is required for dataset={name}. Point it at your copy: "
                 f"python run.py dataset={name} dataset.{key}={example}")
-    from captioning.data.images import set_pixel_limit
 
     set_pixel_limit(ds_cfg.get("max_image_pixels"))
     report = DataReport()
     if name == "synthetic":
-        from captioning.data.synthetic import ensure_synthetic
-
         root = ensure_synthetic(synthetic_root(ds_cfg), ds_cfg.num_images, ds_cfg.image_size,
                                 ds_cfg.seed, progress=progress)
         ds_cfg = _with(ds_cfg, root=str(root))

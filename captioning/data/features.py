@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from captioning.io import build_lock
+from captioning.console import console, track
+from captioning.io import build_lock, ensure_free_space
 
 # 2: images with an EXIF orientation are decoded upright (through Pillow); caches built before
 # held their features sideways, so they are not reused.
@@ -85,8 +86,6 @@ def ensure_features(cfg, backbone, data, records, batch_size: int, progress: boo
 def _build(folder: Path, backbone, data, records, batch_size: int, progress: bool) -> None:
     import keras
 
-    from captioning.io import ensure_free_space
-
     shape = (len(records), *backbone.output_shape[1:])
     ensure_free_space(folder.parent, int(np.prod(shape)) * 2,        # float16: 2 bytes a value
                       f"the {backbone.name} feature cache ({shape[0]} images x {shape[1]} "
@@ -100,7 +99,6 @@ def _build(folder: Path, backbone, data, records, batch_size: int, progress: boo
         batches = data.image_dataset(records, batch_size, use_features=False)
         it = iter(batches)
         if progress:
-            from captioning.console import track
             it = track(it, total=-(-len(records) // batch_size), unit="batches",
                        description=f"Caching {backbone.name} features of {len(records)} images")
         row = 0
@@ -124,8 +122,6 @@ def _build(folder: Path, backbone, data, records, batch_size: int, progress: boo
 def attach_feature_cache(cfg, data, model) -> None:
     """Frozen backbone: compute each image's tokens once (shared across runs) and make
     ``data`` serve them instead of images; otherwise say why the cache is bypassed."""
-    from captioning.console import console
-
     reason = bypass_reason(cfg)
     if reason is not None:
         if cfg.backbone.get("trainable", False) is False:      # only worth saying when frozen

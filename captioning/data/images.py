@@ -24,6 +24,7 @@ import warnings
 
 import numpy as np
 
+from captioning import ConfigError
 from captioning.data.records import Record
 
 TF_FORMATS = {"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP"}   # what tf.io.decode_image reads
@@ -44,8 +45,6 @@ def set_pixel_limit(value) -> None:
     except (TypeError, ValueError):
         pixels = 0
     if pixels < 1 or isinstance(value, bool):
-        from captioning import ConfigError
-
         raise ConfigError(f"dataset.max_image_pixels must be a positive number of pixels or null "
                           f"(Pillow's limit). Received: dataset.max_image_pixels={value!r}")
     Image.MAX_IMAGE_PIXELS = pixels

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from captioning import ConfigError
+from captioning.io import atomic_write_text
 
 START, END = "<start>", "<end>"
 PAD, UNK = "", "[UNK]"   # ids 0 and 1, as TextVectorization assigns them
@@ -195,8 +196,6 @@ class Vocabulary:
         return out
 
     def save(self, path: Path) -> None:
-        from captioning.io import atomic_write_text
-
         atomic_write_text(Path(path), json.dumps({"seq_len": self.seq_len, "tokens": self.tokens},
                                                  ensure_ascii=False))
 

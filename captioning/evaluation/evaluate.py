@@ -14,7 +14,12 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from captioning.console import print_samples
+from captioning.evaluation.metrics import score
 from captioning.io import atomic_write_text
+from captioning.models.attention import grid_maps, log_attention_images
+from captioning.models.decoding import Generator, sample_records
+from captioning.tracking.kangas_grids import pick_rows, write_grid
 
 
 @dataclass
@@ -36,9 +41,6 @@ def evaluate_split(model, data, records, cfg, seed: int | None = None, generator
     predictions). Pass one ``generator`` for several splits: its compiled graph is reused.
     With ``decode.num_captions=N`` > 1, ``samples`` (a list) receives each record's N captions;
     the first of each is the prediction that is scored."""
-    from captioning.evaluation.metrics import score
-    from captioning.models.decoding import Generator, sample_records
-
     generator = generator or Generator.from_config(model, data.vocab, cfg.decode, seed=seed)
     n = int(cfg.decode.get("num_captions", 1))
     drawn = sample_records(generator, data, records, int(cfg.evaluation.batch_size), n)
@@ -92,9 +94,6 @@ def final_evaluation(model, data, cfg, run_dir: Path, tracker=None, best_epoch=N
     ``decode.*``: ``predictions.csv`` / ``predictions_test.csv`` / ``predictions_holdout.csv``,
     the samples printed, the final Kangas grid and a few captioned images to Comet (val's).
     Returns ({split: summary}, notes)."""
-    from captioning.console import print_samples
-    from captioning.models.decoding import Generator
-
     generator = Generator.from_config(model, data.vocab, cfg.decode, seed=int(cfg.seed))
     results: dict = {}
     notes: list[str] = []
@@ -117,9 +116,6 @@ def _review_outputs(r: SplitResult, cfg, run_dir, tracker, best_epoch, model=Non
                     data=None) -> None:
     """The final Kangas grid (with attention maps, ``callbacks.kangas.attention``) and, with
     Comet, a few images with their captions (and their attention plots)."""
-    from captioning.models.attention import grid_maps, log_attention_images
-    from captioning.tracking.kangas_grids import pick_rows, write_grid
-
     attend = model is not None and bool(cfg.callbacks.kangas.get("attention", False))
     block = int(cfg.decode.get("attention_block", -1))
     if cfg.callbacks.kangas.enabled:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from captioning import ConfigError
+from captioning.data.text import UNK
 
 
 @dataclass
@@ -35,8 +36,6 @@ def caption_ids(vocab, captions: list[str]) -> np.ndarray:
     """Generated captions (``vocab.decode``'s strings) -> (N, seq_len) ids: start, the words,
     end, padding. The words are the vocabulary's own tokens, looked up as they are (no
     normalisation), so the ids are those that were generated."""
-    from captioning.data.text import UNK
-
     out = np.zeros((len(captions), vocab.seq_len), np.int32)
     unk = vocab.index[UNK]
     for i, caption in enumerate(captions):

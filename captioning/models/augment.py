@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from captioning import ConfigError
 from captioning.config_rules import check_values
 
 
@@ -76,7 +77,6 @@ def build_augmentation(cfg, seed: int):
                                          value_range=(0, 255)))
     zoom, shift = float(a.get("zoom", 0.0)), float(a.get("translate", 0.0))
     if not (0 <= zoom < 1 and 0 <= shift < 1):
-        from captioning import ConfigError
         raise ConfigError(f"augment.zoom and augment.translate are fractions of the image side "
                           f"in [0, 1). "
                           f"Received: zoom={zoom}, translate={shift}")

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from captioning import ConfigError
+from captioning.models.augment import build_augmentation
+from captioning.models.backbones import build_backbone
+from captioning.models.captioner import Captioner
+from captioning.models.encoder import ImageEncoder
+from captioning.models.gru import GRUDecoder
 from captioning.models.registry import DECODERS, resolve
+from captioning.models.transformer import TransformerDecoder
 
 
 def build_model(cfg, vocab_size: int):
     """Backbone + encoder + decoder (+ augmentation) per ``cfg``; variables created."""
     import numpy as np
-
-    from captioning.models.augment import build_augmentation
-    from captioning.models.backbones import build_backbone
-    from captioning.models.captioner import Captioner
-    from captioning.models.encoder import ImageEncoder
 
     d = cfg.decoder
     max_len = int(cfg.text.seq_len) - 1            # decoder positions: <start> .. last input token
@@ -37,8 +38,6 @@ def build_model(cfg, vocab_size: int):
 # The builders registry.DECODERS names (decoder.name -> one of these). The sizes were checked by
 # captioning.config_check (each key's rule is in captioning/config_rules.py).
 def transformer_decoder(d, vocab_size: int, max_len: int):
-    from captioning.models.transformer import TransformerDecoder
-
     # key_dim / ff_dropout: absent from runs saved before they existed (the defaults then).
     key_dim = d.get("key_dim")
     return TransformerDecoder(vocab_size, max_len, d.dim, d.num_layers, d.num_heads, d.ff_dim,
@@ -48,6 +47,4 @@ def transformer_decoder(d, vocab_size: int, max_len: int):
 
 
 def gru_decoder(d, vocab_size: int, max_len: int):
-    from captioning.models.gru import GRUDecoder
-
     return GRUDecoder(vocab_size, max_len, d.dim, d.dropout, name="decoder")

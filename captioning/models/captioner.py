@@ -30,6 +30,7 @@ import tensorflow as tf
 from keras import ops
 
 from captioning.models.decoder import Decoder
+from captioning.models.decoding import Generator
 
 
 def masked_loss_and_accuracy(targets, logits, label_smoothing=0.0):
@@ -173,8 +174,6 @@ class Captioner(keras.Model):
 
     def enable_self_critical(self, settings: SelfCriticalSettings):
         """Switch ``fit`` to self-critical training with ``settings``."""
-        from captioning.models.decoding import Generator
-
         sampler = Generator(self, settings.start_id, settings.end_id, settings.max_len,
                             method="top_k", k=self.decoder.vocab_size, seed=settings.seed)
         sample = tf.function(partial(sampler.generate, repeats=settings.samples),

@@ -17,8 +17,10 @@ import logging
 import os
 from pathlib import Path
 
+from captioning.console import console
 from captioning.io import atomic_write_text
 from captioning.privacy import no_phone_home
+from captioning.provenance import provenance
 from captioning.runs.files import LOCATION_KEYS
 
 log = logging.getLogger("captioning")
@@ -216,8 +218,6 @@ class CometLogger:
 
         from omegaconf import OmegaConf
 
-        from captioning.provenance import provenance
-
         if self.previous is None:          # a continued experiment keeps its first name
             self.call("set_name", self.cfg.experiment_name or self.run_dir.name)
         if self.cfg.tags:
@@ -307,8 +307,6 @@ class CometLogger:
 
     def close_and_report(self) -> Path | None:
         """``end()``, then say where an offline archive is and how to upload it."""
-        from captioning.console import console
-
         archive = self.end()
         if archive is not None:
             console.print(f"[bold]Comet offline archive:[/] {archive}\n"

@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 from captioning.io import atomic_path
+from captioning.models.attention import upsample
 
 PREDICTION_COLUMNS = ["image", "id", "references", "prediction", "bleu_4", "cider", "length",
                       "epoch", "run"]
@@ -60,8 +61,6 @@ def add_attention(image, words, maps) -> None:
     its position and the word ("03 circle"): the word's attention map, upsampled from the token
     grid to the image's shape (``MASK_SIDE`` pixels on the long side). In the Kangas UI a
     reviewer shows or hides the words' layers."""
-    from captioning.models.attention import upsample
-
     width, height = image.to_pil().size
     scale = MASK_SIDE / max(width, height)
     size = (max(1, round(height * scale)), max(1, round(width * scale)))

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import keras
 
+from captioning.data.text import END, PAD, START, UNK
+from captioning.evaluation.metrics import score
 from captioning.io import atomic_path, atomic_write_text
+from captioning.models.decoding import Generator, caption_records
 from captioning.runs.files import averaged_epochs, checkpoints, epoch_name, read_history, state_path
-from captioning.tracking.kangas_grids import write_grid
+from captioning.tracking.kangas_grids import pick_rows, write_grid
 from captioning.training.debug import profiler, validation_freq
 from captioning.training.early_stopping import ResumableEarlyStopping
 from captioning.training.phases import Phases
@@ -215,8 +218,6 @@ def caption_diversity(captions: list[str], vocab) -> tuple[float, float]:
     """(share of distinct captions, share of the vocabulary used). The vocabulary's share is
     the distinct words of the captions that are vocabulary words, over the vocabulary's words
     without the four special tokens (padding, [UNK], <start>, <end>)."""
-    from captioning.data.text import END, PAD, START, UNK
-
     if not captions:
         return 0.0, 0.0
     special = {PAD, UNK, START, END}
@@ -238,7 +239,6 @@ class ValidationCaptions(keras.callbacks.Callback):
 
     def __init__(self, data, cfg, run_dir: Path, tracker=None):
         super().__init__()
-        from captioning.tracking.kangas_grids import pick_rows
 
         self.data, self.cfg, self.run_dir, self.tracker = data, cfg, Path(run_dir), tracker
         cb = cfg.callbacks
@@ -255,8 +255,6 @@ class ValidationCaptions(keras.callbacks.Callback):
         due_grid = self.grid_every and e % self.grid_every == 0
         if not (due_score or due_grid):
             return
-        from captioning.evaluation.metrics import score
-        from captioning.models.decoding import Generator, caption_records
 
         if self.generator is None:
             from omegaconf import OmegaConf

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captioning import ConfigError
+from captioning.console import console
 from captioning.runs.resume import RunLock
 
 
@@ -164,8 +165,6 @@ def workspace(cfg, run_dir: Path, resuming: bool):
     ``run.lock``. Another worker: a temporary folder (with a copy of the run's checkpoints when
     resuming, so it loads the same state), removed afterwards; it opens no Comet experiment."""
     from omegaconf import open_dict
-
-    from captioning.console import console
 
     worker = this_worker(cfg.trainer)
     if worker.count > 1:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from captioning.training.profiling import ProfileBatches
+
 
 def batches(limit, total: int) -> int:
     """How many of ``total`` batches ``limit`` keeps."""
@@ -95,7 +97,6 @@ def profiler(cfg, run_dir: Path) -> list:
     window = cfg.trainer.get("profile_batches")
     if not window:
         return []
-    from captioning.training.profiling import ProfileBatches
 
     first, last = (window, window) if isinstance(window, int) else (window[0], window[-1])
     return [ProfileBatches(Path(run_dir) / "profile", int(first), int(last))]

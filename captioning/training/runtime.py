@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from captioning import ConfigError
 from captioning.config_rules import check_values
+from captioning.training.cluster import make_multi_worker_strategy
 
 
 def prepare_runtime(cfg):
@@ -37,7 +38,6 @@ def make_strategy(t):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy(devices=devices)
     # multi_worker (the one name left: check_values passed it)
-    from captioning.training.cluster import make_multi_worker_strategy
 
     return make_multi_worker_strategy(t)
 

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from captioning import DatasetError
+from captioning.console import track
 from captioning.data.readers.common import assemble, dedupe
 from captioning.data.records import DataReport, Record
 from captioning.io import build_lock, ensure_free_space
@@ -82,8 +83,6 @@ def _materialise(folder: Path, ds, count: int, progress: bool) -> dict:
     index: dict[str, list[str]] = {}
     examples = tfds.as_numpy(ds)
     if progress:
-        from captioning.console import track
-
         examples = track(examples, count, f"Copying COCO {folder.name} images to {folder}")
     try:
         for ex in examples:
