@@ -27,13 +27,21 @@ def _run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
 
 
 def _job_ids(sweep) -> list[str]:
-    return sorted(p.name for p in (sweep / ".submitit").iterdir() if p.name[0].isdigit())
+    """The sweep's jobs: the elements of submitit's job array (``<array id>_<index>``)."""
+    return sorted(p.name for p in (sweep / ".submitit").iterdir() if p.name[0].isdigit() and "_" in p.name)
 
 
 def _sacct_states(job_ids: list[str]) -> list[str]:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", ",".join(job_ids)],
-                         capture_output=True, text=True, timeout=30)
-    return out.stdout.split()
+    """The jobs' final states in SLURM's accounting (a job whose result submitit has read may
+    still be ending: waited for, up to a minute)."""
+    for _ in range(60):
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", ",".join(job_ids)],
+                             capture_output=True, text=True, timeout=30)
+        states = out.stdout.split()
+        if not {"RUNNING", "COMPLETING", "PENDING"} & set(states):
+            break
+        time.sleep(1)
+    return states
 
 
 @pytest.mark.slow
@@ -54,7 +62,8 @@ def test_sweep_through_sbatch_then_compare(slurm_cluster, tmp_path):
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(open(sweep / "comparison.csv")))
     assert [r["status"] for r in rows] == ["ok", "ok"]
-    assert sorted(r["overrides"] for r in rows) == ["decoder=gru", "decoder=transformer"], rows
+    assert sorted(r["overrides"].split()[-1] for r in rows) == ["decoder=gru",
+                                                              "decoder=transformer"], rows
     assert float(rows[0]["cider"]) >= float(rows[1]["cider"])          # ranked, best first
 
 
