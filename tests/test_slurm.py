@@ -27,8 +27,10 @@ def _run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
 
 
 def _job_ids(sweep) -> list[str]:
-    """The sweep's jobs: the elements of submitit's job array (``<array id>_<index>``)."""
-    return sorted(p.name for p in (sweep / ".submitit").iterdir() if p.name[0].isdigit() and "_" in p.name)
+    """The sweep's jobs: the elements of submitit's job array (``<array id>_<index>``), or the
+    one job (submitit submits a single job without an array)."""
+    ids = sorted(p.name for p in (sweep / ".submitit").iterdir() if p.name[0].isdigit())
+    return [i for i in ids if "_" in i] or ids
 
 
 def _sacct_states(job_ids: list[str]) -> list[str]:
