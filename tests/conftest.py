@@ -12,6 +12,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", message=".*input ran out of data.*")
 
+from tests.slurm_fixture import slurm_cluster  # noqa: E402,F401 - the fixture of tests marked slurm
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 

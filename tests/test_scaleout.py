@@ -86,7 +86,7 @@ def test_slurm_environment_resolves_the_same_cluster(monkeypatch):
     worker = this_worker(t)
     assert (worker.index, worker.count, worker.source, worker.is_chief) == (1, 2, "SLURM", False)
     resolver = cluster_resolver(t)
-    assert resolver.cluster_spec().as_dict() == {"worker": ["localhost:20007", "localhost:20008"]}
+    assert resolver.cluster_spec().as_dict() == {"worker": ["localhost:15112", "localhost:15113"]}
     assert (resolver.task_type, resolver.task_id) == ("worker", 1)
     monkeypatch.setenv("SLURM_PROCID", "0")
     assert this_worker(t).is_chief

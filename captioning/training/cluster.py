@@ -82,13 +82,25 @@ def this_worker(t) -> Worker:
     return Worker()
 
 
+PORT_BLOCK = 16          # ports a job may use on each node (its tasks there) when derived
+
+
 def cluster_port(t) -> int:
-    """``trainer.cluster_port``: the first port of a SLURM step's workers on each node; null
-    derives it from the job id, so two jobs sharing a node do not collide."""
+    """``trainer.cluster_port``: the first port of a SLURM step's workers on each node; task i
+    of a node listens on that port + i. null derives it from the job id: a block of 16 ports
+    per job, 15000 + (job id % 1000) * 16, below Linux's ephemeral ports (32768-), so jobs whose
+    ids differ by less than 1000 never share a port on a node (job id + 20000's one-port stride
+    made job 7's second task and job 8's first both take 20008)."""
     port = t.get("cluster_port")
     if port is not None:
         return int(port)
-    return 20000 + int(os.environ.get("SLURM_JOB_ID", "0") or 0) % 20000
+    job = int(os.environ.get("SLURM_JOB_ID", "0") or 0)
+    per_node = os.environ.get("SLURM_STEP_TASKS_PER_NODE", "1").split("(")[0].split(",")[0]
+    if int(per_node or 1) > PORT_BLOCK:
+        raise ConfigError(f"trainer.strategy=multi_worker: {per_node} tasks on a node need more "
+                          f"than the {PORT_BLOCK} ports a job gets by default; set "
+                          f"trainer.cluster_port to the first of {per_node} free ports")
+    return 15000 + job % 1000 * PORT_BLOCK
 
 
 def cluster_resolver(t):

@@ -1,0 +1,1 @@
+"""Launchers of this project: ``slurm.SlurmLauncher`` (hydra/launcher=slurm, slurm_cpu)."""

@@ -1,0 +1,117 @@
+"""On a real SLURM cluster (the ``slurm_cluster`` fixture: scripts/slurm-cluster): a sweep's jobs
+submitted with sbatch and ranked by compare, a job SLURM cannot run failing at once with the key
+to change, and one run trained by the two tasks of one job as one process would train it."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_scaleout import TINY, _history
+
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
+
+# The CPU preset, sized to the test cluster's node (2 cores): two one-CPU jobs at once.
+CPU_JOB = ["hydra/launcher=slurm_cpu", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=3",
+           "hydra.launcher.timeout_min=30"]
+
+
+def _run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run.py", "-m", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _job_ids(sweep) -> list[str]:
+    """The sweep's jobs: the elements of submitit's job array (``<array id>_<index>``), or the
+    one job (submitit submits a single job without an array)."""
+    ids = sorted(p.name for p in (sweep / ".submitit").iterdir() if p.name[0].isdigit())
+    return [i for i in ids if "_" in i] or ids
+
+
+def _sacct_states(job_ids: list[str]) -> list[str]:
+    """The jobs' final states in SLURM's accounting (a job whose result submitit has read may
+    still be ending: waited for, up to a minute)."""
+    for _ in range(60):
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", ",".join(job_ids)],
+                             capture_output=True, text=True, timeout=30)
+        states = out.stdout.split()
+        if not {"RUNNING", "COMPLETING", "PENDING"} & set(states):
+            break
+        time.sleep(1)
+    return states
+
+
+@pytest.mark.slow
+def test_sweep_through_sbatch_then_compare(slurm_cluster, tmp_path):
+    sweep = tmp_path / "sweep"
+    res = _run([*CPU_JOB, "debug=tiny", "logger=none", "trainer.max_epochs=1",
+                "callbacks.kangas.enabled=false", "decoder=gru,transformer",
+                f"hydra.sweep.dir={sweep}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    # sacct answers (the cluster keeps accounting): submitit polls it without a warning
+    assert "Bypassing sacct error" not in res.stdout + res.stderr
+    ids = _job_ids(sweep)                                  # one array job, two elements
+    assert len(ids) == 2 and len({i.split("_")[0] for i in ids}) == 1, ids
+    assert _sacct_states(ids) == ["COMPLETED", "COMPLETED"]
+    assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0", "1"]
+    out = subprocess.run([sys.executable, "-m", "captioning.compare", str(sweep)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(open(sweep / "comparison.csv")))
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert sorted(r["overrides"].split()[-1] for r in rows) == ["decoder=gru",
+                                                              "decoder=transformer"], rows
+    assert float(rows[0]["cider"]) >= float(rows[1]["cider"])          # ranked, best first
+
+
+@pytest.mark.parametrize("ask, key, said", [
+    ("hydra.launcher.mem_gb=10000", "hydra.launcher.mem_gb", "Memory specification"),
+    ("hydra.launcher.gpus_per_node=1", "hydra.launcher.gpus_per_node", "generic resource"),
+    # sbatch accepts it (EnforcePartLimits=NO) and it would pend for ever: PartitionTimeLimit
+    ("hydra.launcher.timeout_min=100000", "hydra.launcher.timeout_min", "PartitionTimeLimit"),
+])
+def test_a_job_slurm_cannot_run_fails_at_once_naming_the_key(slurm_cluster, tmp_path, ask, key,
+                                                            said):
+    t = time.time()
+    res = _run([*CPU_JOB, ask, "debug=tiny", "logger=none", "decoder=gru,transformer",
+                f"hydra.sweep.dir={tmp_path / 'sweep'}"], timeout=120)
+    assert time.time() - t < 60
+    assert res.returncode == 2, res.stderr[-3000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: SLURM ") and key in last and said in last, last
+    assert "Traceback" not in res.stderr
+    mine = subprocess.run(["squeue", "-h", "-n", "run"], capture_output=True, text=True).stdout
+    assert not mine.strip(), mine                          # nothing left pending
+
+
+@pytest.mark.slow
+def test_two_slurm_tasks_train_one_run_as_one_process_would(slurm_cluster, tmp_path):
+    sweep = tmp_path / "sweep"
+    one = subprocess.Popen([sys.executable, "run.py", *TINY, f"hydra.run.dir={tmp_path / 'one'}"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    res = _run([*CPU_JOB, "hydra.launcher.tasks_per_node=2", "trainer.strategy=multi_worker",
+                *TINY, f"hydra.sweep.dir={sweep}"])
+    single_out = one.communicate(timeout=900)[0]
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert one.returncode == 0, single_out[-3000:]
+    (job,) = _job_ids(sweep)
+    logs = {i: (sweep / ".submitit" / job / f"{job}_{i}_log.out").read_text() for i in (0, 1)}
+    assert "worker 0 of 2 (SLURM): the chief, writes the run" in logs[0], logs[0][-2000:]
+    assert "worker 1 of 2 (SLURM): writes nothing in the run folder" in logs[1], logs[1][-2000:]
+    run = sweep / "0"
+    for name in ("metrics.json", "history.csv", "checkpoints/best.weights.h5",
+                 "checkpoints/last.state.npz"):
+        assert (run / name).is_file(), name
+    assert not any(p.name.startswith("captioning-worker") for p in run.iterdir())
+    # The same global batch of 32: the two tasks' all-reduced steps are one process's steps.
+    two, single = _history(run), _history(tmp_path / "one")
+    assert len(two) == len(single) == 2
+    for a, b in zip(two, single, strict=True):
+        for key in ("loss", "val_loss"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4), (key, a, b)
+    assert _sacct_states([job]) == ["COMPLETED"]
