@@ -43,6 +43,9 @@ def main(cfg: DictConfig) -> float | None:
 
         results = train(cfg)
     except TrainingInterrupted as e:
+        from captioning.training.signals import requeue_on_time_limit
+
+        requeue_on_time_limit(e.signum)          # SLURM's time-limit warning: requeue the job
         sys.exit(128 + e.signum)                 # the conventional exit status of a signalled job
     except CaptioningError as e:
         # A problem with the user's input: one clear line, no traceback. The run's log file
@@ -74,17 +77,19 @@ def _in_sweep() -> bool:
 
 def _locate_resume(cfg: DictConfig) -> None:
     """A sweep job's ``resume=`` (true: the newest unfinished run with the job's overrides; or
-    a directory) becomes its output directory."""
+    a directory; or, for a requeued SLURM job, its own run) becomes its output directory."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     from captioning.runs.resume import locate
 
-    run = locate(cfg.resume, list(HydraConfig.get().overrides.task))
+    hc = HydraConfig.get()
+    run = locate(cfg.resume, list(hc.overrides.task), named_dir=hc.runtime.output_dir)
     if run is None:
         return
     with open_dict(cfg):
         cfg.paths.output_dir = str(run)
+        cfg.resume = cfg.resume or str(run)     # a requeued job resumes its own run
     print(f"Resuming in {run}")
 
 
@@ -129,8 +134,11 @@ def _prepare_run_dir(argv: list[str]) -> list[str]:
                  named_dir=values.get("hydra.run.dir"))
     if run is None:
         return argv if "hydra.run.dir" in values else [*argv, f"hydra.run.dir={_claim()}"]
-    kept = [a for a in argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
-    return [*kept, f"hydra.run.dir={run}", "hydra.output_subdir=null"]
+    kept = [a for a in argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir=",
+                                                  "resume="))]
+    resume = values.get("resume", "false")
+    resume = str(run) if resume.lower() in ("false", "null", "none", "") else resume
+    return [*kept, f"resume={resume}", f"hydra.run.dir={run}", "hydra.output_subdir=null"]
 
 
 def _claim() -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
 from pathlib import Path
 
 import yaml
@@ -14,6 +16,7 @@ LAST_STATE = "last.state.npz"          # the resume state: weights, optimizer, R
 PREVIOUS_STATE = "previous.state.npz"  # the epoch before, should the last write have died
 VOCAB = "vocab.json"
 LOCK = "run.lock"                      # held while a process trains in the run
+SLURM_JOB = "slurm.json"               # the SLURM job that trains the run (a requeue finds it)
 # Keys that locate things on disk (in any section): a resumed run may move them, and Comet's
 # experiment names leave them out.
 LOCATION_KEYS = ("root", "json", "images", "data_dir", "cache_dir", "output_dir")
@@ -40,6 +43,41 @@ def previous_state(path: Path) -> Path:
 def has_state(run_dir) -> bool:
     last = state_path(run_dir)
     return last.is_file() or previous_state(last).is_file()
+
+
+def slurm_job() -> str | None:
+    """This process's SLURM job (``SLURM_JOB_ID``; an array task's own id), or None."""
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
+def slurm_restarts() -> int:
+    """How many times SLURM has restarted this job (requeue, preemption, node failure)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    except ValueError:
+        return 0
+
+
+def record_slurm_job(run_dir) -> None:
+    """``slurm.json`` in the run folder: the job that trains it, so that the same job, requeued,
+    finds its run again (``runs.resume.requeued_run``). Nothing outside SLURM."""
+    job = slurm_job()
+    if job is None:
+        return
+    record = {"job_id": job, "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
+              "array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+              "restarts": slurm_restarts()}
+    path = Path(run_dir) / SLURM_JOB
+    tmp = path.with_name(f".{SLURM_JOB}.{os.getpid()}")
+    tmp.write_text(json.dumps(record), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def recorded_slurm_job(run_dir) -> str | None:
+    try:
+        return str(json.loads((Path(run_dir) / SLURM_JOB).read_text())["job_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def epoch_name(epoch: int) -> str:

@@ -12,7 +12,15 @@ from omegaconf import OmegaConf
 
 from captioning import CaptioningError, ConfigError
 from captioning.io import PidLock
-from captioning.runs.files import LOCATION_KEYS, LOCK, has_state, started_with
+from captioning.runs.files import (
+    LOCATION_KEYS,
+    LOCK,
+    has_state,
+    recorded_slurm_job,
+    slurm_job,
+    slurm_restarts,
+    started_with,
+)
 
 # Config sections a resumed run must keep: they define the model's shapes and its data.
 RESUME_FIXED = ("dataset", "backbone", "decoder", "text", "seed")
@@ -70,14 +78,37 @@ def find_resumable(outputs: Path, overrides: list[str]) -> Path | None:
     return None
 
 
+def requeued_run(outputs: Path, run_dir: Path | None = None) -> Path | None:
+    """The run this SLURM job trained before SLURM requeued it (a time limit's USR2, a
+    preemption, ``scontrol requeue``, a node failure: the same job id, ``SLURM_RESTART_COUNT``
+    > 0), when it left a resume state: ``run_dir`` (a sweep job's own folder, which the
+    requeued job runs in again) if it holds one, else the folder under ``outputs`` whose
+    ``slurm.json`` names this job. None outside such a job."""
+    job = slurm_job()
+    if job is None or slurm_restarts() < 1:
+        return None
+    candidates = [Path(run_dir)] if run_dir is not None else []
+    candidates += [p.parent for p in (*outputs.glob("*/*/slurm.json"),
+                                      *outputs.glob("multirun/*/*/*/slurm.json"))]
+    for run in candidates:
+        finished = (run / "metrics.json").exists()
+        if recorded_slurm_job(run) == job and has_state(run) and not finished:
+            return run
+    return None
+
+
 def locate(resume, overrides: list[str], named_dir: str | None = None) -> Path | None:
     """Where ``resume=`` points: None for false; for true, ``named_dir`` when it holds a resume
     state, else the newest unfinished run under ``outputs/`` with the same ``overrides``; else
-    the directory given. The one place ``resume=`` is resolved (run.py, before Hydra starts,
-    for a single run; inside each job for a sweep's jobs)."""
+    the directory given. Without ``resume=``, a requeued SLURM job resumes its own run
+    (``requeued_run``). The one place ``resume=`` is resolved (run.py, before Hydra starts, for
+    a single run; inside each job for a sweep's jobs)."""
     text = str(resume).lower()
     if text in ("false", "null", "none", ""):
-        return None
+        run = requeued_run(Path("outputs"), Path(named_dir) if named_dir else None)
+        if run is not None:
+            print(f"SLURM job {slurm_job()} restarted ({slurm_restarts()}): resuming {run}")
+        return run
     if text == "true":
         run = (Path(named_dir) if named_dir and has_state(Path(named_dir))
                else find_resumable(Path("outputs"), overrides))

@@ -34,6 +34,7 @@ class RunState:
     ema_in_model: bool = False       # trainer.ema: the weights saved are the average
     scst_from: int | None = None     # the self-critical phase began after this many epochs
     seconds: float = 0.0             # training time spent, summed over resumes
+    restarts: int = 0                # times the run was continued from its state (resume=, requeue)
 
     @property
     def self_critical(self) -> bool:
@@ -58,7 +59,8 @@ class RunState:
                    es_best_epoch=int(es.get("best_epoch", 0)),
                    es_stopped_epoch=int(es.get("stopped_epoch", 0)),
                    ema_in_model=bool(meta.get("ema_in_model", False)),
-                   scst_from=meta.get("scst_from"), seconds=float(meta.get("seconds", 0.0)))
+                   scst_from=meta.get("scst_from"), seconds=float(meta.get("seconds", 0.0)),
+                   restarts=int(meta.get("restarts", 0)))
 
 
 class Phases:
@@ -90,6 +92,10 @@ class Phases:
         """The last epoch of the current phase, as planned."""
         s = self.state
         return s.scst_from + self.scst_epochs if s.self_critical else self.max_epochs
+
+    def resumed(self) -> None:
+        """The run continues from its state file in a new process."""
+        self.state.restarts += 1
 
     def record_epoch(self, epoch: int, saver, early, ema_in_model: bool, seconds: float) -> None:
         """After ``epoch`` (1-based) ended: the checkpoint selection's best (``saver``), early

@@ -7,26 +7,32 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from contextlib import contextmanager
 
 import keras
 
 from captioning import TrainingInterrupted
 from captioning.console import console
-from captioning.runs.files import has_state, read_history
+from captioning.runs.files import has_state, read_history, slurm_job
+
+SIGUSR2 = getattr(signal, "SIGUSR2", None)
+# Ctrl-C; SIGTERM (kill, SLURM's preemption and scancel); SIGUSR2 (SLURM's warning before the
+# time limit, which submitit asks for): each ends the run cleanly after the current batch.
+STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, SIGUSR2) if s is not None)
 
 
 @contextmanager
 def stop_signals():
-    """For a whole run: the first SIGINT/SIGTERM raises TrainingInterrupted wherever the run is
-    (indexing, feature cache, between phases, final evaluation); inside ``fit`` StopOnSignal
-    defers it to the end of the batch. Every write is atomic, so what is complete stays. The
-    handlers in place before are back afterwards, however the run ends."""
+    """For a whole run: the first of the ``STOP_SIGNALS`` raises TrainingInterrupted wherever
+    the run is (indexing, feature cache, between phases, final evaluation); inside ``fit``
+    StopOnSignal defers it to the end of the batch. Every write is atomic, so what is complete
+    stays. The handlers in place before are back afterwards, however the run ends."""
     def handle(signum, frame):
         raise TrainingInterrupted(signum)
 
     previous = {}
-    for s in (signal.SIGINT, signal.SIGTERM):
+    for s in STOP_SIGNALS:
         try:
             previous[s] = signal.signal(s, handle)
         except ValueError:           # not the main thread (e.g. a launcher's worker): no handlers
@@ -61,12 +67,13 @@ class StopOnSignal(keras.callbacks.Callback):
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name} received: stopping after this batch "
+        why = " (SLURM: the time limit is near)" if signum == SIGUSR2 else ""
+        print(f"\n{signal.Signals(signum).name} received{why}: stopping after this batch "
               f"(Ctrl-C again to stop at once)", flush=True)
 
     def on_train_begin(self, logs=None):
         self.signum = None
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in STOP_SIGNALS:
             try:
                 self._previous[s] = signal.signal(s, self._handle)
             except ValueError:       # not the main thread (e.g. a launcher's worker): no handlers
@@ -103,3 +110,25 @@ def report_interrupted(run_dir, e) -> None:
     console.print(f"[bold yellow]Interrupted[/] ({e}) after {done} completed epoch(s); "
                   f"everything up to epoch {done} is saved in {run_dir}.\nResume with the "
                   f"same command plus: resume={run_dir}")
+
+
+def requeue_on_time_limit(signum: int) -> None:
+    """After a clean stop on SLURM's time-limit warning (SIGUSR2), requeue the job; the
+    requeued job (the same id) resumes this run by itself (``runs.resume.requeued_run``).
+
+    Who does what: while the run trains, this module's handlers own SIGINT, SIGTERM and
+    SIGUSR2, so every signal ends the run at the end of a batch, with all completed epochs
+    saved (each epoch's state is written atomically when it ends). Afterwards the handlers in
+    place before are back: under submitit (``hydra/launcher=slurm``) its USR2 handler, which is
+    then called to pickle the job again, ``scontrol requeue`` it and exit; in a plain ``sbatch``
+    job, ``scontrol requeue`` here. SIGTERM needs nothing more: SLURM sends it when it preempts
+    or requeues a job, and requeues the job itself."""
+    job = slurm_job()
+    if signum != SIGUSR2 or job is None:
+        return
+    handler = signal.getsignal(SIGUSR2)
+    if callable(handler):
+        handler(SIGUSR2, None)           # submitit's: checkpoint, requeue, exit
+        return
+    console.print(f"Requeuing SLURM job {job}: it resumes this run when it starts again")
+    subprocess.run(["scontrol", "requeue", job], check=False)

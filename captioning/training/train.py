@@ -31,7 +31,7 @@ from captioning.evaluation.evaluate import final_evaluation
 from captioning.io import atomic_write_text
 from captioning.provenance import provenance
 from captioning.runs.checkpoints import load_selected
-from captioning.runs.files import VOCAB, checkpoints, state_path
+from captioning.runs.files import VOCAB, checkpoints, record_slurm_job, state_path
 from captioning.runs.resume import check_resume
 from captioning.tracking.comet import open_tracker
 from captioning.training.callbacks import make_callbacks
@@ -76,6 +76,7 @@ def _run(cfg, run_dir: Path, resuming: bool) -> dict:
     strategy = prepare_runtime(cfg)          # strategy first; session, seeds, precision
     t0 = time.perf_counter()
     checkpoints(run_dir).mkdir(parents=True, exist_ok=True)
+    record_slurm_job(run_dir)                           # a requeued job finds its run again
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     fault_point("index")
     vocab = Vocabulary.load(checkpoints(run_dir) / VOCAB) if resuming else None  # the run's own
@@ -88,11 +89,12 @@ def _run(cfg, run_dir: Path, resuming: bool) -> dict:
     model, clock = compile_captioner(cfg, data, strategy)
     fault_point("features")
     attach_feature_cache(cfg, data, model)
-    state = RunState()
+    phases = Phases(cfg.trainer, RunState())
     if resuming:
-        state = load_state(state_path(run_dir), model)
-        console.print(f"[bold]Resuming[/] {run_dir} after epoch {state.epoch}")
-    run = Run(run_dir, Phases(cfg.trainer, state), t0, open_tracker(cfg, run_dir, data), clock)
+        phases = Phases(cfg.trainer, load_state(state_path(run_dir), model))
+        phases.resumed()
+        console.print(f"[bold]Resuming[/] {run_dir} after epoch {phases.state.epoch}")
+    run = Run(run_dir, phases, t0, open_tracker(cfg, run_dir, data), clock)
     try:
         return _fit_and_evaluate(cfg, data, model, run)
     finally:
@@ -148,5 +150,6 @@ def _meta(cfg, cbs, phases: Phases, train_seconds: float, notes: list[str],
         "decode": OmegaConf.to_container(cfg.decode, resolve=True),
         "selected_by": selected[1], "stopped_by": phases.stopped_by(cbs.budget),
         "self_critical_from_epoch": None if scst_from is None else scst_from + 1,
+        "restarts": phases.state.restarts,
         "notes": notes, "tensorflow": tf.__version__, "keras": keras.__version__,
     }
