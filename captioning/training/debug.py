@@ -66,7 +66,7 @@ def train_steps(cfg, data) -> int:
     return batches(cfg.trainer.get("limit_train_batches"), total)
 
 
-def limit_train(cfg, data, dataset):
+def limit_train(cfg, data, dataset, passes_done: int = 0):
     """``(dataset, steps)`` for ``model.fit(dataset, steps_per_epoch=steps)``: an epoch is the
     first ``steps`` batches (``limit_train_batches``, else all) of each pass over ``dataset``,
     and the passes repeat, each in a new shuffled order.
@@ -76,8 +76,17 @@ def limit_train(cfg, data, dataset):
     train function runs once more, stops on the missing batch, and the optimizer's step counter
     (``iterations``, which drives the learning-rate schedule) has already counted that step:
     one step per epoch that trains nothing (Keras 3.15, TensorFlow 2.21). Should a broken image
-    be dropped, an epoch takes one batch of the next pass instead."""
+    be dropped, an epoch takes one batch of the next pass instead.
+
+    ``passes_done``: the epochs a resumed run has already trained on ``dataset``. Each pass's
+    order is the next in the shuffle's seeded stream, which advances when a pass's iterator is
+    created: creating (and dropping) that many iterators first, which reads no data, puts the
+    resumed run's next epoch on the order the uninterrupted run would have used, so that a run
+    resumed under ``trainer.deterministic=true`` ends as the uninterrupted one.
+    (``trainer.sample_captions``' draws still restart with the process.)"""
     steps = train_steps(cfg, data)
+    for _ in range(passes_done):
+        iter(dataset)                                   # advances the reshuffle seed stream
     return dataset.take(steps).repeat(), steps          # take(all) is the whole pass
 
 

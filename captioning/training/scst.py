@@ -41,7 +41,8 @@ def self_critical(cfg, data, model, val_ds, cbs, phases: Phases, run_dir) -> Non
     console.rule(f"Self-critical training (reward {reward}, {int(t.scst_samples)} samples per "
                  f"image, epochs {start + 1}-{end}, learning rate {float(t.scst_learning_rate):g})")
     train_all, steps = limit_train(cfg, data,  # every reference; limit_train_batches applies
-                                   data.train_dataset(int(t.batch_size), int(cfg.seed) + 1))
+                                   data.train_dataset(int(t.batch_size), int(cfg.seed) + 1),
+                                   passes_done=start - phases.state.scst_from)
     model.fit(train_all, validation_data=val_ds, epochs=end, callbacks=cbs.all, verbose=cbs.verbose,
               shuffle=False, initial_epoch=start, steps_per_epoch=steps,
               validation_freq=validation_freq(cfg))

@@ -38,6 +38,7 @@ class SaveState(keras.callbacks.Callback):
         arrays = {f"w{i}": np.asarray(v) for i, v in enumerate(self.model.weights)}
         optimizer = self.model.optimizer.variables
         arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(optimizer)})
+        arrays.update({f"s{i}": np.asarray(v) for i, v in enumerate(seed_states(self.model))})
         if self.path.exists():          # keep the previous epoch's state, should this write die
             os.replace(self.path, previous_state(self.path))
         meta = json.dumps(self.phases.state.to_meta())
@@ -55,7 +56,7 @@ def load_state(path: Path, model) -> RunState:
             problems.append(f"{candidate.name} is missing")
             continue
         try:
-            meta, weights, slots = _read_state(candidate, len(model.weights))
+            meta, weights, slots, seeds = _read_state(candidate, len(model.weights))
         except Exception as e:  # noqa: BLE001 - any unreadable file: say what, try the other
             problems.append(f"{candidate.name} is unreadable ({type(e).__name__}: {e})")
             continue
@@ -63,6 +64,7 @@ def load_state(path: Path, model) -> RunState:
             print(f"warning: {'; '.join(problems)}: resuming from {candidate.name} (epoch "
                   f"{meta['epoch']}) instead")
         _apply(model, weights, slots, candidate)
+        _apply_seeds(model, seeds)
         return RunState.from_meta(meta)
     raise CaptioningError(f"Cannot resume from {Path(path).parent}: {'; '.join(problems)}. "
                           f"Start the run afresh (drop resume=).")
@@ -73,10 +75,11 @@ def _read_state(path: Path, n_weights: int):
     with np.load(path) as z:
         meta = json.loads(str(z["meta"]))
         weights = [np.array(z[f"w{i}"]) for i in range(n_weights)]
-        slots = [np.array(z[k]) for k in sorted((k for k in z.files if k.startswith("o")),
-                                                 key=lambda k: int(k[1:]))]
+        slots, seeds = ([np.array(z[k]) for k in sorted((k for k in z.files if k.startswith(p)),
+                                                         key=lambda k: int(k[1:]))]
+                        for p in ("o", "s"))
     int(meta["epoch"])
-    return meta, weights, slots
+    return meta, weights, slots, seeds
 
 
 def _apply(model, weights, slots, path: Path) -> None:
@@ -89,3 +92,21 @@ def _apply(model, weights, slots, path: Path) -> None:
                               f"between the run and the resume?")
     for v, value in zip(opt.variables, slots, strict=True):
         v.assign(value)
+
+
+def seed_states(model) -> list:
+    """The model's random-number states (dropout, augmentation, mixup: Keras ``SeedGenerator``
+    variables), which ``model.weights`` leaves out: saved with the weights so that a resumed
+    run draws the masks and augmentations the uninterrupted run would have drawn."""
+    weights = {id(v) for v in model.weights}
+    return [v for v in model.variables
+            if id(v) not in weights and v.path.endswith("seed_generator_state")]
+
+
+def _apply_seeds(model, seeds) -> None:
+    """Restore the random-number states (a state file from before they were saved has none:
+    the resumed run then draws afresh, as it always did)."""
+    states = seed_states(model)
+    if len(seeds) == len(states):
+        for v, value in zip(states, seeds, strict=True):
+            v.assign(value)

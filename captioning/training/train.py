@@ -112,7 +112,8 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     val_ds = data.train_dataset(int(cfg.evaluation.batch_size), int(cfg.seed), split="val",
                                 shuffle=False)
     cbs = make_callbacks(cfg, data, run.dir, phases, run.tracker, run.t0, run.clock)
-    train_ds, steps = limit_train(cfg, data, train_ds)  # limit_train_batches; repeated
+    train_ds, steps = limit_train(cfg, data, train_ds,  # limit_train_batches; repeated
+                                  passes_done=min(phases.state.epoch, int(t.max_epochs)))
     console.rule(f"Training ({len(data.splits['train'])} images, {steps} steps/epoch, up to "
                  f"{t.max_epochs} epochs)")
     if not phases.cross_entropy_done:
