@@ -5,6 +5,7 @@ to change, and one run trained by the two tasks of one job as one process would 
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 import time
@@ -115,3 +116,82 @@ def test_two_slurm_tasks_train_one_run_as_one_process_would(slurm_cluster, tmp_p
         for key in ("loss", "val_loss"):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4), (key, a, b)
     assert _sacct_states([job]) == ["COMPLETED"]
+
+
+def _rows(run) -> int:
+    try:
+        return max(0, len((run / "history.csv").read_text().splitlines()) - 1)
+    except OSError:
+        return 0
+
+
+def _wait(what, check, timeout: float = 300.0, every: float = 0.1):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _job_state(job: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def _release(job: str) -> None:
+    """A requeued job waits ~2 minutes (its BeginTime) before SLURM starts it again: start it
+    now (the tests' only shortcut; a cluster's users just wait)."""
+    _wait(f"job {job} requeued", lambda: _job_state(job) == "PENDING", timeout=120)
+    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True)
+
+
+# Enough epochs for two signals to land mid-run; deterministic, to compare with the twin.
+REQUEUE = ["debug=tiny", "logger=none", "trainer.max_epochs=16", "trainer.deterministic=true",
+           "callbacks.kangas.enabled=false", "callbacks.early_stopping.patience=100"]
+
+
+@pytest.mark.slow
+def test_a_signalled_or_requeued_job_resumes_its_run_to_the_uninterrupted_result(
+        slurm_cluster, tmp_path):
+    """USR2 (submitit's time-limit warning) after epoch 2, then ``scontrol requeue`` (what a
+    preemption or a node failure does) a few epochs later: each time the job stops after a
+    batch, is requeued, and continues the same run folder from its last completed epoch; the
+    run ends with an uninterrupted twin's history and metrics, two restarts recorded."""
+    sweep = tmp_path / "sweep"
+    run = sweep / "0"
+    proc = subprocess.Popen([sys.executable, "run.py", "-m", *CPU_JOB, *REQUEUE,
+                             f"hydra.sweep.dir={sweep}"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait("epoch 2", lambda: _rows(run) >= 2)
+        (job,) = _job_ids(sweep)
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        _release(job)
+        first = _rows(run)
+        _wait("two more epochs after the requeue", lambda: _rows(run) >= first + 2)
+        subprocess.run(["scontrol", "requeue", job], check=True)
+        _release(job)
+        out = proc.communicate(timeout=600)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert [p.name for p in sweep.iterdir() if p.is_dir() and p.name[0] != "."] == ["0"]
+    log = (sweep / ".submitit" / job / f"{job}_0_log.out").read_text()
+    assert "SIGUSR2 received (SLURM: the time limit is near)" in log
+    assert log.count(f"SLURM job {job} restarted") == 2, log[-3000:]
+    twin = tmp_path / "twin"
+    res = subprocess.run([sys.executable, "run.py", *REQUEUE, f"hydra.run.dir={twin}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ours, theirs = _history(run), _history(twin)
+    assert [int(r["epoch"]) for r in ours] == list(range(1, 17))      # no epoch twice
+    for a, b in zip(ours, theirs, strict=True):
+        assert {k: v for k, v in a.items() if k != "seconds"} == \
+               {k: v for k, v in b.items() if k != "seconds"}
+    metrics = json.loads((run / "metrics.json").read_text())
+    twin_metrics = json.loads((twin / "metrics.json").read_text())
+    assert metrics["val"] == twin_metrics["val"] and metrics["test"] == twin_metrics["test"]
+    assert metrics["meta"]["restarts"] == 2
+    assert json.loads((run / "slurm.json").read_text())["job_id"] == job
