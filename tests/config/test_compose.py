@@ -1,5 +1,6 @@
-"""Config composition: every group option, experiment presets, type and choice errors, and a
---cfg/--help that never imports TensorFlow."""
+"""Config composition: every group option and experiment preset composes to what its file
+sets, recipes' presets carry their settings, unknown options and keys are refused, nonsense
+values fail early, and --cfg/--help never import TensorFlow."""
 
 from __future__ import annotations
 
@@ -111,3 +112,21 @@ def test_cfg_and_help_do_not_import_tensorflow():
     assert (help_out.returncode == 0
             and "python run.py -m decoder=gru,transformer" in help_out.stdout)
     assert "dataset: coco, coco_json, flickr30k, flickr8k, karpathy, synthetic" in help_out.stdout
+
+
+def test_presets_carry_the_recipes_text_and_decoding():
+    a = compose_config("experiment=flickr8k_transformer", "dataset.root=/data/flickr8k")
+    assert (a.text.punctuation, a.text.length_counts, a.text.filter, a.text.min_tokens,
+            a.text.seq_len, a.text.min_count) == ("delete", "raw", "drop_image", 5, 25, 1)
+    b = compose_config("experiment=coco_gru")
+    assert (b.dataset.captions_per_image, b.dataset.restval) == (1, False)
+    assert (b.decode.method, b.decode.k, b.decode.num_captions) == ("top_k", 10, 5)
+    assert b.text.punctuation == "delete" and b.text.seq_len == 64
+    for cfg in (a, b):
+        check_config(cfg)
+
+
+def test_several_captions_need_sampling():
+    with pytest.raises(ConfigError, match="decode.num_captions=3 .*decode.method=top_k or top_p"):
+        check_config(compose_config("decode.num_captions=3", "decode.method=beam"))
+    check_config(compose_config("decode.num_captions=3", "decode.method=top_p"))

@@ -1,6 +1,6 @@
 """Real datasets bring real defaults (a pretrained, frozen, cached backbone at its native size;
 decoder width and caption settings per dataset), data paths set once (paths.data_dir,
-conf/local/default.yaml), required values, offline ImageNet weights, disk checks."""
+conf/local/default.yaml), and required values named when unset."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from captioning import CaptioningError, ConfigError
+from captioning import ConfigError
 from captioning.config_check import check_config
 from captioning.data.features import bypass_reason
 from tests.conftest import ROOT, compose_config
@@ -107,95 +107,3 @@ def test_local_default_yaml_is_loaded_when_present_and_git_ignored(tmp_path):
 def test_a_missing_required_value_is_one_message(overrides, message):
     with pytest.raises(ConfigError, match=message):
         check_config(compose_config(*overrides))
-
-
-def test_offline_imagenet_weights_name_the_file_and_where_it_goes(monkeypatch, tmp_path):
-    """From the new default (dataset=flickr8k: EfficientNetB0, imagenet). The download goes
-    through a proxy that refuses connections, so it fails here with or without a network."""
-    from captioning.models.backbones import _keras_models_dir, build_backbone
-
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))   # read when Keras is imported
-    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
-        monkeypatch.setenv(var, "http://127.0.0.1:9")
-    monkeypatch.delenv("no_proxy", raising=False)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    cfg = compose_config("dataset=flickr8k", "backbone.image_size=32")
-    assert cfg.backbone.weights == "imagenet"
-    with pytest.raises(ConfigError) as e:
-        build_backbone(cfg)
-    text = str(e.value)
-    assert "Keras wants the file efficientnetb0_notop.h5" in text
-    # KERAS_HOME counts only if this process had not imported Keras yet (Keras reads it once)
-    assert f"put it at {_keras_models_dir() / 'efficientnetb0_notop.h5'}" in text
-    assert "backbone.weights=/path/to/efficientnetb0_notop.h5" in text
-    assert "backbone.weights=null" in text
-
-
-def test_weights_file_saved_from_a_random_backbone_is_loaded(tmp_path):
-    """In the legacy .h5 format of Keras' own ImageNet file (efficientnetb0_notop.h5)."""
-    import h5py
-    import keras
-    import numpy as np
-    from keras.src.legacy.saving import legacy_h5_format
-
-    from captioning.models.backbones import build_backbone
-
-    keras.utils.set_random_seed(1)
-    source = keras.applications.EfficientNetB0(include_top=False, weights=None)
-    with h5py.File(tmp_path / "efficientnetb0_notop.h5", "w") as f:
-        legacy_h5_format.save_weights_to_hdf5_group(f, source)
-    expected = [w.numpy() for w in source.weights]
-    file = tmp_path / "efficientnetb0_notop.h5"
-    cfg = compose_config("dataset=flickr8k", "backbone.image_size=32", f"backbone.weights={file}")
-    net = build_backbone(cfg).get_layer("efficientnetb0")
-    got = [w.numpy() for w in net.weights]
-    assert len(got) == len(expected) > 300
-    assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
-    wrong = compose_config("dataset=flickr8k", "backbone=small_cnn",
-                           f"backbone.weights={file}")
-    with pytest.raises(ConfigError, match="cannot be loaded into small_cnn"):
-        build_backbone(wrong)
-
-
-def test_not_enough_disk_is_one_message_before_anything_is_written(tmp_path):
-    """The COCO copy's estimate (images x mean JPEG size) is checked against the real free
-    space before a byte is written: here TFDS (its own mock_data) reports more images than
-    the disk can hold."""
-    import io
-
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-    from PIL import Image
-
-    from captioning.data.readers.tfds_coco import read_coco_tfds
-    from captioning.data.records import DataReport
-
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), (10, 120, 200)).save(buf, format="JPEG")
-    repeat = shutil.disk_usage(tmp_path).free // len(buf.getvalue()) + 1
-
-    def as_dataset(self, split, decoders=None, **kwargs):
-        one = tf.data.Dataset.from_tensors({"image": buf.getvalue(),
-                                            "image/filename": f"{split}.jpg", "image/id": 1,
-                                            "captions": {"text": ["a caption"], "id": [0]}})
-        return one.repeat(repeat)                       # cardinality known, nothing stored
-
-    cfg = compose_config("dataset=coco", f"dataset.cache_dir={tmp_path}/cache").dataset
-    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-        with pytest.raises(CaptioningError, match=r"Not enough disk space: the copy of TFDS "
-                                                  r"coco_captions .*GB in .*only .* free there"
-                                                  r".*dataset.cache_dir"):
-            read_coco_tfds(cfg, DataReport())
-    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.jpg"))
-
-
-def test_free_space_check_names_size_free_folder_and_key(tmp_path):
-    from captioning.io import ensure_free_space
-
-    free = shutil.disk_usage(tmp_path).free
-    ensure_free_space(tmp_path / "new" / "folder", 1000, "a small thing", "set x")
-    with pytest.raises(CaptioningError, match=rf"the feature cache needs about .* in "
-                                              rf"{tmp_path}/f, but only .* is free there\. "
-                                              rf"Free some space, or point paths.cache_dir"):
-        ensure_free_space(tmp_path / "f", free + 10**12, "the feature cache",
-                          "point paths.cache_dir elsewhere")

@@ -1,4 +1,4 @@
-"""Config values (issue 21): every leaf key of every group option and preset is checked by
+"""Config values: every leaf key of every group option and preset is checked by
 ``check_config`` before TensorFlow is imported, with one ConfigError that names the key.
 
 Each shipped config is composed once; every leaf key then gets wrong-typed values (what its

@@ -1,13 +1,12 @@
-"""Bad input (issue 21): truncated and over-sized images, EXIF orientation, captions files in
-another encoding, malformed COCO JSON, TFDS COCO's on_missing, and Karpathy paths that leave
-the image folder."""
+"""Bad input at indexing and decoding: truncated and over-sized images, EXIF orientation,
+captions files in another encoding, malformed COCO JSON, TFDS COCO's on_missing, and Karpathy
+paths that leave the image folder. The helpers that write these files are shared with
+tests/e2e/test_bad_input.py (a whole run on them)."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -18,7 +17,7 @@ from omegaconf import OmegaConf
 
 from captioning import DatasetError
 from captioning.data.datamodule import CaptionData, build_data, load_records
-from tests.conftest import CAPTIONS, ROOT, compose_config, write_image
+from tests.conftest import CAPTIONS, compose_config, write_image
 
 COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "white", "black", "pink"]
 BROKEN = ["cut.jpg", "cut.tif", "cut.webp"]          # valid files cut to half their bytes
@@ -133,65 +132,6 @@ def test_truncated_images_are_skipped_and_counted_at_indexing(tmp_path):
     data = CaptionData({"train": good, "val": [], "test": []}, vocab, DataReport(), 5, 32)
     assert sum(len(x) for x, _ in data.train_dataset(4, 0, shuffle=False)) == len(good) == 12
     assert sum(len(x) for x in data.image_dataset(good, 4)) == 12
-
-
-@pytest.fixture(scope="module")
-def cached_run(tmp_path_factory):
-    """A debug=tiny run on the dataset with broken files, frozen backbone: the feature cache is
-    built (and the final Kangas grid written)."""
-    from captioning.data.features import bypass_reason
-    from captioning.training import train
-
-    root = _write_dataset(tmp_path_factory.mktemp("broken") / "ds")
-    out = tmp_path_factory.mktemp("run")
-    cfg = compose_config("debug=tiny", "dataset=flickr8k", f"dataset.root={root}",
-                         "dataset.val_fraction=0.25", "backbone.trainable=false",
-                         "backbone.image_size=32", "trainer.max_epochs=1", "logger=none",
-                         f"paths.output_dir={out}")
-    assert bypass_reason(cfg) is None                  # the cache really is built
-    return root, out, cfg, train(cfg)
-
-
-def test_run_with_truncated_images_and_the_feature_cache_ends_with_metrics(cached_run):
-    root, out, cfg, result = cached_run
-    assert (out / "metrics.json").is_file() and np.isfinite(result["val"]["loss"])
-    data = json.loads((out / "data.json").read_text())
-    assert data["removed"]["unreadable images"] == 3
-    assert any("cut.jpg" in n for n in data["notes"])
-    cache = Path(os.path.expanduser(str(cfg.paths.cache_dir))) / "features"
-    ids = [json.loads(p.read_text())["ids"] for p in cache.glob("*/index.json")]
-    assert any("rot.jpg" in i and "g10.tif" in i and "cut.jpg" not in i for i in ids)
-    assert (out / "predictions" / "final.datagrid").is_file()
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_{name}_cli", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_eval_py_scores_a_dataset_with_truncated_images(cached_run):
-    _, out, _, _ = cached_run
-    assert _script("eval").main([f"run_dir={out}", "split=val"]) == 0
-    assert (out / "eval_val_greedy.json").is_file()
-
-
-def test_caption_py_names_broken_images_and_captions_the_others(cached_run, tmp_path, capsys):
-    root, out, _, _ = cached_run
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for name in ["g0.jpg", "g9.webp", "g10.tif", "rot.jpg", *BROKEN]:
-        (folder / name).write_bytes((root / "Images" / name).read_bytes())
-    _bomb_png(folder / "huge.png")
-    assert _script("caption").main([f"run_dir={out}", f"images=[{folder}]"]) == 0
-    io_ = capsys.readouterr()
-    captioned = [line.split("\t")[0] for line in io_.out.strip().splitlines()]
-    assert sorted(Path(p).name for p in captioned) == ["g0.jpg", "g10.tif", "g9.webp", "rot.jpg"]
-    skipped = [line for line in io_.err.splitlines() if line.startswith("skipped")]
-    assert len(skipped) == 1 and skipped[0].startswith("skipped 4 image(s)")
-    assert all(name in skipped[0] for name in [*BROKEN, "huge.png"])
-    assert "dataset.max_image_pixels" in skipped[0]
 
 
 def test_unchecked_broken_images_become_blank_rows_in_place(tmp_path):

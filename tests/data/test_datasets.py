@@ -1,19 +1,22 @@
-"""Synthetic generator, text normalisation, vocabulary, readers for every layout, bad input."""
+"""Datasets: the synthetic generator, the readers for every layout (tiny fixtures and the real
+samples in ../shared/data), COCO through TFDS, and the build steps around them (vectorising,
+caption sampling, temporary folders, the free-space check)."""
 
 from __future__ import annotations
 
 import csv
+import shutil
 
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from captioning import DatasetError
+from captioning import CaptioningError, DatasetError
 from captioning.data import synthetic
 from captioning.data.datamodule import build_data, load_records
 from captioning.data.readers import read_captions_csv
 from captioning.data.records import DataReport
-from captioning.data.text import Vocabulary, filter_captions, normalize, wrap
+from captioning.data.text import normalize
 from tests.conftest import CAPTIONS, SHARED_DATA, compose_config
 
 
@@ -41,33 +44,6 @@ def test_synthetic_captions_describe_the_scene():
         assert img.shape == (64, 64, 3) and img.dtype == np.uint8
         words = {w for c in caps for w in normalize(c).split()}
         assert words & set(synthetic.COLORS)                       # every scene names a colour
-
-
-# ------------------------------------------------------------------ text
-def test_normalize_keeps_non_ascii_letters():
-    assert normalize("Ein grüner Baum, über der Straße!") == "ein grüner baum über der straße"
-    assert normalize("Một con chó đang chạy.") == "một con chó đang chạy"
-    assert normalize("A dog's ball -- <odd> _x_") == "a dog s ball odd x"
-
-
-def test_length_filters_count_what_they_remove():
-    caps = [["a b c", "a b c d e f g h"], ["a", "a b c"]]
-    kept, removed = filter_captions(caps, "drop_caption", min_tokens=5, max_tokens=8)
-    assert kept == [["a b c"], ["a b c"]] and removed["captions (length rule)"] == 2
-    kept, removed = filter_captions(caps, "drop_image", min_tokens=5, max_tokens=8)
-    assert kept == [[], []] and removed["images (a caption broke the length rule)"] == 2
-
-
-def test_vocabulary_round_trip(tmp_path):
-    corpus = [wrap(normalize(c)) for caps in CAPTIONS.values() for c in caps]
-    vocab = Vocabulary.build(corpus, size=50, seq_len=12)
-    ids = vocab.encode([wrap("the red square"), wrap("grüner unseenword")])
-    assert ids.shape == (2, 12) and ids[0, 0] == vocab.start_id and ids[0, 4] == vocab.end_id
-    assert vocab.decode(ids) == ["the red square", "grüner [UNK]"]
-    vocab.save(tmp_path / "v.json")
-    again = Vocabulary.load(tmp_path / "v.json")
-    assert again.tokens == vocab.tokens
-    assert (again.encode([wrap("the red square")]) == ids[:1]).all()
 
 
 # ------------------------------------------------------------------ readers
@@ -309,25 +285,44 @@ def test_coco_raw_json_layout(coco_raw):
     assert any("no public test captions" in n for n in report.notes)
 
 
-def test_browse_writes_a_dataset_grid(flickr8k_kaggle, tmp_path):
-    import kangas
+def test_not_enough_disk_is_one_message_before_anything_is_written(tmp_path):
+    """The COCO copy's estimate (images x mean JPEG size) is checked against the real free
+    space before a byte is written: here TFDS (its own mock_data) reports more images than
+    the disk can hold."""
+    import io
 
-    from captioning.browse import main
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+    from PIL import Image
 
-    out = tmp_path / "browse.datagrid"
-    assert main(["dataset=flickr8k", f"dataset.root={flickr8k_kaggle}", f"out={out}"]) == 0
-    rows = list(kangas.read_datagrid(str(out)).to_dicts())
-    assert len(rows) == 4 and {r["split"] for r in rows} == {"train", "val"}
-    assert main(["dataset=flickr8k", f"dataset.root={tmp_path}/missing"]) == 2
+    from captioning.data.readers.tfds_coco import read_coco_tfds
+    from captioning.data.records import DataReport
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 120, 200)).save(buf, format="JPEG")
+    repeat = shutil.disk_usage(tmp_path).free // len(buf.getvalue()) + 1
+
+    def as_dataset(self, split, decoders=None, **kwargs):
+        one = tf.data.Dataset.from_tensors({"image": buf.getvalue(),
+                                            "image/filename": f"{split}.jpg", "image/id": 1,
+                                            "captions": {"text": ["a caption"], "id": [0]}})
+        return one.repeat(repeat)                       # cardinality known, nothing stored
+
+    cfg = compose_config("dataset=coco", f"dataset.cache_dir={tmp_path}/cache").dataset
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        with pytest.raises(CaptioningError, match=r"Not enough disk space: the copy of TFDS "
+                                                  r"coco_captions .*GB in .*only .* free there"
+                                                  r".*dataset.cache_dir"):
+            read_coco_tfds(cfg, DataReport())
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.jpg"))
 
 
-def test_browse_names_a_misspelt_override_in_one_line(capsys):
-    from captioning.browse import main
+def test_the_next_build_removes_temporary_folders_a_killed_build_left(tmp_path):
+    from captioning.data.synthetic import ensure_synthetic
 
-    assert main(["dataset.nonsense=1"]) == 2
-    assert main(["dataset=flikr8k"]) == 2
-    err = capsys.readouterr().err.splitlines()
-    assert err[0] == ("error: Could not override 'dataset.nonsense'. "
-                      "To append to your config use +dataset.nonsense=1")
-    assert len(err) == 2
-    assert err[1].startswith("error: In 'config': Could not find 'dataset/flikr8k'")
+    stale = tmp_path / ".synth.k1ll3d"                        # what kill -9 mid-render leaves
+    (stale / "Images").mkdir(parents=True)
+    root = ensure_synthetic(tmp_path / "synth", 4, 32, seed=0, progress=False)
+    assert (root / "captions.txt").is_file() and not stale.exists()
+    # Nothing else is left: the build lock (a file holding host and pid) goes with the build.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]

@@ -1,17 +1,14 @@
-"""The recipes' text and data rules (issue 22): punctuation deleted or spaced, recipe A's length
-count, truncation, a minimum word count, the first caption only, and N sampled captions."""
+"""Caption text: normalisation (punctuation deleted or spaced, non-ASCII kept), the length rules
+(recipe A's raw count, truncation), the vocabulary (round trip, minimum word count), and the
+first caption only."""
 
 from __future__ import annotations
-
-import csv
-from types import SimpleNamespace
 
 import pytest
 
 from captioning import ConfigError
-from captioning.config_check import check_config
 from captioning.data.text import Vocabulary, filter_captions, normalize, wrap
-from tests.conftest import compose_config
+from tests.conftest import CAPTIONS, compose_config
 
 
 def test_punctuation_delete_is_recipe_a_and_space_stays_the_default():
@@ -76,55 +73,27 @@ def build(cfg):
     return build_data(cfg, progress=False)
 
 
-def test_presets_carry_the_recipes_text_and_decoding():
-    a = compose_config("experiment=flickr8k_transformer", "dataset.root=/data/flickr8k")
-    assert (a.text.punctuation, a.text.length_counts, a.text.filter, a.text.min_tokens,
-            a.text.seq_len, a.text.min_count) == ("delete", "raw", "drop_image", 5, 25, 1)
-    b = compose_config("experiment=coco_gru")
-    assert (b.dataset.captions_per_image, b.dataset.restval) == (1, False)
-    assert (b.decode.method, b.decode.k, b.decode.num_captions) == ("top_k", 10, 5)
-    assert b.text.punctuation == "delete" and b.text.seq_len == 64
-    for cfg in (a, b):
-        check_config(cfg)
+def test_normalize_keeps_non_ascii_letters():
+    assert normalize("Ein grüner Baum, über der Straße!") == "ein grüner baum über der straße"
+    assert normalize("Một con chó đang chạy.") == "một con chó đang chạy"
+    assert normalize("A dog's ball -- <odd> _x_") == "a dog s ball odd x"
 
 
-def test_several_captions_need_sampling():
-    with pytest.raises(ConfigError, match="decode.num_captions=3 .*decode.method=top_k or top_p"):
-        check_config(compose_config("decode.num_captions=3", "decode.method=beam"))
-    check_config(compose_config("decode.num_captions=3", "decode.method=top_p"))
+def test_length_filters_count_what_they_remove():
+    caps = [["a b c", "a b c d e f g h"], ["a", "a b c"]]
+    kept, removed = filter_captions(caps, "drop_caption", min_tokens=5, max_tokens=8)
+    assert kept == [["a b c"], ["a b c"]] and removed["captions (length rule)"] == 2
+    kept, removed = filter_captions(caps, "drop_image", min_tokens=5, max_tokens=8)
+    assert kept == [[], []] and removed["images (a caption broke the length rule)"] == 2
 
 
-def test_n_sampled_captions_per_image_reach_csv_and_grid(flickr8k_kaggle, tmp_path):
-    """A tiny untrained model: 3 top-k captions per image; the first is the prediction, the
-    others go to prediction_2/3 of predictions.csv and all to the grid's samples column."""
-    import kangas
-    import keras
-
-    from captioning.evaluation.evaluate import write_predictions
-    from captioning.models.build import build_model
-    from captioning.models.decoding import Generator, sample_records
-    from captioning.tracking.kangas_grids import write_predictions_grid
-
-    cfg = compose_config("debug=tiny", "dataset=flickr8k", f"dataset.root={flickr8k_kaggle}",
-                         "dataset.val_fraction=0.5", "decode.method=top_k", "decode.k=10",
-                         "decode.num_captions=3", "decode.temperature=3.0", "text.seq_len=8",
-                         "logger=none")
-    data = build(cfg)
-    keras.utils.set_random_seed(0)
-    model = build_model(cfg, data.vocab.size)
-    records = data.splits["val"]
-    generator = Generator.from_config(model, data.vocab, cfg.decode, seed=0)
-    samples = sample_records(generator, data, records, 4, 3)
-    assert len(samples) == len(records) and all(len(s) == 3 for s in samples)
-    r = SimpleNamespace(records=records, samples=samples, predictions=[s[0] for s in samples],
-                        per_image={})
-    assert any(len(set(s)) > 1 for s in r.samples)               # sampled, not repeated
-    write_predictions(tmp_path / "p.csv", r.records, r.predictions, r.per_image, r.samples)
-    rows = list(csv.DictReader(open(tmp_path / "p.csv", encoding="utf-8")))
-    assert list(rows[0]) == ["image", "references", "prediction", "bleu_4", "cider",
-                             "prediction_2", "prediction_3"]
-    assert [[x["prediction"], x["prediction_2"], x["prediction_3"]] for x in rows] == r.samples
-    grid = write_predictions_grid(tmp_path / "g.datagrid", r.records, r.predictions, r.per_image,
-                                  1, "run", samples=r.samples)
-    shown = [g["samples"] for g in kangas.read_datagrid(str(grid)).to_dicts()]
-    assert shown == [" | ".join(s) for s in r.samples]
+def test_vocabulary_round_trip(tmp_path):
+    corpus = [wrap(normalize(c)) for caps in CAPTIONS.values() for c in caps]
+    vocab = Vocabulary.build(corpus, size=50, seq_len=12)
+    ids = vocab.encode([wrap("the red square"), wrap("grüner unseenword")])
+    assert ids.shape == (2, 12) and ids[0, 0] == vocab.start_id and ids[0, 4] == vocab.end_id
+    assert vocab.decode(ids) == ["the red square", "grüner [UNK]"]
+    vocab.save(tmp_path / "v.json")
+    again = Vocabulary.load(tmp_path / "v.json")
+    assert again.tokens == vocab.tokens
+    assert (again.encode([wrap("the red square")]) == ids[:1]).all()

@@ -129,7 +129,7 @@ def test_eval_py_rescoring_never_touches_metrics_json(finished_run):
     # tiny model's beam + dihedral captions may all be empty; test_attention checks real words).
     import csv
 
-    from tests.test_attention import mask_layers
+    from tests.tracking.test_kangas_grids import mask_layers
 
     grid = out / "predictions" / "eval_test_beam3_tta_dihedral_mean2-3.datagrid"
     with open(out / "predictions_test_beam3_tta_dihedral_mean2-3.csv", encoding="utf-8") as f:
@@ -185,59 +185,12 @@ def test_export_captions_jpeg_bytes_in_a_fresh_process(finished_run):
     assert ref.stdout.strip().split("\t")[1] == caps[0]
 
 
-def test_eval_file_names_say_the_decoding():
-    from omegaconf import OmegaConf
-
-    from eval import decoding_name
-
-    d = OmegaConf.create({"method": "beam", "beam_size": 3, "length_penalty": 0.0, "k": 10,
-                          "p": 0.9, "temperature": 1.0, "tta": "none"})
-    assert decoding_name(d) == "beam3"
-    assert (decoding_name(OmegaConf.merge(d, {"length_penalty": 1.0, "tta": "flip"}))
-            == "beam3_lp1_tta_flip")
-    assert (decoding_name(OmegaConf.merge(d, {"method": "greedy", "tta": "dihedral"}))
-            == "greedy_tta_dihedral")
-
-
-def test_eval_result_names_differ_whenever_the_settings_do():
-    """Overrides the decoding's name leaves out (a dataset setting, a greedy temperature, the
-    last weights) still give their own result files instead of overwriting each other."""
-    from omegaconf import OmegaConf
-
-    from eval import result_name
-
-    d = OmegaConf.create({"method": "beam", "beam_size": 3, "length_penalty": 0.0, "k": 10,
-                          "p": 0.9, "temperature": 1.0, "tta": "none"})
-    plain = result_name("val", d, "best", ["decode.method=beam"])
-    assert plain == "val_beam3"
-    names = {plain, result_name("val", d, "last", []),
-             result_name("val", d, "best", ["dataset.max_images=50"]),
-             result_name("val", d, "best", ["dataset.max_images=60"]),
-             result_name("val", d, "best", ["decode.temperature=0.5"])}
-    assert len(names) == 5
-    assert result_name("holdout", d, "mean:21-30", []) == "holdout_beam3_mean21-30"
-
-
-def test_export_text_matches_the_vocabulary_decode_unk_included():
-    import numpy as np
-    import tensorflow as tf
-
-    from captioning.data.text import Vocabulary
-    from captioning.export import ids_to_text
-
-    vocab = Vocabulary(["", "[UNK]", "<start>", "<end>", "a", "dog"], seq_len=8)
-    ids = np.array([[2, 4, 1, 5, 3, 4, 0], [2, 5, 0, 4, 3, 0, 0], [2, 3, 4, 4, 4, 4, 4]])
-    got = [t.decode() for t in ids_to_text(tf.constant(ids), tf.constant(vocab.tokens),
-                                           vocab.start_id, vocab.end_id).numpy()]
-    assert got == vocab.decode(ids) == ["a [UNK] dog", "dog a", ""]
-
-
 def test_final_grid_has_a_heatmap_layer_per_word(finished_run):
     """The end of a run (callbacks.kangas.attention=true, the default): each row of the final
     grid carries one attention layer per word of its validation prediction."""
     import csv
 
-    from tests.test_attention import mask_layers
+    from tests.tracking.test_kangas_grids import mask_layers
 
     out, cfg, _ = finished_run
     assert cfg.callbacks.kangas.attention is True

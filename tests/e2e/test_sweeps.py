@@ -1,16 +1,17 @@
 """Sweeps: a real multirun with the joblib launcher, Comet archives tagged by sweep, a failing
-job that does not stop the others, and the comparison table; launcher presets compose.
+job that does not stop the others, and the comparison table; launcher presets compose; an
+Optuna study through submitit that resumes.
 
 The one sweep (two decoders, one failing learning rate) is trained once for the module and
 also checks what every job writes while validation captions are scored each epoch (caption
 diversity in history.csv and Comet, plots/scores.png) and the comparison DataGrid, served and
-read by a real browser. Seed groups and the diversity warning are checked without training."""
+read by a real browser."""
 
 from __future__ import annotations
 
 import csv
 import json
-import statistics
+import os
 import subprocess
 import sys
 import zipfile
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def test_jobs_log_caption_diversity_and_plot_score_curves(sweep):
 def test_comparison_grid_in_a_browser_shows_both_jobs_captions(sweep, tmp_path):
     import kangas
 
-    from tests.test_review import chromium, chromium_missing, serving
+    from tests.tools.test_review import chromium, chromium_missing, serving
 
     reason = chromium_missing()
     if reason:
@@ -156,7 +157,7 @@ def test_final_grid_in_a_browser_shows_an_image_with_its_attention_layers(sweep,
 
     import kangas
 
-    from tests.test_review import chromium, chromium_missing, serving
+    from tests.tools.test_review import chromium, chromium_missing, serving
 
     reason = chromium_missing()
     if reason:
@@ -179,61 +180,6 @@ def test_final_grid_in_a_browser_shows_an_image_with_its_attention_layers(sweep,
     assert [a["name"] for a in served.get("annotations", [])] == expected
 
 
-def test_seed_groups_show_mean_std_and_n(tmp_path):
-    """Jobs that differ only in seed: mean ± sample std and n per metric, from the jobs' own
-    metrics.json; the per-job table and comparison.csv stay as they were."""
-    import random
-
-    from captioning.compare import COLUMNS, main
-
-    rng = random.Random(0)
-    runs = [("decoder=gru seed=1", 0), ("decoder=gru seed=2", 1), ("decoder=gru seed=3", 2),
-            ("decoder=transformer seed=1", 3)]
-    written = {}
-    for overrides, job in runs:
-        (tmp_path / str(job) / ".hydra").mkdir(parents=True)
-        (tmp_path / str(job) / ".hydra" / "overrides.yaml").write_text(
-            "".join(f"- {o}\n" for o in overrides.split()))
-        written[job] = {c: rng.uniform(0.1, 0.9) for c in COLUMNS}
-        held = {"bleu_4": rng.uniform(0.1, 0.9), "cider": rng.uniform(0.1, 0.9)}
-        written[job].update({f"holdout_{k}": v for k, v in held.items()})
-        (tmp_path / str(job) / "metrics.json").write_text(
-            json.dumps({"val": written[job], "holdout": held}))
-    assert main([str(tmp_path), "--no-grid"]) == 0
-    groups = {g["overrides"]: g for g in csv.DictReader(open(tmp_path / "comparison_seeds.csv"))}
-    gru = groups["decoder=gru"]
-    assert gru["n"] == "3" and gru["seeds"] == "1 2 3" and groups["decoder=transformer"]["n"] == "1"
-    for c in (*COLUMNS, "holdout_bleu_4", "holdout_cider"):          # holdout: dataset.holdout
-        values = [written[j][c] for j in (0, 1, 2)]
-        assert float(gru[c]) == pytest.approx(statistics.fmean(values))
-        assert float(gru[f"{c}_std"]) == pytest.approx(statistics.stdev(values))
-    assert groups["decoder=transformer"]["cider_std"] == ""
-    assert len(list(csv.DictReader(open(tmp_path / "comparison.csv")))) == 4
-
-
-def test_one_warning_when_validation_captions_stop_differing(tmp_path, capsys):
-    from types import SimpleNamespace
-
-    from captioning.data.text import END, START, Vocabulary, wrap
-    from captioning.training.callbacks import ValidationCaptions
-
-    captions = ["a red square on grey", "a blue circle", "the green tree", "a yellow sun"]
-    vocab = Vocabulary.build([wrap(c) for c in captions], 100, 12)
-    data = SimpleNamespace(splits={"val": []}, vocab=vocab)
-    cb = ValidationCaptions(data, compose_config("debug=tiny", "logger=none"), tmp_path)
-    logs = {}
-    cb._diversity(1, ["a red square"] * 18 + ["a blue circle", "the tree"], logs)   # 15%
-    cb._diversity(2, ["a red square"] * 19 + ["a blue circle"], logs)               # 10%
-    cb._diversity(3, ["a red square"] * 20, logs)                                   # 5%
-    cb._diversity(4, ["a red square"] * 20, logs)
-    assert logs["val_distinct"] == 1 / 20
-    words = {t for t in vocab.tokens if t not in ("", "[UNK]", START, END)}
-    assert logs["val_vocab_used"] == len({"a", "red", "square"}) / len(words)
-    out = capsys.readouterr().out
-    assert out.count("warning:") == 1                                  # once, when under 10%
-    assert "epoch 3: only 5% of 20 validation captions are distinct" in out
-
-
 @pytest.mark.parametrize("override", ["hydra/launcher=slurm", "hydra/launcher=parallel",
                                       "hparams_search=optuna"])
 def test_launcher_and_search_presets_compose(override):
@@ -244,3 +190,38 @@ def test_launcher_and_search_presets_compose(override):
                 "hydra/launcher=parallel": "JoblibLauncher",
                 "hparams_search=optuna": "OptunaSweeper"}[override]
     assert expected in res.stdout
+
+
+@pytest.mark.slow
+def test_optuna_study_through_submitit_resumes_then_compare(tmp_path):
+    sweep, db = tmp_path / "sweep", tmp_path / "study.db"
+    env = {**os.environ, "CAPTIONING_CACHE": str(tmp_path / "cache")}
+
+    def invoke(n_trials: int):
+        res = subprocess.run(
+            [sys.executable, "run.py", "-m", "hydra/launcher=submitit_local",
+             "hparams_search=optuna", f"hydra.sweeper.storage=sqlite:///{db}",
+             "hydra.sweeper.study_name=resume", f"hydra.sweeper.n_trials={n_trials}",
+             "hydra.sweeper.n_jobs=2", "debug=tiny", "logger=none", "trainer.max_epochs=1",
+             "dataset.max_images=24", "callbacks.kangas.enabled=false",
+             f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=env, capture_output=True, text=True,
+            timeout=1500)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return res
+
+    invoke(2)                                # two jobs, each a pickled submitit job
+    logs = sorted(sweep.glob(".submitit/*/*_0_log.out"))
+    assert len(logs) == 2 and all(p.stat().st_size for p in logs)
+    out = subprocess.run([sys.executable, "-m", "captioning.compare", str(sweep)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(open(sweep / "comparison.csv")))
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert float(rows[0]["cider"]) >= float(rows[1]["cider"])
+    res = invoke(3)                          # the same command, n_trials=3: one trial more
+    assert "2 trials finished before, 1 of n_trials=3 left" in res.stderr + res.stdout
+    import optuna
+
+    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{db}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0", "1", "2"]

@@ -1,4 +1,4 @@
-"""No phoning home, no leaked Comet key (issue 21), for real: ``run.py debug=tiny`` runs in a
+"""No phoning home, no leaked Comet key, for real: ``run.py debug=tiny`` runs in a
 subprocess with a clean environment and a network guard (a ``sitecustomize.py`` first on
 PYTHONPATH) that records every resolve or connect to a host other than this one, and refuses it,
 so nothing leaves the machine and nothing stalls on a dropped connection."""
@@ -19,7 +19,7 @@ import pytest
 
 from captioning.privacy import SETTINGS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "abc123secretkey"
 TINY = ["debug=tiny", "trainer.max_epochs=1", "dataset.max_images=24"]
 

@@ -1,9 +1,9 @@
-"""The Kangas review server (``captioning.review``, ``make kangas``) is safe to leave running
-(issue 21): it listens on loopback only, filters are compiled by RestrictedPython, downloads
-stay inside the served folder, SIGTERM stops every server process, and the server's output
-goes to a log file instead of a pipe nobody reads. Only 127.0.0.1 is ever contacted.
-``chromium`` and ``serving`` are the real-browser helpers the grid tests use (tests/test_sweeps.py:
-the comparison grid of a sweep, the final grid's attention layers)."""
+"""The Kangas review server (``captioning.review``, ``make kangas``) is safe to leave running:
+it listens on loopback only, filters are compiled by RestrictedPython, downloads stay inside
+the served folder, SIGTERM stops every server process, and the server's output goes to a log
+file instead of a pipe nobody reads. Only 127.0.0.1 is ever contacted. ``chromium`` and
+``serving`` are the real-browser helpers the grid tests use (tests/e2e/test_sweeps.py: the
+comparison grid of a sweep, the final grid's attention layers)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "top-secret-row-outside-the-served-folder"
 # open(...).write(...) reached through an object's class hierarchy: what a filter could do when
 # kangas compiles it with plain compile() (RestrictedPython missing).

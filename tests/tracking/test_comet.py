@@ -174,7 +174,7 @@ def test_runs_record_provenance_in_metrics_and_comet(resumed_run):
     out, _, result = resumed_run
     prov = json.loads((out / "metrics.json").read_text())["provenance"]
     assert prov == result["provenance"]
-    head = subprocess.run(["git", "-C", str(Path(__file__).parents[1]), "rev-parse", "HEAD"],
+    head = subprocess.run(["git", "-C", str(Path(__file__).parents[2]), "rev-parse", "HEAD"],
                           capture_output=True, text=True, check=True).stdout.strip()
     assert prov["git"]["commit"] == head and isinstance(prov["git"]["dirty"], bool)
     assert prov["packages"]["tensorflow"] == metadata.version("tensorflow")

@@ -1,5 +1,5 @@
 """The debug variants (conf/debug/: fdr, limit, overfit, profile) and the trainer keys behind
-them, for real. fdr and profile run in tests/test_tracking.py (the resumed Comet run)."""
+them, for real. fdr and profile run in tests/tracking/test_comet.py (the resumed Comet run)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""End to end: the real config, a tiny run, the files a run directory must hold."""
+"""Training end to end through ``train()``: the real config, tiny runs, the files a run
+directory must hold, the time budget, the feature cache, the self-critical phase, and
+deterministic runs."""
 
 from __future__ import annotations
 
@@ -46,20 +48,6 @@ def test_one_tiny_run_writes_a_complete_run_dir(tmp_path):
     assert ("meteor" in result["val"]) == java_available()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert ("meteor" in metrics["test"]) == java_available()
-
-
-def test_meteor_can_be_left_out_and_the_scores_say_so():
-    from captioning.data.datamodule import build_data
-    from captioning.evaluation.evaluate import evaluate_split
-    from captioning.models.build import build_model
-
-    cfg = compose_config("debug=tiny", "evaluation.meteor=false")
-    data = build_data(cfg, progress=False)
-    scores, preds = evaluate_split(build_model(cfg, data.vocab.size), data, data.splits["val"],
-                                   cfg)
-    assert len(preds) == len(data.splits["val"])
-    assert "meteor" not in scores.corpus and "cider" in scores.corpus
-    assert "METEOR skipped (evaluation.meteor=false)" in scores.notes
 
 
 def test_time_budget_stops_after_the_epoch_that_fills_it(tmp_path, capsys):
@@ -121,7 +109,7 @@ def test_missing_dataset_is_one_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_recipe_b_preset_runs_tiny_on_mock_tfds(tmp_path):
-    from tests.test_data import _mock_coco
+    from tests.data.test_datasets import _mock_coco
 
     cfg = compose_config("experiment=coco_gru", "debug=tiny", f"dataset.data_dir={tmp_path}/tfds",
                          f"dataset.cache_dir={tmp_path}/cache", "trainer.max_epochs=1",
@@ -210,98 +198,6 @@ def test_one_tiny_epoch_on_each_layout(layout, request, tmp_path):
     assert counts["vocab_size"] > 4
 
 
-def test_cosine_schedule_follows_the_clock_under_a_time_budget():
-    import keras
-
-    from captioning.training.optim import make_schedule
-
-    cfg = compose_config("trainer.lr_schedule=cosine", "trainer.learning_rate=0.01",
-                         "trainer.warmup_steps=0", "trainer.max_epochs=10", "trainer.max_minutes=5",
-                         "trainer.lr_follows_clock=true")
-    clock = keras.Variable(0.0, trainable=False)
-    schedule = make_schedule(cfg, steps_per_epoch=10, clock=clock)
-    plain = make_schedule(cfg, steps_per_epoch=10)
-    lr = lambda s, step: float(s(step))                       # noqa: E731
-    assert lr(schedule, 30) == pytest.approx(lr(plain, 30))   # steps ahead of the clock: unchanged
-    clock.assign(0.5)                                         # half the time gone at step 10
-    assert lr(schedule, 10) == pytest.approx(lr(plain, 50))
-    assert lr(plain, 50) < lr(plain, 10)
-    clock.assign(1.0)
-    assert lr(schedule, 10) == pytest.approx(0.01 * 0.01)     # the floor (alpha = 1%)
-
-
-def test_backbone_lr_multiplier_scales_only_the_backbone_step():
-    import keras
-    import numpy as np
-
-    from captioning.training.optim import make_optimizer
-
-    cfg = compose_config("trainer.backbone_lr_multiplier=3", "trainer.learning_rate=0.01",
-                         "trainer.weight_decay=0.1", "trainer.ema=0.5")
-    backbone, head = keras.Variable(np.ones(3, "float32")), keras.Variable(np.ones(3, "float32"))
-    opt = make_optimizer(cfg, steps_per_epoch=10, backbone_variables=[backbone])
-    opt.apply([np.full(3, 0.5, "float32"), np.full(3, -2.0, "float32")], [backbone, head])
-    # Adam's first step: about lr each way
-    step_b, step_h = 1 - np.array(backbone), np.array(head) - 1
-    # 3 x lr, plus decoupled decay lr x wd
-    assert step_b == pytest.approx(np.full(3, 0.03 + 0.001), rel=1e-3)
-    assert step_h == pytest.approx(np.full(3, 0.01 - 0.001), rel=1e-3)
-    assert opt.use_ema and isinstance(opt, keras.optimizers.AdamW)
-
-
-@pytest.mark.parametrize("decay", [0.0, 0.01])
-def test_the_fused_adam_step_trains_as_keras_adam_does(decay):
-    """FusedAdam(W): one ResourceApplyAdam kernel per dense variable, Keras's own step for an
-    embedding's sparse gradient; five steps of a small model land where Keras's Adam(W) does."""
-    import keras
-    import numpy as np
-
-    from captioning.training.optim import FusedAdam, FusedAdamW
-
-    def trained(optimizer):
-        keras.utils.set_random_seed(0)
-        ids = keras.Input((8,), dtype="int32")
-        x = keras.layers.Flatten()(keras.layers.Embedding(50, 16)(ids))    # a sparse gradient
-        model = keras.Model(ids, keras.layers.Dense(3)(keras.layers.Dense(32, "relu")(x)))
-        model.compile(optimizer=optimizer, loss="mse")
-        rng = np.random.default_rng(0)
-        model.fit(rng.integers(0, 50, (16, 8)), rng.normal(size=(16, 3)), epochs=5,
-                  batch_size=8, shuffle=False, verbose=0)
-        return model.get_weights(), model.optimizer
-
-    keras_way, _ = trained(keras.optimizers.AdamW(0.01, weight_decay=decay) if decay
-                           else keras.optimizers.Adam(0.01))
-    fused, opt = trained(FusedAdamW(0.01, weight_decay=decay) if decay else FusedAdam(0.01))
-    start, _ = trained(keras.optimizers.SGD(0.0))
-    for a, b, w0 in zip(keras_way, fused, start, strict=True):
-        assert np.abs(a - w0).max() > 1e-3                     # every variable moved ...
-        np.testing.assert_allclose(b, a, atol=1e-5)            # ... to the same place
-    assert int(opt.iterations) == 10
-
-
-def test_self_critical_starts_the_weight_average_at_the_loaded_checkpoint():
-    """trainer.ema + scst_epochs: the optimizer's average is reset to the weights loaded from
-    the best checkpoint, so the swap at the next epoch's start cannot bring back older ones."""
-    import keras
-
-    from captioning.training.callbacks import EMAWeights
-    from captioning.training.optim import make_optimizer, reset_ema
-
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
-    model.compile(optimizer=make_optimizer(compose_config("trainer.ema=0.9"), steps_per_epoch=10),
-                  loss="mse")
-    x, y = np.ones((8, 2), "float32"), np.zeros((8, 3), "float32")
-    ema = EMAWeights()
-    model.fit(x, y, epochs=2, verbose=0, callbacks=[ema])   # ends with the average in the model
-    assert ema.in_model
-    best = [np.full(w.shape, 0.25, "float32") for w in model.get_weights()]
-    model.set_weights(best)                                 # what load_weights(best) does
-    reset_ema(model.optimizer)
-    ema.on_epoch_begin(2)                                   # the next epoch's swap
-    for got, want in zip(model.get_weights(), best, strict=True):
-        np.testing.assert_array_equal(got, want)
-
-
 def _optimizer_steps(run_dir: Path) -> int:
     """The optimizer's step counter (``iterations``, its first variable) in the resume state."""
     with np.load(run_dir / "checkpoints" / "last.state.npz") as state:
@@ -382,3 +278,42 @@ def test_stopped_by_names_early_stopping_only_when_it_cut_a_phase_short():
     assert not stopped_early(ce(29), t)           # epoch 30 of 30
     assert stopped_early(scst(35), t)             # epoch 36 of 31-40
     assert not stopped_early(scst(39), t)         # epoch 40, the phase's last
+
+
+@pytest.mark.slow
+def test_deterministic_runs_repeat_exactly_and_the_switch_goes_back_off(tmp_path):
+    """trainer.deterministic=true: two runs of one config and seed give the same history and the
+    same weights and optimizer state, bit for bit; a later run without it turns TensorFlow's op
+    determinism off, and the same seed still gives the same first-epoch loss (to float noise)."""
+    from tensorflow.python.framework import config as tf_config
+
+    from captioning.training import train
+
+    def run(name, deterministic):
+        cfg = compose_config("debug=tiny", "logger=none", "seed=3",
+                             "callbacks.kangas.enabled=false", "trainer.max_epochs=1",
+                             f"trainer.deterministic={deterministic}",
+                             f"paths.output_dir={tmp_path / name}")
+        train(cfg)
+        assert tf_config.is_op_determinism_enabled() is deterministic
+        with open(tmp_path / name / "history.csv") as f:
+            history = [{k: v for k, v in row.items() if k != "seconds"}
+                       for row in csv.DictReader(f)]
+        # The resume state holds every weight and optimizer variable (w*, o*) and the epoch's meta.
+        # Its meta also counts the seconds spent (RunState.seconds), which no two runs share.
+        with np.load(tmp_path / name / "checkpoints" / "last.state.npz") as state:
+            arrays = {k: state[k] for k in state.files if k != "meta"}
+            meta = {k: v for k, v in json.loads(str(state["meta"])).items() if k != "seconds"}
+            return history, {**arrays, "meta": meta}
+
+    try:
+        (hist_a, state_a), (hist_b, state_b) = run("a", True), run("b", True)
+        assert len(hist_a) == 1 and hist_a == hist_b
+        assert any(k.startswith("w") for k in state_a) and state_a.keys() == state_b.keys()
+        assert state_a.pop("meta") == state_b.pop("meta")
+        assert all(np.array_equal(state_a[k], state_b[k]) for k in state_a)
+        hist_c, _ = run("c", False)
+        assert float(hist_c[0]["loss"]) == pytest.approx(float(hist_a[0]["loss"]), rel=1e-5)
+    finally:
+        if tf_config.is_op_determinism_enabled():
+            tf_config.disable_op_determinism()
