@@ -21,7 +21,7 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
-def test_every_group_option_composes(group, option):
+def test_every_group_option_composes_to_what_its_file_sets(group, option):
     cfg = compose_config(f"{group}={option}")
     assert group in cfg or group == "debug"
     if group in ("dataset", "backbone", "decoder"):
@@ -29,12 +29,12 @@ def test_every_group_option_composes(group, option):
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiments_compose(name):
+def test_every_experiment_preset_composes_to_what_its_file_sets(name):
     cfg = compose_config(f"experiment={name}")
     OmegaConf.to_container(cfg.trainer, resolve=True)   # everything it sets resolves
 
 
-def test_recipe_a_hyperparameters():
+def test_recipe_a_preset_sets_its_hyperparameters_and_data_location():
     cfg = compose_config("experiment=flickr8k_transformer")
     assert (cfg.dataset.name, cfg.backbone.name, cfg.decoder.name) == (
         "flickr8k", "efficientnetb0", "transformer")
@@ -47,13 +47,13 @@ def test_recipe_a_hyperparameters():
     assert cfg.backbone.image_size == 299       # recipe A keeps 299 (efficientnetb0's own is 224)
 
 
-def test_unknown_option_lists_choices():
+def test_an_unknown_group_option_lists_the_choices():
     with pytest.raises(ConfigError) as e:
         compose_config("backbone=resnet9000")
     assert "small_cnn" in str(e.value) and "efficientnetb0" in str(e.value)
 
 
-def test_unknown_key_fails():
+def test_a_misspelt_key_is_refused_naming_it():
     with pytest.raises(ConfigError, match="bacth_size"):
         compose_config("trainer.bacth_size=3")
 
@@ -126,7 +126,7 @@ def test_presets_carry_the_recipes_text_and_decoding():
         check_config(cfg)
 
 
-def test_several_captions_need_sampling():
+def test_several_captions_per_image_need_a_sampling_method():
     with pytest.raises(ConfigError, match="decode.num_captions=3 .*decode.method=top_k or top_p"):
         check_config(compose_config("decode.num_captions=3", "decode.method=beam"))
     check_config(compose_config("decode.num_captions=3", "decode.method=top_p"))

@@ -166,7 +166,7 @@ def _try(cfg, key: str, value) -> list[str]:
 
 
 @pytest.mark.parametrize("overrides,message", [
-    # The issue's cases, composed as a user's command line composes them.
+    # Bad values users reported, composed as a user's command line composes them.
     (["dataset.val_fraction=abc"],
      r"^dataset.val_fraction must be a number in \(0, 1\). Received: dataset.val_fraction='abc'$"),
     (["decoder.num_heads=0"], r"^decoder.num_heads must be >= 1. Received: decoder.num_heads=0$"),
@@ -178,7 +178,7 @@ def _try(cfg, key: str, value) -> list[str]:
     (["backbone=efficientnetb0", "backbone.image_size=31"],
      r"^backbone.image_size must be >= 32 for backbone=efficientnetb0"),
 ])
-def test_issue_cases(overrides, message):
+def test_reported_bad_values_get_one_message_naming_key_and_value(overrides, message):
     with pytest.raises(ConfigError, match=message):
         check_config(compose_config(*overrides))
 
@@ -206,7 +206,7 @@ def test_issue_cases(overrides, message):
      r"^monitor=meteor needs evaluation.meteor=true"),
     (["backbone.weights=imagenet"], r"^backbone=small_cnn has no ImageNet weights"),
 ])
-def test_named_cases(composed, overrides, message):
+def test_each_bad_value_gets_the_message_of_its_rule(composed, overrides, message):
     """On the default config, with each value as Hydra parses it (composing each would take
     a third of a second)."""
     cfg = OmegaConf.create(OmegaConf.to_container(composed[()]))
@@ -217,6 +217,6 @@ def test_named_cases(composed, overrides, message):
         check_config(cfg)
 
 
-def test_rules_table_size():
+def test_every_rule_rejects_a_wrong_value_naming_its_key():
     print(f"\nconfig values: {len(RULES)} rules")
     assert len(RULES) >= 100

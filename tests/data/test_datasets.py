@@ -55,7 +55,7 @@ def _ds(**kw):
     return OmegaConf.create({**base, **kw})
 
 
-def test_flickr8k_kaggle_layout(flickr8k_kaggle):
+def test_flickr8k_kaggle_layout_keeps_quoted_commas_and_non_ascii(flickr8k_kaggle):
     splits, report = load_records(_ds(root=str(flickr8k_kaggle)), seed=0, progress=False)
     records = {r.id: r for s in splits.values() for r in s}
     assert set(records) == set(CAPTIONS)
@@ -66,7 +66,7 @@ def test_flickr8k_kaggle_layout(flickr8k_kaggle):
     assert any("no test split" in n for n in report.notes)
 
 
-def test_flickr8k_original_layout_with_karpathy_split(flickr8k_original):
+def test_flickr8k_original_layout_follows_its_split_lists(flickr8k_original):
     splits, _ = load_records(_ds(root=str(flickr8k_original), split="karpathy"), seed=0,
                              progress=False)
     assert [r.id for r in splits["train"]] == ["a.jpg", "b.jpg"]
@@ -92,7 +92,7 @@ def test_malformed_line_names_file_and_line(flickr8k_kaggle):
     assert report.removed["malformed caption lines"] == 1 and sum(map(len, splits.values())) == 4
 
 
-def test_missing_and_corrupt_images(flickr8k_kaggle):
+def test_missing_images_fail_or_are_skipped_and_corrupt_ones_counted(flickr8k_kaggle):
     (flickr8k_kaggle / "Images" / "b.jpg").unlink()
     with pytest.raises(DatasetError, match="1 of 4 images .* missing .*b.jpg.*on_missing=skip"):
         load_records(_ds(root=str(flickr8k_kaggle)), 0, progress=False)
@@ -157,7 +157,7 @@ needs_shared = pytest.mark.skipif(not (SHARED_DATA / "flickr8k_sample").is_dir()
 
 
 @needs_shared
-def test_real_flickr8k_sample_both_layouts():
+def test_real_flickr8k_sample_loads_in_both_layouts():
     root = SHARED_DATA / "flickr8k_sample"
     kaggle, _ = load_records(_ds(root=str(root)), 0, progress=False)
     assert sum(map(len, kaggle.values())) == 136
@@ -173,7 +173,7 @@ def test_real_flickr8k_sample_both_layouts():
 
 
 @needs_shared
-def test_real_ucm_captions_karpathy_json():
+def test_real_ucm_captions_load_with_the_test_images_held_back():
     root = SHARED_DATA / "ucm_captions"
     cfg = OmegaConf.create({
         "name": "karpathy", "json": str(root / "dataset.json"), "images": str(root / "images"),
@@ -185,7 +185,7 @@ def test_real_ucm_captions_karpathy_json():
     assert report.removed["missing images"] == 0 and not splits["test"]
 
 
-def test_write_fixture_formats_are_the_real_ones(flickr8k_kaggle, flickr8k_original):
+def test_flickr8k_fixtures_are_written_in_the_real_formats(flickr8k_kaggle, flickr8k_original):
     rows = list(csv.reader(open(flickr8k_kaggle / "captions.txt", encoding="utf-8")))
     assert rows[0] == ["image", "caption"] and len(rows) == 21
     token_file = flickr8k_original / "Flickr8k_text" / "Flickr8k.token.txt"
@@ -193,7 +193,7 @@ def test_write_fixture_formats_are_the_real_ones(flickr8k_kaggle, flickr8k_origi
     assert line.startswith("a.jpg#0\t")
 
 
-def test_required_root_is_named(tmp_path):
+def test_a_missing_default_root_names_the_keys_that_set_it(tmp_path):
     """dataset.root defaults to <paths.data_dir>/flickr8k; absent, the message says both keys."""
     cfg = compose_config("dataset=flickr8k", f"paths.data_dir={tmp_path}")
     with pytest.raises(DatasetError, match=rf"{tmp_path}/flickr8k does not exist.*dataset.root"
@@ -254,7 +254,7 @@ def test_coco_not_prepared_says_how_to_build_it(tmp_path):
         load_records(cfg.dataset, 0, progress=False)
 
 
-def test_flickr30k_pipe_layout(flickr30k_kaggle):
+def test_flickr30k_pipe_layout_strips_stray_spaces(flickr30k_kaggle):
     cfg = compose_config("dataset=flickr30k", f"dataset.root={flickr30k_kaggle}",
                          "dataset.val_fraction=0.25")
     splits, _ = load_records(cfg.dataset, 0, progress=False)
@@ -264,7 +264,7 @@ def test_flickr30k_pipe_layout(flickr30k_kaggle):
     assert records["a.jpg"].captions[0] == "A red square, on grey."
 
 
-def test_karpathy_json_with_filepath_and_restval(karpathy_json):
+def test_karpathy_json_joins_restval_to_train_unless_turned_off(karpathy_json):
     path, images = karpathy_json
     cfg = compose_config("dataset=karpathy", f"dataset.json={path}", f"dataset.images={images}")
     splits, _ = load_records(cfg.dataset, 0, progress=False)
@@ -278,7 +278,7 @@ def test_karpathy_json_with_filepath_and_restval(karpathy_json):
     assert [r.id for r in splits["train"]] == ["a.jpg"]
 
 
-def test_coco_raw_json_layout(coco_raw):
+def test_coco_raw_json_gives_train_and_val_and_no_test(coco_raw):
     cfg = compose_config("dataset=coco_json", f"dataset.root={coco_raw}")
     splits, report = load_records(cfg.dataset, 0, progress=False)
     assert len(splits["train"]) == 3 and len(splits["val"]) == 1 and not splits["test"]

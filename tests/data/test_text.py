@@ -87,7 +87,7 @@ def test_length_filters_count_what_they_remove():
     assert kept == [[], []] and removed["images (a caption broke the length rule)"] == 2
 
 
-def test_vocabulary_round_trip(tmp_path):
+def test_vocabulary_encodes_decodes_and_reloads_identically(tmp_path):
     corpus = [wrap(normalize(c)) for caps in CAPTIONS.values() for c in caps]
     vocab = Vocabulary.build(corpus, size=50, seq_len=12)
     ids = vocab.encode([wrap("the red square"), wrap("grüner unseenword")])

@@ -45,7 +45,7 @@ def test_reloaded_run_gives_identical_captions(finished_run):
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(ga), keras.ops.convert_to_numpy(gb))
 
 
-def test_caption_py_captions_a_folder(finished_run, tmp_path):
+def test_caption_py_captions_every_image_of_a_folder(finished_run, tmp_path):
     out, cfg, _ = finished_run
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -43,7 +43,7 @@ def _done(folder: Path) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_parallel_sweep_with_a_failing_job_then_compare(sweep):
+def test_a_failing_job_leaves_the_other_jobs_and_the_comparison(sweep):
     folder, res, out = sweep
     # Hydra reports the failed job with a non-zero exit, after every job has run.
     assert res.returncode != 0

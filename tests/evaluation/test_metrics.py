@@ -55,7 +55,7 @@ def test_scores_equal_pycocoevalcap_run_directly():
 
 
 @pytest.mark.parametrize("use_java", [pytest.param(True, marks=needs_java), False])
-def test_perfect_beats_unrelated(use_java):
+def test_a_perfect_caption_outscores_an_unrelated_one(use_java):
     perfect = score(REFS, {k: v[0] for k, v in REFS.items()}, use_java=use_java)
     unrelated = score(REFS, {k: "an airplane parked at the gate" for k in REFS}, use_java=use_java)
     assert perfect.corpus["bleu_4"] == pytest.approx(1.0)
@@ -77,7 +77,7 @@ def test_mismatched_ids_are_an_error():
         score(REFS, {"1": "a dog"})
 
 
-def test_python_tokenizer_rules():
+def test_python_tokenizer_splits_clitics_and_drops_punctuation():
     assert (python_tokenize("A child's red ball, on the floor.")
             == "a child 's red ball on the floor")
     assert python_tokenize("Don't stop -- \"now\"!") == "do n't stop now"

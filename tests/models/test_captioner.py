@@ -174,7 +174,7 @@ def test_self_critical_packs_samples_by_length_without_changing_the_objective(mo
                                        rel=1e-5)
 
 
-def test_leave_one_out_advantage():
+def test_leave_one_out_advantage_subtracts_the_other_samples_mean():
     """Each sample against the mean of its image's other samples (what the step multiplies)."""
     from captioning.models.captioner import leave_one_out_advantage
 

@@ -101,7 +101,7 @@ def test_packed_training_pass_equals_the_padded_one():
 
 
 @pytest.mark.parametrize("decoder", _decoders(), ids=["transformer", "gru"])
-def test_get_config_round_trips(decoder):
+def test_decoder_config_round_trips(decoder):
     config = decoder.get_config()
     clone = type(decoder).from_config(config)
     assert clone.get_config() == config
@@ -212,7 +212,7 @@ def test_default_block_is_keras_hubs_block_weights_and_outputs():
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
 
 
-def test_recipe_a_heads_and_feed_forward_dropout():
+def test_key_dim_widens_each_head_and_ff_dropout_acts_in_training_only():
     """decoder.key_dim gives every head its own width (recipe A: 2 heads of 512, not 2 of 256)
     and decoder.ff_dropout drops feed-forward activations in training only."""
     cfg = compose_config("experiment=flickr8k_transformer", "dataset.root=/nonexistent")
@@ -235,7 +235,7 @@ def test_recipe_a_heads_and_feed_forward_dropout():
     assert np.abs(train[0] - train[1]).max() > 1e-3            # the feed-forward dropout
 
 
-def test_transformer_checks_its_heads():
+def test_transformer_refuses_heads_that_do_not_divide_dim():
     with pytest.raises(ValueError, match="num_heads must be >= 1 and divide dim"):
         TransformerDecoder(V, T, dim=D, num_heads=3)
     with pytest.raises(ValueError, match="num_heads must be >= 1 and divide dim"):

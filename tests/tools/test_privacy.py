@@ -122,7 +122,7 @@ def _all_bytes(run_dir: Path):
             yield path, data
 
 
-def test_guard_records_and_refuses(tmp_path):
+def test_network_guard_refuses_and_records_outside_hosts_only(tmp_path):
     """The guard itself: an outside host is recorded and refused, loopback is let through."""
     env, record = _clean_env(tmp_path)
     code = ("import socket\n"

@@ -76,7 +76,7 @@ def test_api_key_is_never_written(comet_run):
             assert SECRET.encode() not in data, path
 
 
-def test_prediction_grids_have_the_columns(comet_run):
+def test_prediction_grids_have_the_declared_columns(comet_run):
     import kangas
 
     out, result = comet_run
@@ -102,7 +102,7 @@ def test_comet_failure_never_costs_the_run(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
-def test_kangas_page_shows_rows(comet_run, tmp_path):
+def test_kangas_page_shows_the_final_grid_s_rows(comet_run, tmp_path):
     from captioning.review import start, stop, wait_until_up
 
     out, _ = comet_run

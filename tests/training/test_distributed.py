@@ -91,7 +91,7 @@ def test_slurm_environment_resolves_the_same_cluster(monkeypatch):
     assert not this_worker(compose_config().trainer).count > 1      # other strategies: alone
 
 
-def test_tf_config_chief_and_a_bad_tf_config(monkeypatch):
+def test_tf_config_names_the_chief_and_a_malformed_one_is_one_error(monkeypatch):
     from captioning.training.cluster import this_worker
 
     t = compose_config("trainer.strategy=multi_worker").trainer

@@ -62,7 +62,7 @@ def test_time_budget_stops_after_the_epoch_that_fills_it(tmp_path, capsys):
     assert "Self-critical training skipped" in capsys.readouterr().out
 
 
-def test_validation_loss_every_n_epochs(tmp_path, recwarn):
+def test_validation_loss_is_computed_every_nth_epoch_only(tmp_path, recwarn):
     """trainer.check_val_every_n_epoch=2: val_loss on epochs 2 and 4 only, early stopping on it
     waits without Keras's missing-metric warning, the plots draw the epochs that have it."""
     cfg = compose_config("debug=tiny", "trainer.max_epochs=4", "trainer.check_val_every_n_epoch=2",
@@ -83,7 +83,7 @@ def test_validation_loss_every_n_epochs(tmp_path, recwarn):
         check_config(compose_config("trainer.max_epochs=4", "trainer.check_val_every_n_epoch=5"))
 
 
-def test_tiny_gru_run(tmp_path):
+def test_a_tiny_gru_run_with_beam_search_writes_a_complete_run_dir(tmp_path):
     cfg = compose_config("debug=tiny", "decoder=gru", "trainer.max_epochs=1", "decode.method=beam",
                          f"paths.output_dir={tmp_path}")
     _check_run_dir(tmp_path, train(cfg))
