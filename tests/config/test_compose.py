@@ -20,18 +20,56 @@ GROUPS = {g: sorted(p.stem for p in (ROOT / "conf" / g).glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml"))
 
 
+def _is_global(path) -> bool:
+    return path.read_text().startswith("# @package _global_")
+
+
+def _differences(cfg, path, prefix: str) -> list[str]:
+    """Where the composed ``cfg`` differs from what the file at ``path`` sets: each leaf value
+    it sets (under ``prefix``), unresolved, and each group its defaults list overrides
+    (``override /backbone: efficientnetb0`` -> ``backbone.name``)."""
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    composed = OmegaConf.to_container(cfg, resolve=False)
+    wrong = []
+    for entry in raw.pop("defaults", None) or []:
+        for target, choice in (entry.items() if isinstance(entry, dict) else []):
+            group = target.removeprefix("override ").strip("/")
+            if group in ("dataset", "backbone", "decoder") and composed[group]["name"] != choice:
+                wrong.append(f"{group}.name: {composed[group]['name']!r}, the file says {choice!r}")
+
+    def walk(tree, key):
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                yield from walk(v, f"{key}{k}.")
+            else:
+                yield f"{key}{k}", v
+
+    for key, value in walk(raw, prefix):
+        got = composed
+        for part in key.split("."):
+            got = got.get(part, "<absent>") if isinstance(got, dict) else "<absent>"
+        if got != value:
+            wrong.append(f"{key}: {got!r}, the file says {value!r}")
+    return wrong
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
 def test_every_group_option_composes_to_what_its_file_sets(group, option):
     cfg = compose_config(f"{group}={option}")
     assert group in cfg or group == "debug"
     if group in ("dataset", "backbone", "decoder"):
         assert cfg[group].name == option
+    path = ROOT / "conf" / group / f"{option}.yaml"
+    assert _differences(cfg, path, "" if _is_global(path) else f"{group}.") == []
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_preset_composes_to_what_its_file_sets(name):
     cfg = compose_config(f"experiment={name}")
     OmegaConf.to_container(cfg.trainer, resolve=True)   # everything it sets resolves
+    path = ROOT / "experiments" / f"{name}.yaml"
+    assert _is_global(path)                             # a preset sets keys of every group
+    assert _differences(cfg, path, "") == []
 
 
 def test_recipe_a_preset_sets_its_hyperparameters_and_data_location():

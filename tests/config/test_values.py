@@ -217,6 +217,23 @@ def test_each_bad_value_gets_the_message_of_its_rule(composed, overrides, messag
         check_config(cfg)
 
 
-def test_every_rule_rejects_a_wrong_value_naming_its_key():
+def test_every_rule_rejects_a_wrong_value_naming_its_key(composed):
+    """Each rule of the table, on a shipped config that has its key (the default one where it
+    can): a value no kind of value accepts (a list of lists) is one ConfigError that starts
+    with the key and shows the value received."""
     print(f"\nconfig values: {len(RULES)} rules")
     assert len(RULES) >= 100
+    has = {c: {k for k, _ in _leaves(OmegaConf.to_container(cfg, resolve=False))}
+           for c, cfg in composed.items()}
+    failures = []
+    for key in RULES:
+        config = next(c for c in composed if key in has[c])
+        cfg = OmegaConf.create(OmegaConf.to_container(composed[config]))
+        OmegaConf.update(cfg, key, [[1]], merge=False)
+        try:
+            check_config(cfg)
+            failures.append(f"{key} (in {config or 'the default config'}): [[1]] accepted")
+        except ConfigError as e:
+            if not (str(e).startswith(f"{key} must be ") and f"Received: {key}=[[1]]" in str(e)):
+                failures.append(f"{key}: the message does not name it: {e}")
+    assert failures == []
