@@ -56,7 +56,8 @@ TRIED: dict[str, int] = {}     # key -> values tried
 
 def _filled(cfg):
     """The config as a user runs it: required values (``???``, e.g. dataset=karpathy's json and
-    images) set on the command line. Leaving them out is its own test (test_real_defaults)."""
+    images) set on the command line. Leaving them out is its own test
+    (tests/config/test_defaults.py)."""
     tree = OmegaConf.to_container(cfg, resolve=False)
     for key, value in _leaves(tree):
         if value == "???":

@@ -126,7 +126,8 @@ def test_eval_py_rescoring_never_touches_metrics_json(finished_run):
     assert (out / "predictions_test_beam3_tta_dihedral_mean2-3.csv").is_file()
     assert (out / "metrics.json").read_bytes() == before
     # Its Kangas grid: every row's image has one heat-map layer per word of its prediction (the
-    # tiny model's beam + dihedral captions may all be empty; test_attention checks real words).
+    # tiny model's beam + dihedral captions may all be empty; tests/tracking/test_kangas_grids.py
+    # checks real words).
     import csv
 
     from tests.tracking.test_kangas_grids import mask_layers
