@@ -107,7 +107,7 @@ def _parsed(key: str, text: str):
     return PARSER.parse_overrides([f"{key}={text}"])[0].value()
 
 
-def test_every_option_and_preset_passes(composed):
+def test_every_option_and_preset_passes_the_checks(composed):
     failures = {}
     for overrides, cfg in composed.items():
         try:

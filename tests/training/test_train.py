@@ -171,7 +171,7 @@ def test_augmentation_bypasses_the_cache(tmp_path, capsys):
 
 @pytest.mark.parametrize("layout", ["flickr8k_original", "flickr30k_kaggle", "karpathy_json",
                                     "coco_raw"])
-def test_one_tiny_epoch_on_each_layout(layout, request, tmp_path):
+def test_each_layout_trains_one_tiny_epoch_on_its_own_images(layout, request, tmp_path):
     fixture = request.getfixturevalue(layout)
     data_args = {
         "flickr8k_original": ["dataset=flickr8k", f"dataset.root={fixture}",
