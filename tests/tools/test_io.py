@@ -1,0 +1,97 @@
+"""captioning.io: atomic writes, the free-space check, and the shared-disk build lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from captioning import CaptioningError
+from captioning.io import atomic_write_text
+from tests.conftest import ROOT
+
+
+def test_free_space_check_names_size_free_folder_and_key(tmp_path):
+    from captioning.io import ensure_free_space
+
+    free = shutil.disk_usage(tmp_path).free
+    ensure_free_space(tmp_path / "new" / "folder", 1000, "a small thing", "set x")
+    with pytest.raises(CaptioningError, match=rf"the feature cache needs about .* in "
+                                              rf"{tmp_path}/f, but only .* is free there\. "
+                                              rf"Free some space, or point paths.cache_dir"):
+        ensure_free_space(tmp_path / "f", free + 10**12, "the feature cache",
+                          "point paths.cache_dir elsewhere")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    from captioning.io import atomic_path
+
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half-writ")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+RACER = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    from captioning.io import build_lock
+    folder, log = Path(sys.argv[1]), Path(sys.argv[2])
+    start = time.time()
+    with build_lock(folder):
+        if (folder / "done").exists():
+            what = "read"
+        else:
+            tmp = folder.with_name("." + folder.name + ".tmp")
+            tmp.mkdir()
+            time.sleep(1.5)                                   # a build that takes a while
+            (tmp / "done").write_text("built")
+            tmp.rename(folder)
+            what = "built"
+    log.write_text(json.dumps({"what": what, "start": start, "end": time.time()}))
+""")
+
+
+def test_two_processes_build_once_and_the_loser_waits_then_reads(tmp_path):
+    folder = tmp_path / "shared" / "features"
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(folder), str(tmp_path / f"{i}")],
+                              cwd=ROOT) for i in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    runs = sorted((json.loads((tmp_path / f"{i}").read_text()) for i in range(2)),
+                  key=lambda r: r["what"])
+    assert [r["what"] for r in runs] == ["built", "read"]
+    built, read = runs
+    assert read["end"] >= built["end"] - 0.5 and read["end"] - read["start"] > 1.0   # it waited
+    assert (folder / "done").read_text() == "built"
+    assert not (folder.parent / "features.lock").exists()
+
+
+def test_a_stale_lock_is_broken_and_a_live_one_is_not(tmp_path):
+    from captioning.io import _lock_is_stale, build_lock
+
+    folder = tmp_path / "cache"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    held = json.dumps({"host": socket.gethostname(), "pid": dead.pid, "id": "x"})
+    (tmp_path / "cache.lock").write_text(held)
+    t = time.time()
+    with build_lock(folder):                                  # its process is gone: broken
+        pass
+    assert time.time() - t < 5
+    lock = tmp_path / "other.lock"
+    lock.write_text(json.dumps({"host": "another-node", "pid": 1, "id": "y"}))
+    assert not _lock_is_stale(lock, lock.read_text())         # refreshed recently: it stands
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    assert _lock_is_stale(lock, lock.read_text())             # not refreshed for an hour
+    mine = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "id": "z"})
+    lock.write_text(mine)
+    assert not _lock_is_stale(lock, mine)                     # a live process on this host
