@@ -88,16 +88,69 @@ def test_training_train_py_stays_under_200_lines():
     assert lines <= 200, f"training/train.py has {lines} lines: move concerns out of it"
 
 
-def test_config_check_runs_without_tensorflow():
-    """Every value rule runs before TensorFlow is imported (a fresh interpreter proves it)."""
+# Modules the entry points use before the config is checked: they never load TensorFlow.
+LIGHT = ("captioning.config", "captioning.config_check", "captioning.config_rules",
+         "captioning.runs.files", "captioning.runs.resume", "captioning.io",
+         "captioning.data.readers", "captioning.console", "captioning.privacy")
+
+
+def test_config_check_and_the_run_folder_lookup_run_without_tensorflow():
+    """Every value rule and the resume lookup run before TensorFlow is imported (a fresh
+    interpreter proves it)."""
     import subprocess
     import sys
 
     code = ("import sys\nfrom tests.conftest import compose_config\n"
+            f"import {', '.join(LIGHT)}\n"
             "from captioning.config_check import check_config\n"
             "check_config(compose_config())\n"
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=PACKAGE.parent)
+
+
+def _package_imports(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and (
+                node.module == "captioning" or node.module.startswith("captioning.")):
+            yield node
+
+
+def test_package_modules_import_at_the_top_and_use_only_public_names():
+    """Imports inside functions hide a module's dependencies; private names imported across
+    modules tie one module to another's internals (make the shared name public instead)."""
+    inside, private = [], []
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                inside += [f"{path.relative_to(PACKAGE)}:{n.lineno}" for n in _package_imports(fn)]
+    for path in [*PACKAGE.rglob("*.py"), *PACKAGE.parent.glob("*.py")]:
+        for node in _package_imports(ast.parse(path.read_text())):
+            private += [f"{path.name}:{node.lineno} {a.name}" for a in node.names
+                        if a.name.startswith("_")]
+    assert inside == [] and private == []
+
+
+def test_no_ticket_numbers_in_code_configs_or_tests():
+    """Code says what and why; which ticket asked for it is in the history."""
+    import re
+
+    root = PACKAGE.parent
+    files = [*PACKAGE.rglob("*.py"), *root.glob("*.py"), *root.glob("tests/**/*.py"),
+             *root.glob("conf/**/*.yaml"), *root.glob("experiments/*.yaml"),
+             *root.glob("hydra_plugins/**/*.py")]
+    ticket = re.compile(r"\b[Ii]ssues? #?\d+|\(#\d+\)")
+    found = [f"{p.relative_to(root)}:{i}" for p in files
+             for i, line in enumerate(p.read_text().splitlines(), 1) if ticket.search(line)]
+    assert found == []
+
+
+def test_presets_hold_settings_not_histories():
+    """A preset keeps one "why" line per setting; what was tried is in docs/experiments/."""
+    for preset in (PACKAGE.parent / "experiments").glob("*.yaml"):
+        lines = [x.strip() for x in preset.read_text().splitlines() if x.strip()]
+        comments = sum(x.startswith("#") for x in lines)
+        assert comments <= len(lines) - comments, f"{preset.name}: {comments} comment lines"
 
 
 def test_readme_is_a_manual_not_a_diary():

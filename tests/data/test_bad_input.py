@@ -195,12 +195,12 @@ def test_exif_orientation_is_applied_everywhere_an_image_is_read(tmp_path, monke
     assert upright(image)
     # Kangas grids: upright thumbnails; a broken or over-sized file is a grey square
     monkeypatch.setattr(kangas, "Image", lambda im, source=None: im)
-    thumb = kangas_grids._image(str(path))
+    thumb = kangas_grids.image_cell(str(path))
     assert thumb.size == (20, 40) and upright(thumb)
     broken = _cut(_save(tmp_path / "cut.jpg", _noise(64, 64), "JPEG"))
     bomb = _bomb_png(tmp_path / "huge.png")
     for bad in (broken, bomb):
-        grey = np.asarray(kangas_grids._image(str(bad)))
+        grey = np.asarray(kangas_grids.image_cell(str(bad)))
         assert (grey == 128).all()
     # training and indexing: the check marks the file for Pillow, which applies the tag
     from captioning.data.images import check_image, pil_pixels

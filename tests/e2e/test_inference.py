@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 
+from captioning.runs.checkpoints import load_run
 from captioning.training import train
-from captioning.training.run_dir import load_run
 from tests.conftest import ROOT, compose_config
 
 
@@ -88,7 +88,7 @@ def test_caption_py_plots_attention_per_word(finished_run, tmp_path):
 
 def test_checkpoint_averaging_loads_the_mean_of_the_kept_epochs(finished_run):
     from captioning import CaptioningError
-    from captioning.training.run_dir import averaged_epochs
+    from captioning.runs.files import averaged_epochs
 
     out, _, _ = finished_run
     # callbacks.checkpoints.select=mean:2-3 keeps those epochs' weights (every_epoch is off)
@@ -150,7 +150,7 @@ def test_a_run_saved_before_a_decode_option_existed_still_loads(finished_run, tm
 
     from omegaconf import OmegaConf
 
-    from captioning.training.run_dir import merge_overrides
+    from captioning.runs.checkpoints import merge_overrides
 
     out, _, _ = finished_run
     old = tmp_path / "old_run"

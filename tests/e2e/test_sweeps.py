@@ -101,8 +101,8 @@ def test_comparison_grid_has_each_jobs_caption_cider_best_and_spread(sweep):
 @pytest.mark.slow
 def test_jobs_log_caption_diversity_and_plot_score_curves(sweep):
     from captioning.data.text import Vocabulary
+    from captioning.runs.files import read_history
     from captioning.training.callbacks import caption_diversity
-    from captioning.training.run_dir import read_history
 
     folder, _, _ = sweep
     for job in _done(folder):

@@ -75,8 +75,8 @@ def test_two_processes_build_once_and_the_loser_waits_then_reads(tmp_path):
     assert not (folder.parent / "features.lock").exists()
 
 
-def test_a_stale_lock_is_broken_and_a_live_one_is_not(tmp_path):
-    from captioning.io import _lock_is_stale, build_lock
+def test_a_stale_lock_is_broken_and_a_live_one_is_not(tmp_path, monkeypatch):
+    from captioning.io import PidLock, build_lock
 
     folder = tmp_path / "cache"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -89,9 +89,19 @@ def test_a_stale_lock_is_broken_and_a_live_one_is_not(tmp_path):
     assert time.time() - t < 5
     lock = tmp_path / "other.lock"
     lock.write_text(json.dumps({"host": "another-node", "pid": 1, "id": "y"}))
-    assert not _lock_is_stale(lock, lock.read_text())         # refreshed recently: it stands
+    assert PidLock(lock).owner()["host"] == "another-node"    # refreshed recently: it stands
+    assert not PidLock(lock).acquire(wait=False)
     os.utime(lock, (time.time() - 3600, time.time() - 3600))
-    assert _lock_is_stale(lock, lock.read_text())             # not refreshed for an hour
+    assert PidLock(lock).owner() is None                      # not refreshed for an hour
     mine = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "id": "z"})
     lock.write_text(mine)
-    assert not _lock_is_stale(lock, mine)                     # a live process on this host
+    assert PidLock(lock).owner()["pid"] == os.getpid()        # a live process on this host
+    # A requeued SLURM job's previous run (same job id, another process or node) is gone.
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    lock.write_text(json.dumps({"host": "node-a", "pid": 12, "job": "77", "id": "w"}))
+    assert PidLock(lock).owner() is None
+    taker = PidLock(lock)
+    assert taker.acquire(wait=False)
+    assert json.loads(lock.read_text())["job"] == "77"
+    taker.release()
+    assert not lock.exists()

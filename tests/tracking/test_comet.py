@@ -224,6 +224,6 @@ def test_provenance_outside_a_git_checkout_says_why(tmp_path):
 
 
 def _history(out):
-    from captioning.training.run_dir import read_history
+    from captioning.runs.files import read_history
 
     return read_history(out)

@@ -5,7 +5,6 @@ internals it reads are where it expects them."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from tests.conftest import compose_config
 
@@ -14,10 +13,12 @@ def _ema_fit(tmp_path, model, epochs, initial_epoch=0, restored_in_model=False, 
              probe=None):
     import keras
     import numpy as np
+    from omegaconf import OmegaConf
 
     from captioning.training.callbacks import EMAWeights, SaveWeights
-    from captioning.training.resume import ResumableEarlyStopping, SaveState
-    from captioning.training.state import RunState
+    from captioning.training.early_stopping import ResumableEarlyStopping
+    from captioning.training.phases import Phases, RunState
+    from captioning.training.state_file import SaveState
 
     class Stop(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -26,12 +27,14 @@ def _ema_fit(tmp_path, model, epochs, initial_epoch=0, restored_in_model=False, 
     ema = EMAWeights(restored_in_model=restored_in_model)
     saver = SaveWeights(tmp_path, "loss", "min")
     state = RunState()
+    phases = Phases(OmegaConf.create({"max_epochs": epochs}), state)
     es = ResumableEarlyStopping(monitor="loss", patience=10, state=state)
     x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
     model.fit(x, x @ np.ones((4, 1), "float32"), batch_size=8, epochs=epochs,
               initial_epoch=initial_epoch, verbose=0, shuffle=False,
               callbacks=[ema, *([probe] if probe else []), saver, es,
-                         SaveState(tmp_path / "last.state.npz", state, saver, es, ema), Stop()])
+                         SaveState(tmp_path / "last.state.npz", phases, saver, es, ema),
+                         Stop()])
     return ema
 
 
@@ -51,7 +54,7 @@ def test_ema_weights_are_checkpointed_and_a_resumed_run_trains_on_the_raw_weight
     import keras
     import numpy as np
 
-    from captioning.training.resume import load_state
+    from captioning.training.state_file import load_state
 
     _ema_fit(tmp_path, _ema_model(), epochs=5, stop_after=2)    # stopped after epoch 2 of 5
     state = _ema_model()
@@ -102,26 +105,3 @@ def test_self_critical_starts_the_weight_average_at_the_loaded_checkpoint():
         np.testing.assert_array_equal(got, want)
 
 
-def test_keras_ema_internals_are_where_trainer_ema_reads_them():
-    """trainer.ema reads two private attributes of Keras optimizers (no public accessor):
-    this fails, naming them, the day a Keras release renames them."""
-    import keras
-    import numpy as np
-
-    from captioning.training.optim import ema_pairs, reset_ema
-
-    variable = keras.Variable(np.ones(3, "float32"))
-    optimizer = keras.optimizers.Adam(0.1, use_ema=True)
-    optimizer.build([variable])
-    pairs = ema_pairs(optimizer)
-    assert len(pairs) == 1 and pairs[0][0] is variable
-    variable.assign(np.full(3, 5.0, "float32"))
-    reset_ema(optimizer)
-    np.testing.assert_array_equal(np.array(pairs[0][1]), np.full(3, 5.0, "float32"))
-    assert ema_pairs(keras.optimizers.Adam(0.1)) == []          # no averaging, nothing to touch
-
-    class Renamed:
-        use_ema = True
-
-    with pytest.raises(RuntimeError, match="_model_variables_moving_average"):
-        ema_pairs(Renamed())

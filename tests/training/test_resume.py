@@ -46,7 +46,7 @@ def test_resume_points_hydra_at_the_run_and_leaves_its_hydra_folder(tmp_path, mo
 
 
 def test_resume_never_picks_a_run_that_is_still_running(tmp_path, monkeypatch):
-    from captioning.training.run_dir import RunLock, find_resumable
+    from captioning.runs.resume import RunLock, find_resumable
 
     monkeypatch.chdir(tmp_path)
     run = _fake_run(tmp_path / "outputs" / "2026-01-01" / "10-00-00")
@@ -78,7 +78,7 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
 def test_resume_with_a_changed_model_names_the_keys(tmp_path):
     from omegaconf import OmegaConf
 
-    from captioning.training.run_dir import check_resume
+    from captioning.runs.resume import check_resume
 
     _fake_run(tmp_path / "run", overrides=("debug=tiny", "dataset.root=/data/my images"))
     old = compose_config("debug=tiny", f"paths.output_dir={tmp_path / 'run'}")
@@ -101,10 +101,12 @@ def test_resume_with_a_changed_model_names_the_keys(tmp_path):
 def test_a_corrupt_state_file_falls_back_to_the_previous_epoch(tmp_path, capsys):
     import keras
     import numpy as np
+    from omegaconf import OmegaConf
 
     from captioning.training.callbacks import SaveWeights
-    from captioning.training.resume import ResumableEarlyStopping, SaveState, load_state
-    from captioning.training.state import RunState
+    from captioning.training.early_stopping import ResumableEarlyStopping
+    from captioning.training.phases import Phases, RunState
+    from captioning.training.state_file import SaveState, load_state
 
     def model():
         keras.utils.set_random_seed(0)
@@ -113,11 +115,13 @@ def test_a_corrupt_state_file_falls_back_to_the_previous_epoch(tmp_path, capsys)
         return m
 
     trained, state = model(), RunState()
+    TRAINER = OmegaConf.create({"max_epochs": 3})
     saver = SaveWeights(tmp_path, "loss", "min")
     es = ResumableEarlyStopping(monitor="loss", patience=5, state=state)
     x = np.ones((8, 2), "float32")
     trained.fit(x, x[:, :1], epochs=3, verbose=0,
-                callbacks=[saver, es, SaveState(tmp_path / "last.state.npz", state, saver, es)])
+                callbacks=[saver, es, SaveState(tmp_path / "last.state.npz",
+                                               Phases(TRAINER, state), saver, es)])
     last = tmp_path / "last.state.npz"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])    # a kill mid-write
     assert load_state(last, model()).epoch == 2
@@ -127,24 +131,16 @@ def test_a_corrupt_state_file_falls_back_to_the_previous_epoch(tmp_path, capsys)
         load_state(last, model())
 
 
-def test_cross_entropy_phase_resumes_by_its_saved_early_stopping_state():
-    from captioning.training.state import RunState
-
-    assert not RunState(epoch=2, es_wait=0).cross_entropy_done(5)     # patience=0 after a gain
-    assert RunState(epoch=2, es_stopped_epoch=1).cross_entropy_done(5)  # patience had ended it
-    assert RunState(epoch=5).cross_entropy_done(5)
-    assert RunState(epoch=3, scst_from=3).cross_entropy_done(5)
-
-
 def test_the_time_budget_counts_the_time_a_resumed_run_already_spent(tmp_path):
     from types import SimpleNamespace
 
     from captioning.training.callbacks import make_callbacks
-    from captioning.training.state import RunState
+    from captioning.training.phases import Phases, RunState
 
     cfg = compose_config("debug=tiny", "trainer.max_minutes=10")
     data = SimpleNamespace(splits={"val": []})
-    cbs = make_callbacks(cfg, data, tmp_path, RunState(epoch=3, seconds=120.0), t0=1000.0)
+    cbs = make_callbacks(cfg, data, tmp_path, Phases(cfg.trainer, RunState(epoch=3, seconds=120.0)),
+                         t0=1000.0)
     assert cbs.budget.t0 == pytest.approx(880.0)
 
 
@@ -189,7 +185,7 @@ def test_a_stop_signal_in_every_phase_saves_what_is_complete(tmp_path, monkeypat
 
 def test_a_run_saved_before_the_holdout_keys_still_resumes(tmp_path):
     """config.yaml without dataset.holdout/holdout_seed: their defaults change nothing."""
-    from captioning.training.run_dir import resume_changes
+    from captioning.runs.resume import resume_changes
 
     old = OmegaConf.to_container(compose_config("debug=tiny", f"paths.output_dir={tmp_path}"),
                                  resolve=True)
@@ -213,7 +209,7 @@ def test_resume_without_state_is_a_clear_error(tmp_path):
 def test_early_stopping_skips_epochs_without_validation_captions_quietly():
     import warnings
 
-    from captioning.training.resume import ResumableEarlyStopping
+    from captioning.training.early_stopping import ResumableEarlyStopping
 
     es = ResumableEarlyStopping(monitor="val_cider", mode="max", patience=3)
     es.on_train_begin()
@@ -226,3 +222,27 @@ def test_early_stopping_skips_epochs_without_validation_captions_quietly():
         assert es.wait == 0 and es.best == 0.5
         es.on_epoch_end(2, {"loss": 1.0, "val_cider": 0.4})    # scored and worse: counts
     assert es.wait == 1
+
+
+@pytest.mark.slow
+def test_a_resumed_deterministic_run_ends_as_the_uninterrupted_one(tmp_path, monkeypatch):
+    """Stopped after epoch 1 and resumed, a run draws the data order, dropout masks and
+    augmentations the uninterrupted run would have drawn: the same history and scores."""
+    from captioning.training import train
+
+    same = (*TINY, "trainer.max_epochs=4", "trainer.deterministic=true", "logger=none",
+            "augment.flip=horizontal")
+    whole = train(compose_config(*same, f"paths.output_dir={tmp_path / 'whole'}"))
+    monkeypatch.setenv("CAPTIONING_SIGNAL_AT", "epoch_end")
+    with pytest.raises(TrainingInterrupted):
+        train(compose_config(*same, f"paths.output_dir={tmp_path / 'cut'}"))
+    monkeypatch.delenv("CAPTIONING_SIGNAL_AT")
+    resumed = train(compose_config(*same, "resume=true", f"paths.output_dir={tmp_path / 'cut'}"))
+
+    def losses(run):
+        with open(tmp_path / run / "history.csv") as f:
+            return [(r["epoch"], r["loss"], r.get("val_loss")) for r in csv.DictReader(f)]
+
+    assert losses("cut") == losses("whole") and len(losses("whole")) == 4
+    assert resumed["val"] == whole["val"] and resumed["test"] == whole["test"]
+    assert (resumed["meta"]["restarts"], whole["meta"]["restarts"]) == (1, 0)

@@ -263,23 +263,6 @@ def test_self_critical_and_mixup_bad_settings_are_one_clear_error():
         check_config(compose_config("augment.mixup=lots"))
 
 
-def test_stopped_by_names_early_stopping_only_when_it_cut_a_phase_short():
-    """Patience that runs out on a phase's planned last epoch did not stop anything early."""
-    from omegaconf import OmegaConf
-
-    from captioning.training.state import RunState
-    from captioning.training.train import stopped_early
-
-    t = OmegaConf.create({"max_epochs": 30, "scst_epochs": 10})
-    ce = lambda stopped: RunState(es_stopped_epoch=stopped)                  # noqa: E731
-    scst = lambda stopped: RunState(es_stopped_epoch=stopped, scst_from=30)  # noqa: E731
-    assert not stopped_early(ce(0), t)            # never triggered
-    assert stopped_early(ce(18), t)               # epoch 19 of 30
-    assert not stopped_early(ce(29), t)           # epoch 30 of 30
-    assert stopped_early(scst(35), t)             # epoch 36 of 31-40
-    assert not stopped_early(scst(39), t)         # epoch 40, the phase's last
-
-
 @pytest.mark.slow
 def test_deterministic_runs_repeat_exactly_and_the_switch_goes_back_off(tmp_path):
     """trainer.deterministic=true: two runs of one config and seed give the same history and the

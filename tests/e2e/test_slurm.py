@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_scaleout import TINY, _history
+from tests.training.test_distributed import TINY, _history
 
 pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
