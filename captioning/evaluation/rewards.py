@@ -2,9 +2,9 @@
 CIDEr-D and sentence BLEU on token ids, and their weighted sum.
 
 CIDEr-D: the same formula as pycocoevalcap's ``Cider`` (n-grams 1..4, tf-idf vectors, clipped
-products, Gaussian length penalty with sigma 6, x10; ``tests/test_metrics.py`` checks the two
-agree), with two differences that a training reward needs and the toolkit's scorer lacks, so
-it is our own code:
+products, Gaussian length penalty with sigma 6, x10; ``tests/evaluation/test_metrics.py``
+checks the two agree), with two differences that a training reward needs and the toolkit's
+scorer lacks, so it is our own code:
 - document frequencies come once from the whole training set (``CiderD(train_refs)``), as in
   self-critical training papers, where the toolkit recomputes them from whatever references it
   is handed on each call (a batch's 32 images would make every n-gram look rare);
@@ -13,8 +13,8 @@ it is our own code:
 
 BLEU-n: the toolkit's per-sentence BLEU (``Bleu().compute_score``'s second return value: clipped
 n-gram precisions with its 1e-15/1e-9 smoothing, brevity penalty against the closest reference
-length), on ids with cached references, for the same reasons (``tests/test_metrics.py`` checks
-the two agree).
+length), on ids with cached references, for the same reasons
+(``tests/evaluation/test_metrics.py`` checks the two agree).
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ Both decoders expose their weights over the S image tokens (``Decoder.call`` /
 Transformer's cross-attention of one block (``decode.attention_block``, the last by default)
 averaged over its heads. The maps here come from one teacher-forced pass over the caption that
 was generated: at each position the decoder computes what its cached step computed while
-generating (``tests/test_models.py`` checks that the step and the full pass agree), so this
-works after any decoding (greedy, beam, sampling) and costs nothing unless asked for. With
-test-time views (``decode.tta``) the maps are those of the image itself, not of the ensemble.
+generating (``tests/models/test_attention.py`` checks that the step and the full pass
+agree), so this works after any decoding (greedy, beam, sampling) and costs nothing unless
+asked for. With test-time views (``decode.tta``) the maps are those of the image itself, not
+of the ensemble.
 
 The token grid is the backbone's feature map (``h * w = S``, row-major), laid over the whole
 image: images are resized, not cropped, to the square model input.

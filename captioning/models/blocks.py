@@ -36,7 +36,7 @@ class TransformerDecoder(keras_hub.layers.TransformerDecoder):
     We own its ``build`` and ``call`` (keras-hub's block has no slot for the two options below and
     drops the attention scores its attention layers compute), and keep its sublayers, their names
     and their creation order, so with the defaults the weights, their paths in a checkpoint and
-    the outputs are those of keras-hub's block (``tests/test_models.py`` checks it).
+    the outputs are those of keras-hub's block (``tests/models/test_decoders.py`` checks it).
 
     - ``key_dim``: each head's key/value width. keras-hub splits D across the heads
       (``None`` here: D / heads); recipe A's ``MultiHeadAttention(num_heads=2, key_dim=512)``
@@ -179,7 +179,7 @@ class TransformerDecoder(keras_hub.layers.TransformerDecoder):
         repeated for every beam or sample. Profiled on the self-critical phase of the UCM
         preset, those copies were half of the sampling loop. Here keys and values are stored
         head-major, the cross-attention ones once per image, and the step is plain batched
-        matmuls; ``tests/test_models.py`` checks it against the full pass."""
+        matmuls; ``tests/models/test_decoders.py`` checks it against the full pass."""
         att = self._self_attention_layer
         q = _heads(att._query_dense(x))                                    # (N, H, 1, Dk)
         k_new, v_new = _heads(att._key_dense(x)), _heads(att._value_dense(x))

@@ -85,6 +85,6 @@ class Decoder(Protocol):
         with ``return_attention``, a third item: the attention over the image tokens (B, S).
 
         Stepping through tokens[:, 0..T-1] from ``init_cache(memory, T)`` gives the logits (and
-        attention) of ``call(tokens, memory)`` (``tests/test_models.py`` checks it).
+        attention) of ``call(tokens, memory)`` (``tests/models/test_decoders.py`` checks it).
         """
         ...

@@ -9,8 +9,9 @@ Keras has no public API for three things done here, so they use private optimize
 ``_var_key`` (``_LRMultiplied``: recognise a backbone variable in ``update_step``);
 ``_get_variable_index``, ``_momentums`` and ``_velocities`` (``_FusedAdamStep``: Adam's slots);
 ``_model_variables_moving_average`` and ``_trainable_variables`` (``ema_pairs``: the averaged
-weights). ``tests/test_structure.py`` fails naming the EMA two if a Keras release renames them;
-the others fail the backbone-multiplier and fused-Adam tests in ``tests/test_train.py``.
+weights). ``tests/models/test_library_internals.py`` fails naming the EMA two if a Keras
+release renames them; the others fail the backbone-multiplier and fused-Adam tests in
+``tests/training/test_optim.py``.
 Tested: the keras range pinned in pyproject.toml.
 """
 
