@@ -195,3 +195,45 @@ def test_a_signalled_or_requeued_job_resumes_its_run_to_the_uninterrupted_result
     assert metrics["val"] == twin_metrics["val"] and metrics["test"] == twin_metrics["test"]
     assert metrics["meta"]["restarts"] == 2
     assert json.loads((run / "slurm.json").read_text())["job_id"] == job
+
+
+@pytest.mark.slow
+def test_an_optuna_study_on_the_cluster_resumes_after_its_sweep_is_killed(slurm_cluster,
+                                                                          tmp_path):
+    """Trials as parallel SLURM jobs (n_jobs=2) on a SQLite study that one sweep at a time
+    drives (a second is refused at once); the sweep SIGKILLed after its first two trials, the
+    same command finishes the study, and compare ranks every finished trial."""
+    import optuna
+
+    sweep, db = tmp_path / "sweep", tmp_path / "study.db"
+    cmd = [sys.executable, "run.py", "-m", *CPU_JOB, "hparams_search=optuna",
+           f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.study_name=cluster",
+           "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "debug=tiny", "logger=none",
+           "trainer.max_epochs=1", "dataset.max_images=24", "callbacks.kangas.enabled=false",
+           f"hydra.sweep.dir={sweep}"]
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait("the study lock", (tmp_path / "study.db.lock").exists, timeout=120)
+        second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert "is being run by another sweep" in second.stderr.strip().splitlines()[-1]
+        _wait("two finished trials", lambda: len(list(sweep.glob("*/metrics.json"))) >= 2,
+              timeout=600, every=0.5)
+    finally:
+        first.kill()                                      # the sweep itself dies, SIGKILL
+        first.wait()
+    # Its jobs still queued or running would finish unread; cancelled to keep the test short
+    # (they are marked failed and run again either way).
+    arrays = {p.name.split("_")[0] for p in (sweep / ".submitit").iterdir() if p.name[0].isdigit()}
+    subprocess.run(["scancel", *arrays], check=False)
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "trials finished before" in res.stdout + res.stderr
+    study = optuna.load_study(study_name="cluster", storage=f"sqlite:///{db}")
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 4
+    assert not (tmp_path / "study.db.lock").exists()
+    out = subprocess.run([sys.executable, "-m", "captioning.compare", str(sweep)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [r for r in csv.DictReader(open(sweep / "comparison.csv")) if r["status"] == "ok"]
+    assert len(rows) >= 4
