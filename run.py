@@ -84,8 +84,12 @@ def _locate_resume(cfg: DictConfig) -> None:
     from captioning.runs.resume import locate
 
     hc = HydraConfig.get()
-    run = locate(cfg.resume, list(hc.overrides.task), named_dir=hc.runtime.output_dir)
+    run = locate(cfg.resume, list(hc.overrides.task), named_dir=hc.runtime.output_dir,
+                 sweep_job=True)
     if run is None:
+        if cfg.resume:                           # resume=true with nothing to resume: start
+            with open_dict(cfg):
+                cfg.resume = False
         return
     with open_dict(cfg):
         cfg.paths.output_dir = str(run)

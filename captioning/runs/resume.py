@@ -97,12 +97,16 @@ def requeued_run(outputs: Path, run_dir: Path | None = None) -> Path | None:
     return None
 
 
-def locate(resume, overrides: list[str], named_dir: str | None = None) -> Path | None:
+def locate(resume, overrides: list[str], named_dir: str | None = None,
+           sweep_job: bool = False) -> Path | None:
     """Where ``resume=`` points: None for false; for true, ``named_dir`` when it holds a resume
     state, else the newest unfinished run under ``outputs/`` with the same ``overrides``; else
     the directory given. Without ``resume=``, a requeued SLURM job resumes its own run
-    (``requeued_run``). The one place ``resume=`` is resolved (run.py, before Hydra starts, for
-    a single run; inside each job for a sweep's jobs)."""
+    (``requeued_run``). A sweep's job (``sweep_job``) with ``resume=true`` and nothing to
+    resume starts afresh instead of failing, so that the same sweep command plus
+    ``resume=true`` finishes a sweep whose jobs were killed: finished jobs report their scores,
+    interrupted ones continue, the others start. The one place ``resume=`` is resolved
+    (run.py, before Hydra starts, for a single run; inside each job for a sweep's jobs)."""
     text = str(resume).lower()
     if text in ("false", "null", "none", ""):
         run = requeued_run(Path("outputs"), Path(named_dir) if named_dir else None)
@@ -112,6 +116,9 @@ def locate(resume, overrides: list[str], named_dir: str | None = None) -> Path |
     if text == "true":
         run = (Path(named_dir) if named_dir and has_state(Path(named_dir))
                else find_resumable(Path("outputs"), overrides))
+        if run is None and sweep_job:
+            print(f"resume=true: nothing to resume for this job; starting it in {named_dir}")
+            return None
         if run is None:
             raise CaptioningError("resume=true: no unfinished run under outputs/ "
                                   "was started with the same overrides. "

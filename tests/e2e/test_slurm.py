@@ -237,3 +237,54 @@ def test_an_optuna_study_on_the_cluster_resumes_after_its_sweep_is_killed(slurm_
     assert out.returncode == 0, out.stderr
     rows = [r for r in csv.DictReader(open(sweep / "comparison.csv")) if r["status"] == "ok"]
     assert len(rows) >= 4
+
+
+FAULTS = ["debug=tiny", "logger=none", "dataset.max_images=160", "trainer.max_epochs=6",
+          "trainer.deterministic=true", "callbacks.kangas.enabled=false",
+          "callbacks.early_stopping.patience=100", "decoder=gru,transformer", "seed=1,2"]
+
+
+@pytest.mark.slow
+def test_sigkilled_jobs_of_a_sweep_finish_with_their_uninterrupted_twins_metrics(slurm_cluster,
+                                                                                 tmp_path):
+    """A four-job sweep whose running jobs are SIGKILLed (no handler runs) at seeded random
+    moments; the same command plus resume=true finishes it: each job in its own folder (none
+    lost or duplicated), with the metrics of its uninterrupted twin."""
+    import random
+
+    import yaml
+
+    from captioning.training import train
+    from tests.conftest import compose_config
+
+    rng, sweep = random.Random(20261207), tmp_path / "sweep"
+    cmd = [sys.executable, "run.py", "-m", *CPU_JOB, *FAULTS, f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tried = []
+    try:
+        while proc.poll() is None and len(tried) < 4:
+            time.sleep(rng.uniform(4.0, 14.0))
+            arrays = ",".join(p.name.split("_")[0] for p in (sweep / ".submitit").glob("*_*"))
+            running = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i", "-j", arrays or "0"],
+                                     capture_output=True, text=True).stdout.split()
+            if running:
+                job = rng.choice(sorted(running))
+                subprocess.run(["scancel", "--signal=KILL", job], check=True)
+                tried.append(job)
+        proc.wait(timeout=900)
+    finally:
+        proc.kill()
+    assert tried, "no job was running at any of the moments drawn"
+    res = subprocess.run([*cmd, "resume=true"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    folders = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name[0] != ".")
+    assert folders == ["0", "1", "2", "3"]
+    for job in folders:
+        overrides = [o for o in yaml.safe_load((sweep / job / ".hydra" / "overrides.yaml")
+                                               .read_text()) if not o.startswith("resume=")]
+        twin = train(compose_config(*overrides, f"paths.output_dir={tmp_path / ('twin' + job)}"))
+        ours = json.loads((sweep / job / "metrics.json").read_text())
+        assert (ours["val"], ours["test"]) == (twin["val"], twin["test"]), job
+        assert [int(r["epoch"]) for r in _history(sweep / job)] == list(range(1, 7))
+    print(f"kills survived / tried: {len(tried)} / {len(tried)} ({', '.join(tried)})")

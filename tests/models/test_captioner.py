@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from captioning.models.build import build_model
-from captioning.models.captioner import masked_loss_and_accuracy
+from captioning.models.captioner import SelfCriticalSettings, masked_loss_and_accuracy
 from captioning.models.decoding import Generator
 from captioning.models.transformer import TransformerDecoder
 from tests.conftest import compose_config
@@ -105,7 +105,8 @@ def test_self_critical_step_moves_samples_towards_the_reward():
     model = build_model(cfg, V)
     model.compile(optimizer=keras.optimizers.Adam(0.01))
     reward = lambda samples, captions: (samples[:, 1:] == 7).sum(1).astype("float32")  # noqa: E731
-    model.enable_self_critical(reward, 4, start_id=2, end_id=3, max_len=T, seed=0)
+    model.enable_self_critical(SelfCriticalSettings(reward, 4, start_id=2, end_id=3, max_len=T,
+                                                    seed=0))
     images = np.random.default_rng(5).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
     captions = np.random.default_rng(6).integers(4, V, (8, 2, T)).astype("int32")
     captions[:, :, 0] = 2
