@@ -263,8 +263,8 @@ def test_sigkilled_jobs_of_a_sweep_finish_with_their_uninterrupted_twins_metrics
     tried = []
     try:
         while proc.poll() is None and len(tried) < 4:
-            time.sleep(rng.uniform(4.0, 14.0))
-            arrays = ",".join(p.name.split("_")[0] for p in (sweep / ".submitit").glob("*_*"))
+            time.sleep(rng.uniform(3.0, 12.0))
+            arrays = ",".join({p.name.split("_")[0] for p in (sweep / ".submitit").glob("[0-9]*")})
             running = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i", "-j", arrays or "0"],
                                      capture_output=True, text=True).stdout.split()
             if running:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -190,38 +189,3 @@ def test_launcher_and_search_presets_compose(override):
                 "hydra/launcher=parallel": "JoblibLauncher",
                 "hparams_search=optuna": "OptunaSweeper"}[override]
     assert expected in res.stdout
-
-
-@pytest.mark.slow
-def test_optuna_study_through_submitit_resumes_then_compare(tmp_path):
-    sweep, db = tmp_path / "sweep", tmp_path / "study.db"
-    env = {**os.environ, "CAPTIONING_CACHE": str(tmp_path / "cache")}
-
-    def invoke(n_trials: int):
-        res = subprocess.run(
-            [sys.executable, "run.py", "-m", "hydra/launcher=submitit_local",
-             "hparams_search=optuna", f"hydra.sweeper.storage=sqlite:///{db}",
-             "hydra.sweeper.study_name=resume", f"hydra.sweeper.n_trials={n_trials}",
-             "hydra.sweeper.n_jobs=2", "debug=tiny", "logger=none", "trainer.max_epochs=1",
-             "dataset.max_images=24", "callbacks.kangas.enabled=false",
-             f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=env, capture_output=True, text=True,
-            timeout=1500)
-        assert res.returncode == 0, res.stderr[-3000:]
-        return res
-
-    invoke(2)                                # two jobs, each a pickled submitit job
-    logs = sorted(sweep.glob(".submitit/*/*_0_log.out"))
-    assert len(logs) == 2 and all(p.stat().st_size for p in logs)
-    out = subprocess.run([sys.executable, "-m", "captioning.compare", str(sweep)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    rows = list(csv.DictReader(open(sweep / "comparison.csv")))
-    assert [r["status"] for r in rows] == ["ok", "ok"]
-    assert float(rows[0]["cider"]) >= float(rows[1]["cider"])
-    res = invoke(3)                          # the same command, n_trials=3: one trial more
-    assert "2 trials finished before, 1 of n_trials=3 left" in res.stderr + res.stdout
-    import optuna
-
-    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{db}")
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
-    assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0", "1", "2"]
