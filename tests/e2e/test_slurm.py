@@ -115,6 +115,8 @@ def test_two_slurm_tasks_train_one_run_as_one_process_would(slurm_cluster, tmp_p
     for a, b in zip(two, single, strict=True):
         for key in ("loss", "val_loss"):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4), (key, a, b)
+        print(f"job {job} epoch {a['epoch']}: two tasks loss {a['loss']} val_loss "
+              f"{a['val_loss']}; one process {b['loss']} / {b['val_loss']}")
     assert _sacct_states([job]) == ["COMPLETED"]
 
 
@@ -172,6 +174,7 @@ def test_a_signalled_or_requeued_job_resumes_its_run_to_the_uninterrupted_result
         first = _rows(run)
         _wait("two more epochs after the requeue", lambda: _rows(run) >= first + 2)
         subprocess.run(["scontrol", "requeue", job], check=True)
+        second = _rows(run)
         _release(job)
         out = proc.communicate(timeout=600)[0]
     finally:
@@ -195,6 +198,9 @@ def test_a_signalled_or_requeued_job_resumes_its_run_to_the_uninterrupted_result
     assert metrics["val"] == twin_metrics["val"] and metrics["test"] == twin_metrics["test"]
     assert metrics["meta"]["restarts"] == 2
     assert json.loads((run / "slurm.json").read_text())["job_id"] == job
+    print(f"job {job}: USR2 with {first} epochs done, requeue with {second}; 16 epochs, "
+          f"val {metrics['val']['loss']:.6f} / CIDEr {metrics['val']['cider']:.4f}, twin "
+          f"{twin_metrics['val']['loss']:.6f} / {twin_metrics['val']['cider']:.4f}")
 
 
 @pytest.mark.slow
@@ -269,8 +275,9 @@ def test_sigkilled_jobs_of_a_sweep_finish_with_their_uninterrupted_twins_metrics
                                      capture_output=True, text=True).stdout.split()
             if running:
                 job = rng.choice(sorted(running))
+                folder = sweep / job.split("_")[-1]
                 subprocess.run(["scancel", "--signal=KILL", job], check=True)
-                tried.append(job)
+                tried.append(f"{job} after {_rows(folder)} epoch(s)")
         proc.wait(timeout=900)
     finally:
         proc.kill()
