@@ -239,3 +239,51 @@ def ensure_free_space(folder: Path, needed: int, what: str, fix: str) -> None:
         raise CaptioningError(
             f"Not enough disk space: {what} needs about {human_bytes(needed)} in {folder}, but "
             f"only {human_bytes(free)} is free there. Free some space, or {fix}.")
+
+
+def memory_cgroup_folder(root: Path = Path("/sys/fs/cgroup"),
+                         proc_cgroup: Path = Path("/proc/self/cgroup")) -> Path | None:
+    """This process's memory cgroup folder: ``root/memory/<path>`` (cgroup v1) or ``root/<path>``
+    (v2, the unified hierarchy), from ``/proc/self/cgroup``; None where there is none (not
+    Linux, no memory controller mounted)."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(",") and (root / "memory").is_dir():
+            return root / "memory" / path.lstrip("/")
+    for line in lines:
+        if line.startswith("0::") and (root / "cgroup.controllers").is_file():
+            return root / line[3:].lstrip("/")
+    return None
+
+
+def memory_limit(folder: Path | None) -> int | None:
+    """The tightest memory limit of cgroup ``folder`` and its ancestors, in bytes (None: none).
+    v1 writes 'no limit' as a number near 2**63, which ``min`` passes over harmlessly."""
+    limits = []
+    while folder is not None and folder.name not in ("", "cgroup"):
+        for name in ("memory.limit_in_bytes", "memory.max"):
+            try:
+                text = (folder / name).read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit():
+                limits.append(int(text))
+        folder = folder.parent if folder.parent != folder else None
+    return min(limits) if limits else None
+
+
+def memory_headroom() -> float:
+    """Bytes this process may still grow by: the machine's available memory, and under a
+    memory cgroup limit (``memory_limit``) that limit less this process's resident memory.
+    The feature cache is loaded into memory only when it fits well within it."""
+    import psutil
+
+    free = float(psutil.virtual_memory().available)
+    limit = memory_limit(memory_cgroup_folder())
+    if limit is not None:
+        free = min(free, limit - psutil.Process().memory_info().rss)
+    return max(free, 0.0)
