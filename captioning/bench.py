@@ -502,9 +502,9 @@ def real_data_sizes() -> list[str]:
 
 
 def rss_parts_mib(status: Path = Path("/proc/self/status")) -> dict:
-    """This process's resident memory, MiB: total, anonymous (heap, tensors, a cache loaded
-    into memory) and file-backed (mapped libraries, a memory-mapped cache), and the peak
-    total (VmHWM); empty where /proc is not there."""
+    """This process's resident memory, MiB: total, anonymous (heap, tensors, TensorFlow's
+    allocator) and file-backed (mapped libraries, the feature cache's resident pages), and the
+    peak total (VmHWM); empty where /proc is not there."""
     keys = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "VmHWM": "peak"}
     try:
         lines = status.read_text().splitlines()
@@ -554,7 +554,7 @@ def scaling_child(args) -> int:
               "feature_bytes": int(feats[0].nbytes), "cache_bytes": int(feats.nbytes),
               "cache_seconds": cache_seconds, "cache_built": built,
               "cache_path": str(folder / "features.npy"), "shape": list(feats.shape),
-              "in_memory": not isinstance(feats, np.memmap), "baseline": baseline,
+              "baseline": baseline,
               "after_epoch": rss_parts_mib(),
               "epoch_seconds": epoch, "steps": steps, "batch_size": batch,
               "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -720,7 +720,7 @@ def scaling_table(args, sizes: list[int]) -> int:
                         f"{r0['batch_size']}{limit}")
     for col in ("train images", "cache (MB)", "cache build (s)", "images/s", "epoch (s)",
                 "ms / image", "step (s)", "baseline RSS (MiB)", "peak RSS (MiB)",
-                "RSS after epoch (MiB)", "cgroup peak (MiB)", "features"):
+                "RSS after epoch (MiB)", "cgroup peak (MiB)"):
         table.add_column(col, justify="right")
     for r in rows:
         build = (f"{r['cache_seconds']:.1f}", f"{r['rows'] / r['cache_seconds']:.1f}"
@@ -730,8 +730,7 @@ def scaling_table(args, sizes: list[int]) -> int:
                       f"{r['epoch_seconds'] / r['images'] * 1000:.1f}",
                       f"{r['epoch_seconds'] / r['steps']:.3f}", _rss_cell(r["baseline"]),
                       f"{r['peak_mib']:.0f}", _rss_cell(r["after_epoch"]),
-                      f"{r['cgroup_peak_mib']:.0f}" if r.get("cgroup_peak_mib") else "",
-                      "in memory" if r["in_memory"] else "memory-mapped")
+                      f"{r['cgroup_peak_mib']:.0f}" if r.get("cgroup_peak_mib") else "")
     console.print(table)
     console.print(f"trainable parameters (encoder + decoder): {r0['trainable_params']:,}; "
                   f"training step {r0['step_gflop']:.1f} GFLOP on average "

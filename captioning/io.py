@@ -259,31 +259,3 @@ def memory_cgroup_folder(root: Path = Path("/sys/fs/cgroup"),
             return root / line[3:].lstrip("/")
     return None
 
-
-def memory_limit(folder: Path | None) -> int | None:
-    """The tightest memory limit of cgroup ``folder`` and its ancestors, in bytes (None: none).
-    v1 writes 'no limit' as a number near 2**63, which ``min`` passes over harmlessly."""
-    limits = []
-    while folder is not None and folder.name not in ("", "cgroup"):
-        for name in ("memory.limit_in_bytes", "memory.max"):
-            try:
-                text = (folder / name).read_text().strip()
-            except OSError:
-                continue
-            if text.isdigit():
-                limits.append(int(text))
-        folder = folder.parent if folder.parent != folder else None
-    return min(limits) if limits else None
-
-
-def memory_headroom() -> float:
-    """Bytes this process may still grow by: the machine's available memory, and under a
-    memory cgroup limit (``memory_limit``) that limit less this process's resident memory.
-    The feature cache is loaded into memory only when it fits well within it."""
-    import psutil
-
-    free = float(psutil.virtual_memory().available)
-    limit = memory_limit(memory_cgroup_folder())
-    if limit is not None:
-        free = min(free, limit - psutil.Process().memory_info().rss)
-    return max(free, 0.0)

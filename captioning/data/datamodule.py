@@ -37,7 +37,6 @@ from captioning.data.records import (
 )
 from captioning.data.synthetic import VERSION, ensure_synthetic
 from captioning.data.text import Vocabulary, filter_indexed, normalize, wrap
-from captioning.io import memory_headroom
 
 
 @dataclass
@@ -54,12 +53,10 @@ class CaptionData:
     punctuation: str = "space"           # text.punctuation, for normalize()
 
     def use_features(self, feats, row_of) -> None:
-        """Feed cached backbone tokens instead of images: held in memory when they fit (at most
-        4 GB and half the memory this process may still take: ``memory_headroom``, which counts
-        a memory cgroup's limit), else read through the memory map, whose pages the kernel can
-        drop and re-read."""
-        if feats.nbytes <= min(4e9, memory_headroom() / 2):
-            feats = np.asarray(feats)
+        """Feed cached backbone tokens instead of images, read through the cache's memory map
+        (``ensure_features``): the kernel keeps its pages in the page cache while memory allows
+        and drops and re-reads them under pressure (a memory cgroup smaller than the cache
+        included), so the process never holds a copy (docs/scale.md)."""
         self.features = (feats, row_of)
 
     def _gather_features(self, rows):
