@@ -8,7 +8,9 @@ against recipe A's (>= 5x), the training step's achieved GFLOP/s against this CP
 GEMM (>= 50%), a self-critical step against a cross-entropy one and validation captioning
 against the epoch on the UCM preset's shapes (<= 1.5x, <= 10%), and greedy generation against
 recipe A's (>= 100x) and against its arithmetic bound. ``--quick`` skips the end-to-end,
-per-backbone extraction and peak-memory sections.
+per-backbone extraction and peak-memory sections. ``--scaling N,N`` prints only the scaling
+table at the real-data sizes (``--scaling-memory-mb M``: each size in a memory cgroup);
+docs/scale.md turns its figures into a COCO run's cost on GPUs and CPU nodes.
 
 What the recipe-A way does (``../shared/RECIPES.md``): the frozen CNN runs on every batch of
 every epoch; each batch takes five optimizer steps, one per caption, each re-running the
@@ -26,12 +28,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 from captioning.config import compose
 from captioning.data.datamodule import build_data
 from captioning.data.features import attach_feature_cache, ensure_features
 from captioning.flops import Sizes, caption_flops, training_step_flops
+from captioning.io import memory_cgroup_folder
 from captioning.models.backbones import build_backbone
 from captioning.models.build import build_model
 from captioning.models.captioner import masked_loss_and_accuracy
@@ -122,7 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=299)
     p.add_argument("--vocab-size", type=int, default=10000,
                    help="decoder vocabulary (recipe A: 10,000)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int,
+                   help="default 64; --scaling: the trainer's batch size (32)")
     p.add_argument("--gen-images", type=int, default=8,
                    help="images for the (slow) recipe-A generation timing")
     p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/captioning"))
@@ -132,14 +139,20 @@ def main(argv=None) -> int:
     p.add_argument("--preset-images", type=int, default=1470,
                    help="train images of the UCM-shaped measurement (UCM with its holdout: 1,470)")
     p.add_argument("--scaling", metavar="N,N,...",
-                   help="only the scaling table: epoch time and peak memory on synthetic sets "
-                        "of these sizes (e.g. 2000,8000,32000), a frozen backbone via the cache")
+                   help="only the scaling table at the real-data sizes (EfficientNetB0 224 px "
+                        "features cached, Transformer 512, vocabulary 10,000): cache size and "
+                        "build time, epoch and step time, peak memory on synthetic sets of "
+                        "these sizes (e.g. 1000,6000); docs/scale.md")
+    p.add_argument("--scaling-memory-mb", type=int, metavar="M",
+                   help="--scaling: run each size in a memory cgroup limited to M MiB (root; "
+                        "the page cache is emptied first, so the cache is read inside it)")
     p.add_argument("--scaling-child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.scaling_child:
         return scaling_child(args)
     if args.scaling:
         return scaling_table(args, [int(n) for n in args.scaling.split(",")])
+    args.batch_size = args.batch_size or 64
 
     import keras
     import numpy as np
@@ -469,67 +482,294 @@ def print_tables(console, args, train_records, vocab_size, rows, goals, t_recipe
     console.print(goal_table)
 
 
-SCALING = ["dataset.image_size=32", "backbone.image_size=32", "backbone.trainable=false",
-           "backbone.weights=null", "decoder.dim=128", "logger=none", "dataset.val_fraction=0.05",
-           "dataset.test_fraction=0.0", "trainer.feature_cache=true"]
+# The scaling table's fixed settings; the sizes come from the real-data defaults
+# (``real_data_sizes``): the synthetic set stands in for COCO's images, nothing else changes.
+SCALING = ["backbone.trainable=false", "backbone.weights=null", "logger=none",
+           "dataset.val_fraction=0.05", "dataset.test_fraction=0.0", "trainer.feature_cache=true"]
+
+
+def real_data_sizes() -> list[str]:
+    """The sizes a COCO run trains with (``dataset=coco``: its backbone at its native size, the
+    decoder width and text lengths it brings; the trainer's batch size and captions per image),
+    as overrides for the synthetic set, rendered at the backbone's input size."""
+    c = compose(["dataset=coco"])
+    size = int(c.backbone.image_size)
+    return [f"backbone={c.backbone.name}", f"backbone.image_size={size}",
+            f"dataset.image_size={size}", f"decoder={c.decoder.name}",
+            f"decoder.dim={c.decoder.dim}", f"text.seq_len={c.text.seq_len}",
+            f"text.vocab_size={c.text.vocab_size}", f"trainer.batch_size={c.trainer.batch_size}",
+            f"dataset.captions_per_image={c.dataset.captions_per_image}"]
+
+
+def rss_parts_mib(status: Path = Path("/proc/self/status")) -> dict:
+    """This process's resident memory, MiB: total, anonymous (heap, tensors, TensorFlow's
+    allocator) and file-backed (mapped libraries, the feature cache's resident pages), and the
+    peak total (VmHWM); empty where /proc is not there."""
+    keys = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "VmHWM": "peak"}
+    try:
+        lines = status.read_text().splitlines()
+    except OSError:
+        return {}
+    return {keys[k]: int(v.split()[0]) / 1024 for k, v in (line.split(":", 1) for line in lines)
+            if k in keys}
 
 
 def scaling_child(args) -> int:
-    """One size of the scaling table, in its own process (so its peak memory is its own):
-    build (or load) the feature cache, then time the second of two training epochs."""
+    """One size of the scaling table, in its own process (so its peak memory is its own): build
+    (or load) the feature cache through the real path, trace on two batches, then time one
+    full training epoch. The model's vocabulary is the config's ``text.vocab_size`` (the
+    synthetic captions use a few dozen of its words; the cost is the same)."""
     import resource
 
     import keras
 
     n = args.scaling_child
-    cfg = compose([*SCALING, f"dataset.num_images={n}", f"dataset.max_images={n}",
-                   f"paths.cache_dir={args.cache_dir}"])
+    cfg = compose([*SCALING, *real_data_sizes(), f"dataset.num_images={n}",
+                   f"dataset.max_images={n}", f"paths.cache_dir={args.cache_dir}"])
+    batch = int(args.batch_size or cfg.trainer.batch_size)
     keras.utils.set_random_seed(0)
     data = build_data(cfg, progress=False)
-    model = build_model(cfg, data.vocab.size)
+    model = build_model(cfg, max(int(cfg.text.vocab_size), data.vocab.size))
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    baseline = rss_parts_mib()                 # TensorFlow, the CNN and the model: no features
+    root = Path(os.path.expanduser(args.cache_dir)) / "features"
+    before = set(root.iterdir()) if root.is_dir() else set()
     t0 = time.perf_counter()
     attach_feature_cache(cfg, data, model)
     cache_seconds = time.perf_counter() - t0
-    ds = data.train_dataset(args.batch_size, 0)
-    ends = []
-    timer = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda e, logs: ends.append(time.perf_counter()),
-        on_epoch_end=lambda e, logs: ends.append(time.perf_counter()))
-    model.fit(ds, epochs=2, verbose=0, callbacks=[timer])     # epoch 1 includes tracing
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024        # KiB -> MiB
-    result = {"images": len(data.splits["train"]), "cache_seconds": cache_seconds,
-              "epoch_seconds": ends[3] - ends[2], "peak_mib": peak}
+    feats = data.features[0]
+    built = bool(set(root.iterdir()) - before)
+    records = [r for split in ("train", "val", "test", "holdout")
+               for r in data.splits.get(split, [])]
+    _, _, folder = ensure_features(cfg, model.backbone, data, records, batch)     # its folder
+    ds = data.train_dataset(batch, 0)
+    model.fit(ds.take(2), epochs=1, verbose=0)                         # tracing, not timed
+    steps = sum(1 for _ in ds)
+    t0 = time.perf_counter()
+    model.fit(ds, epochs=1, verbose=0)
+    epoch = time.perf_counter() - t0
+    flops = [training_step_flops(Sizes.of(model), *batch_shape(c)) for _, c in ds]
+    tokens = sum(batch_shape(c)[2] for _, c in ds)
+    result = {"images": len(data.splits["train"]), "rows": int(feats.shape[0]),
+              "feature_bytes": int(feats[0].nbytes), "cache_bytes": int(feats.nbytes),
+              "cache_seconds": cache_seconds, "cache_built": built,
+              "cache_path": str(folder / "features.npy"), "shape": list(feats.shape),
+              "baseline": baseline,
+              "after_epoch": rss_parts_mib(),
+              "epoch_seconds": epoch, "steps": steps, "batch_size": batch,
+              "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+              "step_gflop": sum(flops) / len(flops) / 1e9,
+              "target_tokens_per_image": tokens / len(data.splits["train"]),
+              "vocab_size": int(model.decoder.vocab_size), "dim": int(cfg.decoder.dim),
+              "backbone": f"{cfg.backbone.name} {cfg.backbone.image_size} px"}
     Path(args.json).write_text(json.dumps(result))
     return 0
 
 
-def scaling_table(args, sizes: list[int]) -> int:
-    """Epoch time and the training process's peak memory as the image set grows. With the
-    cache memory-mapped, time should grow with the images and memory stay nearly flat."""
+@contextmanager
+def memory_cgroup(limit_mib: int, root: Path = Path("/sys/fs/cgroup"),
+                  proc_cgroup: Path = Path("/proc/self/cgroup")):
+    """A new memory cgroup limited to ``limit_mib`` MiB (swap off), under this process's own
+    (cgroup v1) or at the top of the unified hierarchy (v2); yields its folder (a process joins
+    by writing its pid to ``cgroup.procs``) and removes it after. Needs root: otherwise one
+    SystemExit line saying why."""
+    own = memory_cgroup_folder(root, proc_cgroup)
+    if own is None:
+        raise SystemExit(f"--scaling-memory-mb: no memory cgroup under {root} (cgroup v1's "
+                         f"memory controller or v2's unified hierarchy); run without it")
+    v2 = (root / "cgroup.controllers").is_file()
+    folder = (root if v2 else own) / f"captioning-bench-{os.getpid()}-{time.monotonic_ns()}"
+    limit = str(limit_mib * 2 ** 20)
+    files = ([("memory.max", limit), ("memory.swap.max", "0")] if v2 else
+             [("memory.limit_in_bytes", limit), ("memory.memsw.limit_in_bytes", limit)])
+    try:
+        folder.mkdir()
+        for name, value in files:
+            if name == files[0][0] or (folder / name).exists():     # swap accounting: optional
+                (folder / name).write_text(value)
+    except OSError as e:
+        if folder.is_dir():
+            folder.rmdir()
+        raise SystemExit(f"--scaling-memory-mb: cannot set up a memory cgroup at {folder} "
+                         f"({e.strerror or e}); it needs root and a writable {root}") from None
+    try:
+        yield folder
+    finally:
+        for _ in range(50):                  # its last process may take a moment to leave
+            try:
+                folder.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
 
+
+def cgroup_peak_mib(folder: Path) -> float | None:
+    """The cgroup's peak memory charge (process memory plus the page cache it read), MiB."""
+    for name in ("memory.max_usage_in_bytes", "memory.peak"):
+        try:
+            return int((folder / name).read_text()) / 2 ** 20
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def drop_page_cache() -> bool:
+    """Empty the kernel's page cache (root only), so reads come from the disk again."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        return True
+    except OSError:
+        return False
+
+
+def cache_read_rate(path: Path, batch: int, cold: bool, to_float32: bool) -> dict:
+    """Read a feature cache as training does, shuffled batches of rows through the memory map
+    (``to_float32``: converted as ``CaptionData._gather_features`` does), after emptying the
+    page cache when ``cold``: GB/s of cache bytes, batches/s, and whether it was cold."""
+    feats = np.load(path, mmap_mode="r")
+    order = np.random.default_rng(0).permutation(len(feats))
+    dropped = drop_page_cache() if cold else False
+    t0 = time.perf_counter()
+    for i in range(0, len(order), batch):
+        rows = feats[np.sort(order[i:i + batch])]
+        if to_float32:
+            np.asarray(rows, np.float32)
+    seconds = time.perf_counter() - t0
+    return {"cold": dropped, "float32": to_float32, "gb_per_second": feats.nbytes / seconds / 1e9,
+            "batches_per_second": len(order) / batch / seconds}
+
+
+def float32_conversion_rate(shape, repeat: int = 20) -> float:
+    """GB/s (of float16 bytes) of numpy's float16 -> float32 conversion of a ``shape`` batch of
+    values in [0, 4), the range of a pretrained CNN's pooled-free activations."""
+    x = (np.random.default_rng(0).random(shape) * 4).astype(np.float16)
+    x.astype(np.float32)
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        np.asarray(x, np.float32)
+    return x.nbytes * repeat / (time.perf_counter() - t0) / 1e9
+
+
+def _rss_cell(parts: dict) -> str:
+    if not parts:
+        return ""
+    return f"{parts['rss']:.0f} ({parts['anon']:.0f} anon + {parts['file']:.0f} file)"
+
+
+COCO_TRAIN_IMAGES = 113_287            # Karpathy train + restval
+
+
+def projection(images: int, batch: int, replicas: int, step_seconds: float, params: int,
+               feature_bytes: int, link_gb_per_second: float) -> dict:
+    """One epoch of data-parallel training on paper: ``replicas`` each take ``batch`` images a
+    step (global batch = batch x replicas) at ``step_seconds`` of compute, then all-reduce
+    float32 gradients of ``params`` trainable weights over a ring at ``link_gb_per_second``
+    (each replica sends and receives 2 (n - 1) / n of them; none alone), not overlapped.
+    Also the feature-cache bytes each step reads and the rate it needs."""
+    steps = -(-images // (batch * replicas))
+    ring = 4 * params * 2 * (replicas - 1) / replicas
+    allreduce = ring / (link_gb_per_second * 1e9)
+    step = step_seconds + allreduce
+    read = batch * replicas * feature_bytes
+    return {"replicas": replicas, "steps": steps, "allreduce_bytes": ring,
+            "allreduce_seconds": allreduce, "step_seconds": step, "epoch_seconds": steps * step,
+            "cache_read_bytes_per_step": read, "cache_read_gb_per_second": read / step / 1e9}
+
+
+def _run_scaling_child(args, n: int, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "captioning.bench", "--scaling-child", str(n), "--json",
+           str(out), "--cache-dir", args.cache_dir]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
+    if not args.scaling_memory_mb:
+        subprocess.run(cmd, check=True)
+        return json.loads(out.read_text())
+    with memory_cgroup(args.scaling_memory_mb) as folder:
+        dropped = drop_page_cache()     # the cache's pages are then read, and charged, inside
+        join = folder / "cgroup.procs"
+        proc = subprocess.run(cmd, preexec_fn=lambda: join.write_text(str(os.getpid())))
+        peak = cgroup_peak_mib(folder)
+    if proc.returncode != 0:
+        why = " (killed: out of memory?)" if proc.returncode == -9 else ""
+        raise SystemExit(f"scaling: the {n}-image child failed under --scaling-memory-mb "
+                         f"{args.scaling_memory_mb}: exit {proc.returncode}{why}")
+    return {**json.loads(out.read_text()), "cgroup_peak_mib": peak,
+            "page_cache_dropped": dropped}
+
+
+def scaling_table(args, sizes: list[int]) -> int:
+    """Per size: the feature cache (bytes per image, size, build time), one training epoch
+    (time, ms per image, step time) and the training process's peak RSS, at the real-data
+    sizes; with ``--scaling-memory-mb`` each size runs in a memory cgroup of that limit. Then
+    the read rate of the largest cache through its memory map, cold and warm."""
     from rich.console import Console
     from rich.table import Table
 
-    console, rows = Console(), []
+    console, rows = Console(width=200), []
+    limit = f", in a {args.scaling_memory_mb} MiB memory cgroup" if args.scaling_memory_mb else ""
     for n in sizes:
-        console.print(f"scaling: {n} synthetic images ...")
+        console.print(f"scaling: {n} synthetic images{limit} ...")
         out = Path(tempfile.mkdtemp(prefix="bench-scaling-")) / "result.json"
-        subprocess.run([sys.executable, "-m", "captioning.bench", "--scaling-child", str(n),
-                        "--json", str(out), "--cache-dir", args.cache_dir,
-                        "--batch-size", str(args.batch_size)], check=True)
-        rows.append(json.loads(out.read_text()))
-    table = Table(title="scaling: frozen small_cnn at 32 px via the feature cache, "
-                        f"Transformer 128, batch {args.batch_size}")
-    for col in ("train images", "cache build (s)", "epoch (s)", "ms / image", "peak RSS (MiB)"):
+        rows.append(_run_scaling_child(args, n, out))
+    r0 = rows[0]
+    table = Table(title=f"scaling at the real-data sizes: frozen {r0['backbone']} features "
+                        f"({r0['feature_bytes']:,} B/image) via the feature cache, Transformer "
+                        f"{r0['dim']}, vocabulary {r0['vocab_size']}, batch "
+                        f"{r0['batch_size']}{limit}")
+    for col in ("train images", "cache (MB)", "cache build (s)", "images/s", "epoch (s)",
+                "ms / image", "step (s)", "baseline RSS (MiB)", "peak RSS (MiB)",
+                "RSS after epoch (MiB)", "cgroup peak (MiB)"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["images"]), f"{r['cache_seconds']:.1f}", f"{r['epoch_seconds']:.1f}",
-                      f"{r['epoch_seconds'] / r['images'] * 1000:.2f}", f"{r['peak_mib']:.0f}")
+        build = (f"{r['cache_seconds']:.1f}", f"{r['rows'] / r['cache_seconds']:.1f}"
+                 ) if r["cache_built"] else (f"{r['cache_seconds']:.1f} (reused)", "")
+        table.add_row(str(r["images"]), f"{r['cache_bytes'] / 1e6:.0f}", *build,
+                      f"{r['epoch_seconds']:.1f}",
+                      f"{r['epoch_seconds'] / r['images'] * 1000:.1f}",
+                      f"{r['epoch_seconds'] / r['steps']:.3f}", _rss_cell(r["baseline"]),
+                      f"{r['peak_mib']:.0f}", _rss_cell(r["after_epoch"]),
+                      f"{r['cgroup_peak_mib']:.0f}" if r.get("cgroup_peak_mib") else "")
     console.print(table)
+    console.print(f"trainable parameters (encoder + decoder): {r0['trainable_params']:,}; "
+                  f"training step {r0['step_gflop']:.1f} GFLOP on average "
+                  f"({r0['target_tokens_per_image']:.1f} target tokens per image)")
+    scaling_extras(console, rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
+
+
+def scaling_extras(console, rows: list[dict]) -> None:
+    """After the scaling table: COCO epochs on paper from the largest size's step time
+    (``projection``, nodes like this one), then the largest cache's read rates."""
+    big = max(rows, key=lambda r: r["images"])
+    for link in (1.25, 10.0):
+        for n in (1, 2, 8):
+            q = projection(COCO_TRAIN_IMAGES, big["batch_size"], n,
+                           big["epoch_seconds"] / big["steps"], big["trainable_params"],
+                           big["feature_bytes"], link)
+            console.print(f"COCO on {n} node(s) like this one, {link:g} GB/s links: {q['steps']} "
+                          f"steps x ({q['step_seconds'] - q['allreduce_seconds']:.3f} s compute "
+                          f"+ {q['allreduce_seconds']:.3f} s all-reduce of "
+                          f"{q['allreduce_bytes'] / 1e6:.0f} MB) = "
+                          f"{q['epoch_seconds'] / 60:.1f} min per epoch")
+    largest = max(rows, key=lambda r: r["cache_bytes"])
+    largest["reads"] = [cache_read_rate(Path(largest["cache_path"]), largest["batch_size"], *how)
+                        for how in ((True, False), (False, False), (False, True))]
+    for rate in largest["reads"]:
+        state = "cold (page cache emptied)" if rate["cold"] else "warm"
+        what = "rows + float32 conversion" if rate["float32"] else "rows (float16)"
+        console.print(f"reading the {largest['cache_bytes'] / 1e6:.0f} MB cache in shuffled "
+                      f"batches of {largest['batch_size']}, {what}, {state}: "
+                      f"{rate['gb_per_second']:.2f} GB/s, {rate['batches_per_second']:.0f} "
+                      f"batches/s")
+    convert = float32_conversion_rate((largest["batch_size"], *largest["shape"][1:]))
+    console.print(f"float16 -> float32 of a batch of ImageNet-range values (a pretrained CNN's): "
+                  f"{convert:.2f} GB/s; the cache's values from random weights are ~1e-5, mostly "
+                  f"float16 subnormals, which numpy converts far more slowly (the line above)")
+    largest["float32_conversion_gb_per_second"] = convert
 
 
 if __name__ == "__main__":

@@ -239,3 +239,23 @@ def ensure_free_space(folder: Path, needed: int, what: str, fix: str) -> None:
         raise CaptioningError(
             f"Not enough disk space: {what} needs about {human_bytes(needed)} in {folder}, but "
             f"only {human_bytes(free)} is free there. Free some space, or {fix}.")
+
+
+def memory_cgroup_folder(root: Path = Path("/sys/fs/cgroup"),
+                         proc_cgroup: Path = Path("/proc/self/cgroup")) -> Path | None:
+    """This process's memory cgroup folder: ``root/memory/<path>`` (cgroup v1) or ``root/<path>``
+    (v2, the unified hierarchy), from ``/proc/self/cgroup``; None where there is none (not
+    Linux, no memory controller mounted)."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(",") and (root / "memory").is_dir():
+            return root / "memory" / path.lstrip("/")
+    for line in lines:
+        if line.startswith("0::") and (root / "cgroup.controllers").is_file():
+            return root / line[3:].lstrip("/")
+    return None
+

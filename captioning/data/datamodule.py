@@ -53,9 +53,10 @@ class CaptionData:
     punctuation: str = "space"           # text.punctuation, for normalize()
 
     def use_features(self, feats, row_of) -> None:
-        """Feed cached backbone tokens instead of images (held in memory when they fit)."""
-        if feats.nbytes <= 4e9:
-            feats = np.asarray(feats)
+        """Feed cached backbone tokens instead of images, read through the cache's memory map
+        (``ensure_features``): the kernel keeps its pages in the page cache while memory allows
+        and drops and re-reads them under pressure (a memory cgroup smaller than the cache
+        included), so the process never holds a copy (docs/scale.md)."""
         self.features = (feats, row_of)
 
     def _gather_features(self, rows):
