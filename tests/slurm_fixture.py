@@ -1,5 +1,5 @@
 """``slurm_cluster``: a real SLURM cluster for the tests marked ``slurm``. One that answers
-already (``sinfo``, this machine's node idle or mix) is used; else, as root with apt,
+already (``sinfo``, this machine's node up, idle or busy) is used; else, as root with apt,
 ``scripts/slurm-cluster up`` starts a one-node cluster (left up for the next session; ``down``
 stops it); else the tests skip with one line saying why."""
 
@@ -30,8 +30,14 @@ def node_state() -> str:
     return out.stdout.split("\n")[0].strip() if out.returncode == 0 else ""
 
 
+# States of a node that answers and takes jobs (busy ones included: another test's jobs may be
+# running); "*" marks a node that does not respond, "drain"/"down" one that takes none.
+USABLE = ("idle", "mix", "alloc", "completing")
+
+
 def _ready() -> bool:
-    return node_state().startswith(("idle", "mix"))
+    state = node_state()
+    return state.startswith(USABLE) and not state.endswith("*")
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +51,9 @@ def slurm_cluster() -> str:
     if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
         pytest.skip("no SLURM cluster answers, slurm-wlm is not installed and there is no apt-get")
     res = subprocess.run([str(SCRIPT), "up"], capture_output=True, text=True, timeout=900)
-    if res.returncode != 0 or not _ready():
+    if res.returncode != 0:
         why = (res.stderr.strip().splitlines() or ["no message"])[-1]
         pytest.skip(f"SLURM daemons failed to start ({why}); see {LOGS}")
+    if not _ready():
+        pytest.skip(f"SLURM answers but this node is {node_state() or 'unknown'}; see {LOGS}")
     return node_state()

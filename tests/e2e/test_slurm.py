@@ -17,6 +17,18 @@ from tests.training.test_distributed import TINY, _history
 
 pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
+
+@pytest.fixture(autouse=True)
+def one_at_a_time(tmp_path_factory):
+    """These tests share one small cluster (and time its jobs): one runs at a time, whichever
+    xdist worker has it (the group marker alone has been seen to split them)."""
+    from captioning.io import PidLock
+
+    lock = PidLock(tmp_path_factory.getbasetemp().parent / "captioning-slurm-tests.lock")
+    lock.acquire(wait=True)
+    yield
+    lock.release()
+
 # The CPU preset, sized to the test cluster's node (2 cores): two one-CPU jobs at once.
 CPU_JOB = ["hydra/launcher=slurm_cpu", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=3",
            "hydra.launcher.timeout_min=30"]
@@ -86,8 +98,10 @@ def test_a_job_slurm_cannot_run_fails_at_once_naming_the_key(slurm_cluster, tmp_
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: SLURM ") and key in last and said in last, last
     assert "Traceback" not in res.stderr
-    mine = subprocess.run(["squeue", "-h", "-n", "run"], capture_output=True, text=True).stdout
-    assert not mine.strip(), mine                          # nothing left pending
+    arrays = {p.name.split("_")[0] for p in (tmp_path / "sweep" / ".submitit").glob("[0-9]*")}
+    left = subprocess.run(["squeue", "-h", "-j", ",".join(arrays) or "0"], capture_output=True,
+                          text=True).stdout
+    assert not left.strip(), left                          # nothing of ours left pending
 
 
 @pytest.mark.slow
