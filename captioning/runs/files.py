@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from captioning import CaptioningError
+from captioning.io import atomic_write_text
 
 CHECKPOINTS = "checkpoints"
 LAST_STATE = "last.state.npz"          # the resume state: weights, optimizer, RunState
@@ -67,10 +68,7 @@ def record_slurm_job(run_dir) -> None:
     record = {"job_id": job, "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
               "array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
               "restarts": slurm_restarts()}
-    path = Path(run_dir) / SLURM_JOB
-    tmp = path.with_name(f".{SLURM_JOB}.{os.getpid()}")
-    tmp.write_text(json.dumps(record), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(Path(run_dir) / SLURM_JOB, json.dumps(record))
 
 
 def recorded_slurm_job(run_dir) -> str | None:

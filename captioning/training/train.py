@@ -89,9 +89,9 @@ def _run(cfg, run_dir: Path, resuming: bool) -> dict:
     model, clock = compile_captioner(cfg, data, strategy)
     fault_point("features")
     attach_feature_cache(cfg, data, model)
-    phases = Phases(cfg.trainer, RunState())
+    phases = Phases(cfg.trainer,
+                    load_state(state_path(run_dir), model) if resuming else RunState())
     if resuming:
-        phases = Phases(cfg.trainer, load_state(state_path(run_dir), model))
         phases.resumed()
         console.print(f"[bold]Resuming[/] {run_dir} after epoch {phases.state.epoch}")
     run = Run(run_dir, phases, t0, open_tracker(cfg, run_dir, data), clock)
