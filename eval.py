@@ -9,7 +9,8 @@ mean of epochs 21-30's weights (checkpoint averaging; the run must have kept the
 callbacks.checkpoints.every_epoch=true).
 
 split=holdout: the images the run held out (dataset.holdout in its config.yaml), chosen again
-from the run's config, so the same images; they cannot change after training.
+from the run's config, so the same images; they cannot change after training. split=untouched:
+dataset.untouched_list's images, which no run scores by itself: the figures to quote.
 
 Writes eval_<split>_<decoding>.json and predictions_<split>_<decoding>.csv into the run
 directory, and with callbacks.kangas.enabled (the run's setting) the Kangas grid
@@ -35,7 +36,9 @@ OWN_KEYS = ("run_dir", "split", "which")
 # What may change at scoring time: the run's decode/evaluation/dataset, and its grid settings.
 ALLOWED = ("decode", "evaluation", "dataset", "callbacks")
 # ... except which images were held out from training.
-HOLDOUT_KEYS = ("dataset.holdout", "dataset.holdout_seed", "dataset.holdout_list")
+HOLDOUT_KEYS = ("dataset.holdout", "dataset.holdout_seed", "dataset.holdout_list",
+                "dataset.untouched_list")
+SPLITS = ("val", "test", "holdout", "untouched")
 
 
 def decoding_name(decode) -> str:
@@ -85,8 +88,8 @@ def main(argv: list[str]) -> int:
         raise CaptioningError("run_dir=... is required: "
                               "the run directory to score (outputs/<date>/<time>).")
     split = args.get("split", "val")
-    if split not in ("val", "test", "holdout"):
-        raise CaptioningError(f"split must be val, test or holdout. Received: split={split}")
+    if split not in SPLITS:
+        raise CaptioningError(f"split must be one of {', '.join(SPLITS)}. Received: split={split}")
     held = [a for a in rest if a.split("=")[0].lstrip("+~") in HOLDOUT_KEYS]
     if held:
         raise CaptioningError(f"{held[0].split('=')[0]} cannot change after training: the run "
@@ -106,10 +109,12 @@ def main(argv: list[str]) -> int:
     cfg = merge_overrides(_with_grid_defaults(cfg), rest, allowed=ALLOWED)
     data = build_data(cfg, vocab=vocab)
     records = data.splits.get(split, [])
-    if not records and split == "holdout":
-        raise CaptioningError("The run held out no images (dataset.holdout and holdout_list are "
-                              "null in its config.yaml): a held-out split is chosen before "
-                              "training, python run.py dataset.holdout=N.")
+    if not records and split in ("holdout", "untouched"):
+        key = "dataset.holdout and holdout_list are" if split == "holdout" else \
+            "dataset.untouched_list is"
+        raise CaptioningError(f"The run held out no {split} images ({key} null in its "
+                              f"config.yaml): a held-out split is chosen before training, "
+                              f"python run.py dataset.holdout=N or dataset.untouched_list=FILE.")
     if not records:
         raise CaptioningError(f"The run's dataset has no {split} split "
                               f"({'; '.join(data.report.notes)}).")

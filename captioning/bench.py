@@ -539,7 +539,7 @@ def scaling_child(args) -> int:
     cache_seconds = time.perf_counter() - t0
     feats = data.features[0]
     built = bool(set(root.iterdir()) - before)
-    records = [r for split in ("train", "val", "test", "holdout")
+    records = [r for split in ("train", "val", "test", "holdout", "untouched")
                for r in data.splits.get(split, [])]
     _, _, folder = ensure_features(cfg, model.backbone, data, records, batch)     # its folder
     ds = data.train_dataset(batch, 0)

@@ -210,6 +210,7 @@ RULES: dict[str, Rule] = {
     "dataset.holdout_seed": _int(0, 2**32 - 1, hint=" (which train images are held out; "
                                                    "not the run's seed)"),
     "dataset.holdout_list": PATH_OR_NULL,
+    "dataset.untouched_list": PATH_OR_NULL,
     "dataset.captions_per_image": _int(1),
     "dataset.max_images": _int(1, null=True),
     "dataset.on_missing": _one_of("error", "skip"),

@@ -52,6 +52,8 @@ def print_config_tree(cfg: DictConfig,
 def print_data_report(cfg, data) -> None:
     counts = data.report.counts
     held = f", holdout {counts['holdout']}" if counts.get("holdout") else ""
+    if counts.get("untouched"):      # scored only by eval.py split=untouched: say so up front
+        held += f", untouched {counts['untouched']} (eval.py split=untouched scores them)"
     console.print(f"[bold]Data[/] dataset={cfg.dataset.name}: train {counts.get('train', 0)}, "
                   f"val {counts.get('val', 0)}, test {counts.get('test', 0)}{held} images; "
                   f"vocabulary {data.vocab.size} tokens; "

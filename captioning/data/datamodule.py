@@ -27,7 +27,9 @@ from captioning.data.images import (
 )
 from captioning.data.readers import MAX_NAMED, READERS
 from captioning.data.records import (
+    HELD_OUT,
     HOLDOUT,
+    UNTOUCHED,
     DataReport,
     Record,
     assign_random_split,
@@ -41,8 +43,8 @@ from captioning.data.text import Vocabulary, filter_indexed, normalize, wrap
 
 @dataclass
 class CaptionData:
-    # train / val / test records (test may be empty), and holdout (dataset.holdout; may be
-    # absent or empty: read it with splits.get(HOLDOUT))
+    # train / val / test records (test may be empty), and holdout (dataset.holdout) and
+    # untouched (dataset.untouched_list): may be absent or empty, read them with .get
     splits: dict[str, list[Record]]
     vocab: Vocabulary
     report: DataReport
@@ -299,6 +301,8 @@ def load_records(
     if ds_cfg.get("verify_images", True):
         records = _verify_images(records, report, progress)
     splits = {s: [r for r in records if r.split == s] for s in ("train", "val", "test", HOLDOUT)}
+    if any(r.split == UNTOUCHED for r in records):            # only where a list asked for it
+        splits[UNTOUCHED] = [r for r in records if r.split == UNTOUCHED]
     if not splits["test"]:
         report.notes.append(
             f"dataset={name} with split={ds_cfg.split} has no test split: only val is scored")
@@ -310,7 +314,15 @@ def _apply_split(
     report: DataReport,
 ) -> list[Record]:
     """Give each record its split per ``dataset.split`` (random | karpathy), then move
-    ``dataset.holdout`` train images to the split "holdout" (``_hold_out``)."""
+    ``dataset.holdout`` train images to the split "holdout" (``_hold_out``). The images of
+    ``dataset.untouched_list`` are set aside first (``_set_aside_untouched``), so neither choice
+    below can see them."""
+    records, untouched = _set_aside_untouched(records, official_split, ds_cfg)
+    return _split_and_hold_out(records, official_split, ds_cfg, seed) + untouched
+
+
+def _split_and_hold_out(records: list[Record], official_split: dict[str, str] | None, ds_cfg,
+                        seed: int) -> list[Record]:
     name, mode = ds_cfg.name, ds_cfg.split
     check_values({"dataset.split": mode})
     if mode == "random":
@@ -354,15 +366,37 @@ def _held_ids(candidates: list[Record], ds_cfg, n_train: int) -> set[str]:
     return choose_holdout([r.id for r in candidates], n, int(ds_cfg.get("holdout_seed") or 0))
 
 
-def listed_holdout(records: list[Record], path) -> set[str]:
-    """``dataset.holdout_list``: the ids of ``records`` named in the file (one image file name
-    or id per line, ``#`` comments; a relative path is from the project root). Every listed
-    name must be one of ``records`` (the train images), or one DatasetError names the first."""
+def _set_aside_untouched(records: list[Record], official_split: dict[str, str] | None,
+                         ds_cfg) -> tuple[list[Record], list[Record]]:
+    """``dataset.untouched_list``'s images -> split "untouched", taken out before the split and
+    the holdout are chosen: (the rest, the untouched). They must be train images of the
+    dataset's own split (val and test are held out already), and not in holdout_list."""
+    path = ds_cfg.get("untouched_list")
+    if not path:
+        return records, []
+    own = official_split or {}
+    train = [r for r in records if own.get(r.id, r.split) == "train"]
+    ids = listed_holdout(train, path, key="dataset.untouched_list")
+    held = ds_cfg.get("holdout_list")
+    both = ids & listed_holdout(train, held) if held else set()
+    if both:
+        raise DatasetError(f"dataset.untouched_list={path} and dataset.holdout_list={held} "
+                           f"share {len(both)} image(s), e.g. {sorted(both)[0]!r}: the untouched "
+                           f"block must be apart from the block choices are made on.")
+    return ([r for r in records if r.id not in ids],
+            [replace(r, split=UNTOUCHED) for r in records if r.id in ids])
+
+
+def listed_holdout(records: list[Record], path, key: str = "dataset.holdout_list") -> set[str]:
+    """``dataset.holdout_list`` (or ``key``): the ids of ``records`` named in the file (one
+    image file name or id per line, ``#`` comments; a relative path is from the project root).
+    Every listed name must be one of ``records`` (the train images), or one DatasetError names
+    the first."""
     file = Path(str(path)).expanduser()
     if not file.is_absolute() and not file.exists():
         file = Path(__file__).resolve().parents[2] / file
     if not file.is_file():
-        raise DatasetError(f"dataset.holdout_list={path}: no such file. Give a file of image "
+        raise DatasetError(f"{key}={path}: no such file. Give a file of image "
                            f"names, one per line (e.g. experiments/ucm_holdout.txt).")
     names = [line.split("#", 1)[0].strip() for line in file.read_text().splitlines()]
     names = [n for n in names if n]
@@ -371,7 +405,7 @@ def listed_holdout(records: list[Record], path) -> set[str]:
         by_name[r.id] = by_name[Path(r.image).name] = r.id
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise DatasetError(f"dataset.holdout_list={path} names {len(unknown)} image(s) that are "
+        raise DatasetError(f"{key}={path} names {len(unknown)} image(s) that are "
                            f"not train images of this dataset, e.g. {unknown[0]!r}: list train "
                            f"images only (val and test are already held out).")
     return {by_name[n] for n in names}
@@ -418,7 +452,7 @@ def build_data(cfg, progress: bool = True, vocab: Vocabulary | None = None) -> C
     punct = str(text.get("punctuation", "space"))
     splits["train"], removed = _clean_train(splits["train"], text, punct)
     report.removed.update(removed)
-    for s in ("val", "test", HOLDOUT):
+    for s in ("val", "test", *(h for h in HELD_OUT if h in splits)):
         splits[s] = [r for r in splits[s] if any(normalize(c, punct) for c in r.captions)]
     report.counts = split_counts(r for rs in splits.values() for r in rs)
     if not splits["train"]:

@@ -127,7 +127,7 @@ def attach_feature_cache(cfg, data, model) -> None:
         if cfg.backbone.get("trainable", False) is False:      # only worth saying when frozen
             console.print(f"  feature cache bypassed: {reason}")
         return
-    records = [r for split in ("train", "val", "test", "holdout")
+    records = [r for split in ("train", "val", "test", "holdout", "untouched")
                for r in data.splits.get(split, [])]
     feats, row_of, folder = ensure_features(cfg, model.backbone, data, records,
                                             int(cfg.evaluation.batch_size))

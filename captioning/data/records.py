@@ -13,6 +13,10 @@ SPLITS = ("train", "val", "test")
 # dataset.holdout's split: train images set aside before training, never trained on, never
 # in the vocabulary, never used to pick a checkpoint; scored at the end like val and test.
 HOLDOUT = "holdout"
+# dataset.untouched_list's split: held out like the holdout, and scored only on request
+# (eval.py split=untouched), so that no choice is ever made on it: the figures to quote.
+UNTOUCHED = "untouched"
+HELD_OUT = (HOLDOUT, UNTOUCHED)
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,8 @@ class Record:
     id: str                    # stable identifier (the file name for Flickr, the image id for COCO)
     image: str                 # absolute path of the image file
     captions: tuple[str, ...]  # raw reference captions, as written in the dataset
-    split: str = "train"       # train | val | test | holdout (readers fold restval into train)
+    # train | val | test | holdout | untouched (readers fold restval into train)
+    split: str = "train"
     # how to decode the image, set by the image check (captioning.data.images): "" not checked,
     # "tf" tf.io.decode_image as is, "pil" through Pillow (EXIF orientation, TIFF, ...)
     decoder: str = ""
@@ -86,9 +91,8 @@ def choose_holdout(ids: Iterable[str], n: int, seed: int) -> set[str]:
 
 
 def split_counts(records: Iterable[Record]) -> dict[str, int]:
-    """Images per split: train, val, test, and holdout when there is one."""
+    """Images per split: train, val, test, and holdout / untouched when there are some."""
     counts = Counter(r.split for r in records)
     out = {s: counts.get(s, 0) for s in SPLITS}
-    if counts.get(HOLDOUT):
-        out[HOLDOUT] = counts[HOLDOUT]
+    out.update({s: counts[s] for s in HELD_OUT if counts.get(s)})
     return out

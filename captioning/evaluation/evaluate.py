@@ -97,6 +97,8 @@ def final_evaluation(model, data, cfg, run_dir: Path, tracker=None, best_epoch=N
     generator = Generator.from_config(model, data.vocab, cfg.decode, seed=int(cfg.seed))
     results: dict = {}
     notes: list[str] = []
+    # Not "untouched": that block is scored only on request (eval.py split=untouched), so no
+    # choice is ever made on its scores.
     for split in ("val", "test", "holdout"):
         if not data.splits.get(split):
             continue

@@ -45,13 +45,14 @@ def limit_splits(cfg, data) -> None:
         train = data.splits["train"]
         n = batches(overfit, math.ceil(len(train) / size))
         train = train[: n * size]
-        data.splits.update(train=train, val=list(train), test=[], holdout=[])
+        data.splits.update(train=train, val=list(train), test=[], holdout=[], untouched=[])
         notes.append(f"trainer.overfit_batches={overfit}: training on {len(train)} images "
                      f"({n} batch(es), the same each epoch), validated on the same images; "
                      f"no test or holdout scores")
         return
-    # The holdout split is a second test set: limit_test_batches cuts it too.
-    for split, key in (("val", "val"), ("test", "test"), ("holdout", "test")):
+    # The held-out splits are test sets too: limit_test_batches cuts them.
+    for split, key in (("val", "val"), ("test", "test"), ("holdout", "test"),
+                       ("untouched", "test")):
         limit, records = t.get(f"limit_{key}_batches"), data.splits.get(split, [])
         n = batches(limit, math.ceil(len(records) / eval_size))
         if records and n * eval_size < len(records):

@@ -126,8 +126,8 @@ def test_the_holdout_keys_pass_where_shipped():
         assert (ds.holdout, ds.holdout_seed, ds.holdout_list) == (None, 0, None), name
     ucm = compose_config("experiment=ucm_scratch")
     assert (ucm.dataset.split, ucm.dataset.holdout, ucm.dataset.holdout_list,
-            ucm.trainer.lr_follows_clock) == (
-        "karpathy", None, "experiments/ucm_holdout.txt", False)
+            ucm.dataset.untouched_list, ucm.trainer.lr_follows_clock) == (
+        "karpathy", None, "experiments/ucm_holdout.txt", "experiments/ucm_untouched.txt", False)
 
 
 needs_ucm = pytest.mark.skipif(not (SHARED_DATA / "ucm_captions" / "dataset.json").is_file(),
@@ -141,9 +141,14 @@ def test_real_ucm_captions_hold_out_210_train_images():
                         f"dataset.images={root / 'images'}", "dataset.verify_images=false").dataset
     splits, report = load_records(ds, 42, progress=False)
     assert {s: len(r) for s, r in splits.items()} == {
-        "train": 1470, "val": 210, "test": 0, "holdout": 210}
+        "train": 1260, "val": 210, "test": 0, "holdout": 210, "untouched": 210}
     assert report.removed["missing images"] == 0
     assert not _ids(splits["holdout"]) & (_ids(splits["train"]) | _ids(splits["val"]))
+    # experiments/ucm_untouched.txt: images 61-70 of each class, apart from all the rest
+    assert _ids(splits["untouched"]) == {f"{c * 100 + k}.jpg" for c in range(21)
+                                         for k in range(61, 71)}
+    assert not _ids(splits["untouched"]) & (_ids(splits["train"]) | _ids(splits["val"])
+                                            | _ids(splits["holdout"]))
     again, _ = load_records(ds, 1, progress=False)             # another run seed
     assert _ids(again["holdout"]) == _ids(splits["holdout"])
     # experiments/ucm_holdout.txt: images 71-80 of each class of 100, a block like val and test
@@ -170,3 +175,46 @@ def test_a_holdout_list_names_train_images_or_fails_in_one_message(tmp_path):
         splits(f"dataset.holdout_list={tmp_path / 'missing.txt'}")
     with pytest.raises(ConfigError, match="both choose the held-out images"):
         check_config(compose_config(f"dataset.holdout_list={listed}", "dataset.holdout=3"))
+
+
+def test_the_untouched_block_is_set_aside_before_any_choice_and_out_of_the_vocabulary(
+        flickr8k_original, tmp_path):
+    """dataset.untouched_list: its train images leave train before the holdout is chosen (the
+    same holdout size from the rest), none of their words are learned, and no run scores them
+    (metrics.json has no "untouched"; eval.py split=untouched does)."""
+    listed = tmp_path / "untouched.txt"
+    listed.write_text("b.jpg  # a train image\n")
+    cfg = compose_config("dataset=flickr8k", f"dataset.root={flickr8k_original}",
+                         "dataset.split=karpathy", f"dataset.untouched_list={listed}",
+                         "backbone.image_size=32", "text.seq_len=12")
+    data = build_data(cfg, progress=False)
+    (kept,) = data.splits["untouched"]
+    assert kept.id == "b.jpg" and len(kept.captions) == 5           # every reference kept
+    assert _ids(data.splits["train"]) == {"a.jpg"}
+    assert data.report.counts["untouched"] == 1
+    only_there = _words([kept]) - _words(data.splits["train"])
+    assert only_there and not only_there & set(data.vocab.tokens)
+
+
+def test_an_untouched_list_names_train_images_apart_from_the_holdout(tmp_path):
+    def splits(*overrides):
+        ds = compose_config("dataset.num_images=60", *overrides).dataset
+        return load_records(ds, 1, progress=False)[0]
+
+    ids = sorted(r.id for r in splits()["train"])
+    untouched, held = tmp_path / "untouched.txt", tmp_path / "held.txt"
+    untouched.write_text(f"{ids[0]}\n{ids[1]}\n")
+    held.write_text(f"{ids[2]}\n")
+    both = splits(f"dataset.untouched_list={untouched}", f"dataset.holdout_list={held}")
+    assert (_ids(both["untouched"]), _ids(both["holdout"])) == ({ids[0], ids[1]}, {ids[2]})
+    assert not (_ids(both["untouched"]) | _ids(both["holdout"])) & (
+        _ids(both["train"]) | _ids(both["val"]) | _ids(both["test"]))
+    # split=random: val and test are drawn from the rest, at the sizes of all 60 images
+    assert (len(both["val"]), len(both["test"])) == (6, 6)
+    assert "untouched" not in splits()                      # no list: no such split
+    held.write_text(f"{ids[1]}\n")
+    with pytest.raises(DatasetError, match="share 1 image.*apart from the block choices"):
+        splits(f"dataset.untouched_list={untouched}", f"dataset.holdout_list={held}")
+    untouched.write_text("nope.png\n")
+    with pytest.raises(DatasetError, match=r"^dataset.untouched_list=.* names 1 image\(s\) that"):
+        splits(f"dataset.untouched_list={untouched}")
