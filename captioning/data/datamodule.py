@@ -318,11 +318,11 @@ def _apply_split(
     ``dataset.untouched_list`` are set aside first (``_set_aside_untouched``), so neither choice
     below can see them."""
     records, untouched = _set_aside_untouched(records, official_split, ds_cfg)
-    return _split_and_hold_out(records, official_split, ds_cfg, seed) + untouched
+    return _split_and_hold_out(records, official_split, ds_cfg, seed, report) + untouched
 
 
 def _split_and_hold_out(records: list[Record], official_split: dict[str, str] | None, ds_cfg,
-                        seed: int) -> list[Record]:
+                        seed: int, report: DataReport) -> list[Record]:
     name, mode = ds_cfg.name, ds_cfg.split
     check_values({"dataset.split": mode})
     if mode == "random":

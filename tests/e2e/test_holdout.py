@@ -25,8 +25,9 @@ def test_a_tiny_run_scores_the_holdout_like_val_and_eval_py_repeats_it(tmp_path)
     train_ids = sorted(r.id for r in load_records(plain, 42, progress=False)[0]["train"])
     untouched = tmp_path / "untouched.txt"
     untouched.write_text("\n".join(train_ids[:3]) + "\n")
-    cfg = compose_config(f"dataset.untouched_list={untouched}", "debug=[tiny,fdr]", "logger=none", "backbone.image_size=32",
-                         "dataset.holdout=4", "evaluation.show=0", "callbacks.kangas.enabled=false",
+    cfg = compose_config(f"dataset.untouched_list={untouched}", "debug=[tiny,fdr]", "logger=none",
+                         "backbone.image_size=32", "dataset.holdout=4", "evaluation.show=0",
+                         "callbacks.kangas.enabled=false",
                          "dataset.train_on_val=true", "callbacks.checkpoints.select=last",
                          f"paths.output_dir={tmp_path}")
     result = train(cfg)
