@@ -304,15 +304,15 @@ def chromium(url: str, profile: Path, screenshot: Path | None = None,
 
 @contextlib.contextmanager
 def serving(root: Path, datagrid: Path, log: Path):
-    """captioning.review's servers over ``root``, opened at ``datagrid``: yields (page url for
-    the grid, backend url), stops them after."""
+    """captioning.review's servers over ``root``, opened at ``datagrid`` (default: the one review
+    picks): yields (page url for the grid, backend url), stops them after."""
     from captioning.review import start, stop, wait_until_up
 
-    proc, url, _ = start(root, datagrid=str(datagrid), log=log)
+    proc, url, _ = start(root, datagrid=datagrid and str(datagrid), log=log)
     try:
         assert wait_until_up(url, timeout=120, proc=proc), _tail(log)
         assert wait_until_up(proc.backend_url + "datagrid/list", timeout=60, proc=proc), _tail(log)
-        yield f"{url}?{urllib.parse.urlencode({'datagrid': str(datagrid)})}", proc.backend_url
+        yield proc.open_url, proc.backend_url
     finally:
         stop(proc)
 
