@@ -13,8 +13,8 @@ from the run's config, so the same images; they cannot change after training.
 
 Writes eval_<split>_<decoding>.json and predictions_<split>_<decoding>.csv into the run
 directory, and with callbacks.kangas.enabled (the run's setting) the Kangas grid
-predictions/eval_<split>_<decoding>.datagrid: callbacks.kangas.max_rows images, each with one
-attention heat-map layer per generated word (callbacks.kangas.attention=false: none). The
+predictions/eval_<split>_<decoding>.datagrid: callbacks.kangas.max_rows images, each with an
+attention heat map per generated word (callbacks.kangas.attention=false: none). The
 training-time metrics.json is never touched.
 """
 
