@@ -1,12 +1,12 @@
 """The README's pictures of the Kangas review page, taken from a served run folder by headless
 Debian chromium driven over its DevTools pipe (no browser driver to install).
 
-    python scripts/review_screenshots.py OUTPUTS GRID_ID OUT_DIR [--word N]
+    python scripts/review_screenshots.py OUTPUTS GRID_ID OUT_DIR [--word N] [--grid-only]
 
 OUTPUTS is served as ``make kangas`` serves it (captioning.review); GRID_ID is a grid's path
 relative to it (``2026-12-07/03-22-21/predictions/final.datagrid``). Writes OUT_DIR/grid.png
 (the grid as it opens) and OUT_DIR/attention.png (the first row expanded, every attention
-layer hidden but word N's, clicked off one by one as a reviewer would).
+layer hidden but word N's, clicked off one by one as a reviewer would; not with --grid-only).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ CHIPS = """[...document.querySelectorAll('div')].filter(
     d => d.children.length === 0 && /^attention: \\d\\d /.test(d.textContent))"""
 
 
-def take(url: str, out: Path, word: int) -> list[str]:
+def take(url: str, out: Path, word: int | None) -> list[str]:
     from PIL import Image
 
     browser = Browser((1720, 760))
@@ -100,6 +100,8 @@ def take(url: str, out: Path, word: int) -> list[str]:
         with Image.open(out / "grid.png") as im:                      # the first five rows
             im = im.crop((0, 0, im.width, 350)).convert("RGB").quantize(256)
             im.save(out / "grid.png", optimize=True)
+        if word is None:
+            return []
         browser.js("document.querySelector('img[alt=\"DataGrid Image\"]').click()")
         time.sleep(10)
         chips = browser.js(f"{CHIPS}.map(d => d.textContent)") or []
@@ -126,6 +128,7 @@ def main(argv=None) -> int:
     p.add_argument("grid")
     p.add_argument("out", type=Path)
     p.add_argument("--word", type=int, default=2, help="the word whose layer stays on")
+    p.add_argument("--grid-only", action="store_true", help="only grid.png")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     proc, url, _ = start(args.outputs, datagrid=args.grid)
@@ -133,7 +136,8 @@ def main(argv=None) -> int:
         if not wait_until_up(url, proc=proc):
             print(f"kangas server did not come up; log: {proc.log_path}", file=sys.stderr)
             return 1
-        chips = take(grid_link(url, args.outputs, args.outputs / args.grid), args.out, args.word)
+        chips = take(grid_link(url, args.outputs, args.outputs / args.grid), args.out,
+                     None if args.grid_only else args.word)
         print(f"layers: {chips}\nwrote {args.out / 'grid.png'}, {args.out / 'attention.png'}")
     finally:
         stop(proc)
