@@ -14,8 +14,8 @@ dataset.untouched_list's images, which no run scores by itself: the figures to q
 
 Writes eval_<split>_<decoding>.json and predictions_<split>_<decoding>.csv into the run
 directory, and with callbacks.kangas.enabled (the run's setting) the Kangas grid
-predictions/eval_<split>_<decoding>.datagrid: callbacks.kangas.max_rows images, each with one
-attention heat-map layer per generated word (callbacks.kangas.attention=false: none). The
+predictions/eval_<split>_<decoding>.datagrid: callbacks.kangas.max_rows images, each with an
+attention heat map per generated word (callbacks.kangas.attention=false: none). The
 training-time metrics.json is never touched.
 """
 

@@ -242,8 +242,10 @@ def write_comparison_grid(sweep: Path, rows: list[dict]) -> Path | None:
     if not grid:
         print("note: no finished job has predictions.csv: no comparison.datagrid")
         return None
-    dg = kangas.DataGrid(grid, columns=columns, name="comparison")
-    return save_grid(dg, sweep / "comparison.datagrid")
+    types = {c: "FLOAT" if c.endswith(": cider") or c == "spread" else "TEXT" for c in columns}
+    dg = kangas.DataGrid(grid, columns={**types, "image": "IMAGE-ASSET"}, name="comparison")
+    captions = [c for c in columns if c == "references" or c.endswith(": caption")]
+    return save_grid(dg, sweep / "comparison.datagrid", plain_text=captions)
 
 
 def main(argv=None) -> int:

@@ -4,12 +4,14 @@ predictions/*.datagrid and the sweeps' comparison.datagrid (``python -m captioni
     python -m captioning.review [DIR] [--host 127.0.0.1] [--port 4000] [--log FILE]
 
 Binds both Kangas servers (the Python backend and the Node frontend) to 127.0.0.1 unless told
-otherwise, switches Kangas's version check off (no phoning home), prints the address, and runs
-until Ctrl-C or SIGTERM, which stop both servers. Hardening, applied in the server process, so
-a page's filter or a crafted URL cannot run code or read files outside DIR: filters are
-compiled by RestrictedPython (it refuses to serve without it), and a DataGrid is only served
-from inside DIR (no absolute or ../ paths out of it). The servers'
-output goes to a log file (--log; by default a new captioning-review-*.log in the system temp
+otherwise, switches Kangas's version check off (no phoning home), prints a link per grid and
+the address to open (the newest run's final grid; the bare address redirects there), and runs
+until Ctrl-C or SIGTERM, which stop both servers. Grid thumbnails are drawn without their
+attention heat maps (the expanded view has them as layers). Hardening, applied in the server
+process, so a page's filter or a crafted URL cannot run code or read files outside DIR: filters
+are compiled by RestrictedPython (it refuses to serve without it), and a DataGrid is only
+served from inside DIR (no absolute or ../ paths out of it). The servers' output goes to a
+log file (--log; by default a new captioning-review-*.log in the system temp
 folder, printed at start), never to a pipe.
 """
 
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 
 __import__("captioning.privacy").privacy.no_phone_home()   # no phoning home (privacy.py)
@@ -54,6 +57,21 @@ net.Server.prototype.listen = function (...args) {
   }
   return listen.apply(this, args);
 };
+// The bare address opens on a grid: Kangas's page at "/" with no ?datagrid= shows an empty
+// table ("Showing 1 - null of null rows"), so a browser's plain GET of "/" (not Next's own
+// RSC requests) is redirected to CAPTIONING_REVIEW_OPEN ("/?datagrid=...", review's choice).
+const http = require('http');
+const open = process.env.CAPTIONING_REVIEW_OPEN;
+const emit = http.Server.prototype.emit;
+http.Server.prototype.emit = function (event, req, res) {
+  if (open && event === 'request' && req.method === 'GET' && req.url === '/'
+      && !req.headers['rsc'] && !req.headers['next-router-state-tree']) {
+    res.writeHead(302, { Location: open });
+    res.end();
+    return true;
+  }
+  return emit.apply(this, arguments);
+};
 """
 _SERVE = ("import sys; from captioning.review import serve_kangas; "
           "sys.exit(serve_kangas(sys.argv[1:]))")
@@ -65,16 +83,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def grid_id(root: Path | str, grid: Path | str) -> str:
+    """A grid's id on the page (Kangas's ``?datagrid=``, its selector's values): its path
+    relative to the served folder, with forward slashes."""
+    return Path(grid).resolve().relative_to(Path(root).resolve()).as_posix()
+
+
+def grid_link(url: str, root: Path | str, grid: Path | str) -> str:
+    """The page's address opened at ``grid``: ``http://host:port/?datagrid=<grid_id>``."""
+    return f"{url}?datagrid={urllib.parse.quote(grid_id(root, grid), safe='/')}"
+
+
+def default_grid(grids: list[Path]) -> Path:
+    """The grid the page opens on: the newest run's final grid, else the newest sweep
+    comparison, else the newest grid (newest: last modified)."""
+    for name in ("final.datagrid", "comparison.datagrid", None):
+        pick = [g for g in grids if name is None or g.name == name]
+        if pick:
+            return max(pick, key=lambda g: g.stat().st_mtime)
+    raise ValueError("no grids")
+
+
 def start(root: Path, host: str = "127.0.0.1", port: int | None = None,
           datagrid: str | None = None, log: Path | str | None = None):
     """Start the Kangas servers over ``root`` (``kangas server`` run by serve_kangas, hardened);
     returns (process, url, grids). The caller stops it with stop(). Both servers write to
-    ``process.log_path`` (``log``, or a new captioning-review-*.log in the temp folder)."""
+    ``process.log_path`` (``log``, or a new captioning-review-*.log in the temp folder). The
+    page opens on ``datagrid`` (default: default_grid): ``process.open_url`` is its address, and
+    the bare ``url`` redirects there."""
     root = Path(root).resolve()
     grids = sorted(root.rglob("*.datagrid"))
     if not grids:
         raise SystemExit(f"No .datagrid files under {root}. Train a run first (`make train`), "
                          f"or point at a folder that has predictions/*.datagrid.")
+    opened = Path(datagrid) if datagrid else default_grid(grids)
+    opened = opened if opened.is_absolute() else root / opened
     port = port or free_port()
     backend_port = free_port()
     if log is None:
@@ -90,18 +133,20 @@ def start(root: Path, host: str = "127.0.0.1", port: int | None = None,
     python_path = [os.environ.get("PYTHONPATH"), str(Path(__file__).resolve().parents[1])]
     env = {**os.environ, "KANGAS_VERSION_CHECK": "0", "KANGAS_ROOT": str(root),
            "CAPTIONING_REVIEW_BIND": host, "NODE_OPTIONS": node_options,
+           "CAPTIONING_REVIEW_OPEN": grid_link("/", root, opened),
            "PYTHONPATH": os.pathsep.join(filter(None, python_path))}
     cmd = [sys.executable, "-c", _SERVE, "--backend", "flask", "--host", host,
            "--backend-host", host, "--frontend-port", str(port),
            "--backend-port", str(backend_port), "--open", "no"]
-    if datagrid:
-        cmd.append(str(datagrid))
+    cmd.append(str(opened))
     with open(log, "wb") as out:          # a file, not a pipe: nobody has to keep reading it
         proc = subprocess.Popen(cmd, env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     proc.log_path, proc.preload_path = log, Path(preload)
     proc.backend_url = f"http://{host}:{backend_port}/"
-    return proc, f"http://{host}:{port}/", grids
+    url = f"http://{host}:{port}/"
+    proc.open_url = grid_link(url, root, opened)
+    return proc, url, grids
 
 
 def harden_kangas(root: Path | str) -> None:
@@ -147,6 +192,8 @@ def harden_kangas(root: Path | str) -> None:
 
     for module in (queries, flask_server, tasks):
         module.get_dg_path = get_dg_path
+    tasks.list_datagrids = queries.list_datagrids = lambda: list_grids(served)
+    queries.generate_thumbnail = thumbnails_without_heatmaps(queries.generate_thumbnail)
 
     @flask_server.application.before_request
     def _served_datagrids_only():
@@ -157,6 +204,40 @@ def harden_kangas(root: Path | str) -> None:
             except Exception:
                 return flask_server.error(404)
         return None
+
+
+def list_grids(root: str) -> list[dict]:
+    """The page's grid selector: every .datagrid under ``root``, newest first, as Kangas's
+    list_datagrids gives them (value, label, timestamp) but with value and label = grid_id.
+    Kangas's own walks 3 folders deep, so a run's predictions/*.datagrid (4 below outputs/) and
+    a sweep's comparison.datagrid were missing and the selector was empty."""
+    grids = sorted(Path(root).rglob("*.datagrid"), key=lambda g: -g.stat().st_mtime)
+    return [{"value": grid_id(root, g), "label": grid_id(root, g),
+             "timestamp": g.stat().st_mtime} for g in grids]
+
+
+def without_heatmaps(annotations):
+    """An image's annotation layers less their metric masks (heat maps)."""
+    layers = []
+    for layer in annotations or []:
+        data = [a for a in layer.get("data", [])
+                if not (isinstance(a.get("mask"), dict) and a["mask"].get("type") == "metric")]
+        if data:
+            layers.append({**layer, "data": data})
+    return layers or None
+
+
+def thumbnails_without_heatmaps(generate_thumbnail):
+    """Kangas's thumbnail maker, drawing an image's boxes and labels but not its heat maps.
+    Kangas blends every metric mask into the grid's thumbnail at once (there is no per-layer
+    "hidden" flag), so a final grid with a layer per word showed a purple/yellow blob for every
+    image; the layers stay on the image and are drawn in the expanded view."""
+
+    def generate(asset_data, *args, annotations=None, **kwargs):
+        return generate_thumbnail(asset_data, *args, annotations=without_heatmaps(annotations),
+                                  **kwargs)
+
+    return generate
 
 
 def serve_kangas(argv: list[str]) -> int:
@@ -232,15 +313,17 @@ def stop(proc, timeout: float = 15.0) -> None:
         Path(preload).unlink(missing_ok=True)
 
 
-def grid_listing(grids: list[Path], last: int = 10) -> list[str]:
+def grid_listing(grids: list[Path], last: int = 10, link=str) -> list[str]:
     """What review prints at start: every sweep's comparison grid (``captioning.compare``
-    writes <sweep>/comparison.datagrid), then the ``last`` other grids, and how many more."""
+    writes <sweep>/comparison.datagrid), then the ``last`` other grids, and how many more; each
+    as ``link(grid)`` (main: the page's address opened at the grid)."""
     comparisons = [g for g in grids if g.name == "comparison.datagrid"]
     others = [g for g in grids if g.name != "comparison.datagrid"]
-    lines = [f"{g}   (sweep comparison: one row per image, a column per job)" for g in comparisons]
+    lines = [f"{link(g)}   (sweep comparison: one row per image, a column per job)"
+             for g in comparisons]
     if len(others) > last:
         lines.append(f"... and {len(others) - last} more; the newest {last}:")
-    return lines + [str(g) for g in others[-last:]]
+    return lines + [link(g) for g in others[-last:]]
 
 
 def _tail(path, n: int = 4000) -> str:
@@ -274,15 +357,16 @@ def main(argv=None) -> int:
     proc = None
     try:
         proc, url, grids = start(Path(args.root), args.host, args.port, log=args.log)
-        print(f"Serving {len(grids)} DataGrid(s) from {Path(args.root).resolve()}")
-        for line in grid_listing(grids):
+        root = Path(args.root).resolve()
+        print(f"Serving {len(grids)} DataGrid(s) from {root}")
+        for line in grid_listing(grids, link=lambda g: grid_link(url, root, g)):
             print(f"  {line}")
         print(f"Server log: {proc.log_path}", flush=True)
         if not wait_until_up(url, proc=proc):
             print(f"kangas server did not come up at {url}\n{_tail(proc.log_path)}",
                   file=sys.stderr)
             return 1
-        print(f"Open {url} in a browser (Ctrl-C to stop).", flush=True)
+        print(f"Open {proc.open_url} in a browser (Ctrl-C to stop).", flush=True)
         if proc.wait():
             print(f"kangas server exited ({proc.returncode}):\n{_tail(proc.log_path)}",
                   file=sys.stderr)

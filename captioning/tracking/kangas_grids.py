@@ -14,6 +14,14 @@ from captioning.models.attention import upsample
 
 PREDICTION_COLUMNS = ["image", "id", "references", "prediction", "bleu_4", "cider", "length",
                       "epoch", "run"]
+# Each column's Kangas type, given rather than guessed from the first rows.
+PREDICTION_TYPES = {"image": "IMAGE-ASSET", "id": "TEXT", "references": "TEXT",
+                    "prediction": "TEXT", "bleu_4": "FLOAT", "cider": "FLOAT",
+                    "length": "INTEGER", "epoch": "INTEGER", "run": "TEXT", "samples": "TEXT"}
+# Columns of sentences: shown as plain text, never as coloured labels (save_grid).
+PLAIN_TEXT_COLUMNS = ("references", "prediction", "samples", "captions", "run")
+# The final grid's one annotation layer: a heat map per generated word, labelled "03 circle".
+ATTENTION_LAYER = "attention"
 
 
 def pick_rows(records, max_rows: int | None, seed: int = 0):
@@ -57,18 +65,19 @@ MASK_SIDE = 16
 
 
 def add_attention(image, words, maps) -> None:
-    """One metric-mask layer per generated word on a ``kangas.Image``, named and labelled with
-    its position and the word ("03 circle"): the word's attention map, upsampled from the token
-    grid to the image's shape (``MASK_SIDE`` pixels on the long side). In the Kangas UI a
-    reviewer shows or hides the words' layers."""
+    """One metric mask per generated word on a ``kangas.Image``, in the ``ATTENTION_LAYER``
+    layer, labelled with its position and the word ("03 circle"; the page shows the label as
+    "attention: 03 circle"): the word's attention map, upsampled from the token grid to the
+    image's shape (``MASK_SIDE`` pixels on the long side). In the Kangas UI's expanded view a
+    reviewer shows or hides each word's map; ``make kangas`` draws grid thumbnails without them
+    (captioning/review.py)."""
     width, height = image.to_pil().size
     scale = MASK_SIDE / max(width, height)
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     for i, (word, grid) in enumerate(zip(words, maps, strict=True)):
-        name = f"{i + 1:02d} {word}"
         # A list of rows: Kangas reads a 2-D array's shape as (width, height).
-        image.add_mask_metric(name, upsample(grid, size).tolist(), layer_name=name,
-                              colormap="plasma")
+        image.add_mask_metric(f"{i + 1:02d} {word}", upsample(grid, size).tolist(),
+                              layer_name=ATTENTION_LAYER, colormap="plasma")
 
 
 def write_predictions_grid(path: Path, records, predictions, per_image: dict, epoch,
@@ -90,8 +99,9 @@ def write_predictions_grid(path: Path, records, predictions, per_image: dict, ep
                     + ([" | ".join(samples[i])] if samples else []))
     # decode.num_captions > 1: a "samples" column shows all of the image's N captions
     columns = PREDICTION_COLUMNS + (["samples"] if samples else [])
-    dg = kangas.DataGrid(rows, columns=columns, name=Path(path).stem)
-    return save_grid(dg, Path(path))
+    dg = kangas.DataGrid(rows, columns={c: PREDICTION_TYPES[c] for c in columns},
+                         name=Path(path).stem)
+    return save_grid(dg, Path(path), plain_text=PLAIN_TEXT_COLUMNS)
 
 
 def write_dataset_grid(path: Path, splits: dict, max_rows: int | None = None,
@@ -103,12 +113,15 @@ def write_dataset_grid(path: Path, splits: dict, max_rows: int | None = None,
     for split, records in splits.items():
         for r in pick_rows(records, max_rows, seed):
             rows.append([image_cell(r.image), r.id, split, " | ".join(r.captions), len(r.captions)])
-    dg = kangas.DataGrid(rows, columns=["image", "id", "split", "captions", "num_captions"],
+    dg = kangas.DataGrid(rows, columns={"image": "IMAGE-ASSET", "id": "TEXT", "split": "TEXT",
+                                        "captions": "TEXT", "num_captions": "INTEGER"},
                          name=Path(path).stem)
-    return save_grid(dg, Path(path))
+    return save_grid(dg, Path(path), plain_text=PLAIN_TEXT_COLUMNS)
 
 
-def save_grid(dg, path: Path) -> Path:
+def save_grid(dg, path: Path, plain_text=()) -> Path:
+    """Save ``dg`` at ``path`` (atomically, quietly); the ``plain_text`` columns are shown as
+    text (``show_as_text``)."""
     import contextlib
     import io
 
@@ -117,14 +130,34 @@ def save_grid(dg, path: Path) -> Path:
         # Kangas prints progress bars and status lines; a training log does not need them.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             dg.save(str(tmp))
+        show_as_text(tmp, plain_text)
     return path
+
+
+def show_as_text(grid: Path, columns) -> None:
+    """Show the TEXT ``columns`` of a saved grid as plain text. The Kangas page draws a TEXT
+    value as a coloured label ("category" pill) when it is under 25 characters and its column
+    has under 2,000 distinct values (the column's ``count_unique`` statistic, stored at save);
+    a column type cannot say otherwise. Captions are sentences, so short ones became pills and
+    long ones text in the same column: their columns' stored statistic drops count_unique."""
+    import contextlib
+    import json
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(str(grid))) as db, db:
+        for name, other in db.execute("SELECT name, other FROM metadata WHERE type = 'TEXT'")\
+                .fetchall():
+            if name in columns and other:
+                stats = {k: v for k, v in json.loads(other).items() if k != "count_unique"}
+                db.execute("UPDATE metadata SET other = ? WHERE name = ?",
+                           (json.dumps(stats), name))
 
 
 def write_grid(run_dir: Path, name: str, records, preds, per_image, epoch, cfg,
                tracker=None, attention=None, samples=None) -> Path | None:
     """predictions/<name>.datagrid (and a Comet asset); a failure is a warning, not a crash.
     ``attention``: per row, ``WordMaps`` of the prediction (see ``write_predictions_grid``)."""
-    run_name = cfg.logger.get("experiment_name") or Path(run_dir).name
+    run_name = run_label(cfg, run_dir)
     try:
         path = write_predictions_grid(Path(run_dir) / "predictions" / f"{name}.datagrid", records,
                                       preds, per_image, epoch, run_name, attention, samples)
@@ -134,3 +167,12 @@ def write_grid(run_dir: Path, name: str, records, preds, per_image, epoch, cfg,
     if tracker is not None:
         tracker.call("log_asset", str(path), file_name=f"predictions/{path.name}")
     return path
+
+
+def run_label(cfg, run_dir) -> str:
+    """The grids' ``run`` column: the run's name (``logger.experiment_name``: run.py sets it to
+    the command line's overrides, or ``defaults`` when there are none, shown as ``(defaults)``)
+    and its folder's last two parts: ``decoder=gru dataset=coco @ 2026-11-21/12-00-00``."""
+    name = cfg.logger.get("experiment_name")
+    name = "(defaults)" if not name or name == "defaults" else str(name)
+    return f"{name} @ {'/'.join(Path(run_dir).resolve().parts[-2:])}"

@@ -304,15 +304,15 @@ def chromium(url: str, profile: Path, screenshot: Path | None = None,
 
 @contextlib.contextmanager
 def serving(root: Path, datagrid: Path, log: Path):
-    """captioning.review's servers over ``root``, opened at ``datagrid``: yields (page url for
-    the grid, backend url), stops them after."""
+    """captioning.review's servers over ``root``, opened at ``datagrid`` (default: the one review
+    picks): yields (page url for the grid, backend url), stops them after."""
     from captioning.review import start, stop, wait_until_up
 
-    proc, url, _ = start(root, datagrid=str(datagrid), log=log)
+    proc, url, _ = start(root, datagrid=datagrid and str(datagrid), log=log)
     try:
         assert wait_until_up(url, timeout=120, proc=proc), _tail(log)
         assert wait_until_up(proc.backend_url + "datagrid/list", timeout=60, proc=proc), _tail(log)
-        yield f"{url}?{urllib.parse.urlencode({'datagrid': str(datagrid)})}", proc.backend_url
+        yield proc.open_url, proc.backend_url
     finally:
         stop(proc)
 
@@ -332,3 +332,23 @@ def test_listing_puts_sweep_comparisons_first(tmp_path):
     lines = grid_listing(grids, last=2)
     assert lines[0].startswith(str(comparison)) and "comparison" in lines[0]
     assert "2 more" in lines[1] and lines[2:] == [str(g) for g in runs[-2:]]
+
+
+def test_listing_links_open_each_grid_and_the_newest_final_grid_first(tmp_path):
+    """`make kangas` prints a link per grid (the page opened at it), and opens on the newest
+    run's final grid, not on the newest grid of any kind."""
+    from captioning.review import default_grid, grid_link, grid_listing
+
+    final = _write_grid(tmp_path / "2026-12-07" / "10-00" / "predictions" / "final.datagrid", "a")
+    for i, name in enumerate(["final", "epoch_001"]):              # older final, newer epoch
+        grid = _write_grid(tmp_path / "2026-12-08" / "10-00" / "predictions" / f"{name}.datagrid",
+                           "a")
+        os.utime(grid, (2e9 + i, 2e9 + i))
+    os.utime(final, (1e9, 1e9))
+    grids = sorted(tmp_path.rglob("*.datagrid"))
+    url = "http://127.0.0.1:4000/"
+    lines = grid_listing(grids, link=lambda g: grid_link(url, tmp_path, g))
+    assert lines == [f"{url}?datagrid=2026-12-07/10-00/predictions/final.datagrid",
+                     f"{url}?datagrid=2026-12-08/10-00/predictions/epoch_001.datagrid",
+                     f"{url}?datagrid=2026-12-08/10-00/predictions/final.datagrid"]
+    assert default_grid(grids) == tmp_path / "2026-12-08/10-00/predictions/final.datagrid"
