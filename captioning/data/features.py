@@ -55,7 +55,7 @@ def cache_key(cfg, records) -> str:
     h = hashlib.sha256()
     spec = {k: b[k] for k in b if k not in ("trainable", "blind")}
     weights = b.get("weights")
-    if weights not in (None, "imagenet"):     # a file: its identity is its content stamp
+    if weights not in (None, "imagenet", "preset"):   # a file: its identity is its content stamp
         st = os.stat(os.path.expanduser(str(weights)))
         spec["weights_stamp"] = [st.st_size, st.st_mtime_ns]
     if weights is None:
