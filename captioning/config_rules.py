@@ -332,6 +332,9 @@ RULES: dict[str, Rule] = {
     "logger.tags": Rule("strs", null=True),
     "logger.log_model": BOOL,
     "logger.sample_images": _int(0),
+    "logger.tensorboard.log_dir": PATH_OR_NULL,
+    "logger.tensorboard.histogram_freq": _int(0),
+    "logger.tensorboard.max_captions": _int(0),
 }
 # trainer.scst_reward is a mapping with a rule of its own (_reward_rule).
 

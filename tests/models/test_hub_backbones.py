@@ -139,7 +139,7 @@ def test_caption_py_attention_maps_and_export_of_a_hub_run(hub_run, tmp_path):
     code = ("import tensorflow as tf, sys; m = tf.saved_model.load(sys.argv[1]); "
             "print('CAPTION', m.caption(tf.constant([open(sys.argv[2], 'rb').read()]))"
             ".numpy()[0].decode())")
-    res = subprocess.run([sys.executable, "-c", code, str(path), str(jpeg)], cwd="/",
+    res = subprocess.run([sys.executable, "-c", code, str(path), str(jpeg)], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert f"CAPTION {caption}" in res.stdout
