@@ -55,6 +55,11 @@ def test_local_preset_folder_is_loaded_with_its_weights(tmp_path):
         [w.numpy() for w in loaded.weights], [w.numpy() for w in vit.weights], strict=True))
     white = np.full((1, 32, 32, 3), 255.0, np.float32)          # the preset's own 1/255 scale
     np.testing.assert_allclose(np.asarray(net.get_layer("preprocess")(white))[0, 0, 0], 1.0)
+    from captioning.data.features import cache_key
+
+    key = cache_key(cfg, [])                    # the feature cache follows the folder's files
+    vit.save_to_preset(str(tmp_path / "tiny_vit"))
+    assert cache_key(cfg, []) != key
 
 
 def test_unfetchable_preset_says_where_to_put_a_downloaded_copy(monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 
 from captioning import ConfigError
 from captioning.tracking.loggers import open_loggers
-from captioning.tracking.names import logger_names
+from captioning.tracking.names import disable_loggers, logger_names
 from captioning.training import train
 from tests.conftest import compose_config
 
@@ -37,6 +37,11 @@ def test_logger_choices_compose_without_clashing(choice, names):
     assert logger_names(cfg.logger) == names
     if "comet" in names:                                # Comet's keys stay where they were
         assert cfg.logger.project == "captioning" and cfg.logger.online == "auto"
+    from omegaconf import open_dict
+
+    with open_dict(cfg):                                # a multi-worker run's other workers
+        disable_loggers(cfg.logger)
+    assert logger_names(cfg.logger) == []
 
 
 def test_a_target_that_cannot_be_imported_is_one_clear_error(tmp_path):
