@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from captioning import CaptioningError, TrainingInterrupted
 from captioning.privacy import no_phone_home
+from captioning.tracking.names import logger_names
 
 no_phone_home()   # before Kangas or Comet is imported: no usage pings, no cloud-metadata probes
 
@@ -34,7 +35,7 @@ def main(cfg: DictConfig) -> float | None:
         if _in_sweep():
             _locate_resume(cfg)        # a sweep's job resolves its own resume= (single runs:
         check_config(cfg)              # _prepare_run_dir, before Hydra); then every value rule
-        if cfg.logger.name == "comet":
+        if "comet" in logger_names(cfg.logger):
             import comet_ml  # noqa: F401 - before TensorFlow/Keras, so Comet's hooks attach
 
             _name_the_run(cfg)

@@ -26,10 +26,12 @@ from captioning.config_rules import (
     RULES,
     WEIGHTS,
     check_values,
+    hub_rules,
     is_number,
     small_cnn_rules,
 )
 from captioning.evaluation.rewards import SCORES
+from captioning.models.registry import HUB_BACKBONES
 from captioning.runs.files import averaged_epochs
 
 # The smallest input side keras.applications accepts (imagenet_utils.obtain_input_shape's
@@ -216,11 +218,13 @@ def _backbone_rules(v: dict) -> list[tuple[bool, str]]:
         minimum, why = ((stride * (2 ** (n - 1) - 1) + 1,
                          f"a stride-{stride} stem, then {n - 1} halving stages")
                         if stem else (2**n, f"{n} stages, each halves the side"))
+    elif name in HUB_BACKBONES:
+        minimum, why = v.get("backbone.patch_size", 16), "one patch"
     else:
         minimum = KERAS_MIN_SIZE.get(name, 32)
         why = "the smallest input keras.applications accepts"
     minimum = max(minimum, 16)
-    return [*small_cnn_rules(v),
+    return [*small_cnn_rules(v), *hub_rules(v),
             (size >= minimum,
              f"backbone.image_size must be >= {minimum} for backbone={name} ({why}). "
              f"Received: backbone.image_size={size}")]

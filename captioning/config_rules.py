@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from captioning import ConfigError
 from captioning.data.readers import READERS
-from captioning.models.registry import DECODE_METHODS, DECODERS, TTA_VIEWS
+from captioning.models.registry import DECODE_METHODS, DECODERS, HUB_BACKBONES, TTA_VIEWS
 
 # The epoch scores ValidationCaptions adds to the logs (only on the epochs it runs).
 CAPTION_SCORES = ("val_cider", "val_bleu_4")
@@ -247,6 +247,14 @@ RULES: dict[str, Rule] = {
     "backbone.stem": _int(0, null=True, hint=" (0 or null: no stem)"),
     "backbone.stem_stride": _one_of(1, 2, 3, 4, hint=" (4: a patchify stem)"),
     "backbone.dropout": _num(**FRACTION),
+    # the keras-hub encoders (vit, clip): a preset, or the architecture for weights=null
+    "backbone.preset": Rule("str", null=True, what="a keras-hub preset name, a local preset "
+                            "folder, or null"),
+    "backbone.patch_size": _int(1),
+    "backbone.num_layers": _int(1),
+    "backbone.num_heads": _int(1),
+    "backbone.hidden_dim": _int(1),
+    "backbone.mlp_dim": _int(1),
     # decoder
     "decoder.name": _one_of(*DECODERS),
     "decoder.dim": _int(1),
@@ -325,6 +333,9 @@ RULES: dict[str, Rule] = {
     "logger.tags": Rule("strs", null=True),
     "logger.log_model": BOOL,
     "logger.sample_images": _int(0),
+    "logger.tensorboard.log_dir": PATH_OR_NULL,
+    "logger.tensorboard.histogram_freq": _int(0),
+    "logger.tensorboard.max_captions": _int(0),
 }
 # trainer.scst_reward is a mapping with a rule of its own (_reward_rule).
 
@@ -360,6 +371,33 @@ def small_cnn_rules(v: Mapping[str, object]) -> list[tuple[bool, str]]:
     ]
 
 
+def hub_rules(v: Mapping[str, object]) -> list[tuple[bool, str]]:
+    """The keras-hub encoders' rules between keys (``v`` as for ``small_cnn_rules``):
+    ``weights=preset`` is theirs alone; they have no ``imagenet`` file and no layer count to
+    fine-tune; patches tile the image; heads divide the width."""
+    name, weights = str(v.get("backbone.name", "small_cnn")).lower(), v.get("backbone.weights")
+    if name not in HUB_BACKBONES:
+        return [(weights != "preset", f"backbone.weights=preset is for the keras-hub encoders "
+                 f"({', '.join(HUB_BACKBONES)}); backbone={name} takes imagenet, null or a "
+                 f"path.")]
+    size, patch = v.get("backbone.image_size"), v.get("backbone.patch_size", 16)
+    heads, dim = v.get("backbone.num_heads", 12), v.get("backbone.hidden_dim", 768)
+    trainable = v.get("backbone.trainable", False)
+    tiles = size is None or weights == "preset" or size % patch == 0
+    return [
+        (weights != "imagenet", f"backbone={name} has no imagenet file: set "
+         f"backbone.weights=preset (backbone.preset's weights), null (random) or a path."),
+        (isinstance(trainable, bool), f"backbone.trainable must be true or false for "
+         f"backbone={name} (a number of top layers is for CNNs). Received: "
+         f"backbone.trainable={trainable}"),
+        (tiles, f"backbone.image_size must be a multiple of backbone.patch_size={patch} "
+         f"for backbone={name}, e.g. {max(patch, size - size % patch) if size else patch}. "
+         f"Received: backbone.image_size={size}"),
+        (weights == "preset" or dim % heads == 0, f"backbone.hidden_dim must be a multiple of "
+         f"backbone.num_heads={heads}. Received: backbone.hidden_dim={dim}"),
+    ]
+
+
 def check_backbone(**values) -> None:
     """The backbone.* rules for a backbone built without a checked config (backbones.py calls
     it): ``values`` by short name (``name``, ``image_size``, ``stem_stride``, ...; None: the
@@ -367,6 +405,6 @@ def check_backbone(**values) -> None:
     v = {f"backbone.{k}": list(x) if isinstance(x, Sequence) and not isinstance(x, str) else x
          for k, x in values.items() if x is not None}
     check_values(v)
-    for ok, message in small_cnn_rules(v):
+    for ok, message in [*small_cnn_rules(v), *hub_rules(v)]:
         if not ok:
             raise ConfigError(message)

@@ -55,9 +55,13 @@ def cache_key(cfg, records) -> str:
     h = hashlib.sha256()
     spec = {k: b[k] for k in b if k not in ("trainable", "blind")}
     weights = b.get("weights")
-    if weights not in (None, "imagenet"):     # a file: its identity is its content stamp
+    if weights not in (None, "imagenet", "preset"):   # a file: its identity is its content stamp
         st = os.stat(os.path.expanduser(str(weights)))
         spec["weights_stamp"] = [st.st_size, st.st_mtime_ns]
+    preset = Path(os.path.expanduser(str(b.get("preset") or "")))
+    if weights == "preset" and b.get("preset") and preset.is_dir():   # a local keras-hub preset
+        spec["preset_stamp"] = [[f.name, f.stat().st_size, f.stat().st_mtime_ns]
+                                for f in sorted(preset.iterdir()) if f.is_file()]
     if weights is None:
         spec["init_seed"] = int(cfg.seed)     # random init: depends on the run's seed
     import keras

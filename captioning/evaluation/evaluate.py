@@ -131,7 +131,7 @@ def _review_outputs(r: SplitResult, cfg, run_dir, tracker, best_epoch, model=Non
         write_grid(run_dir, "final", records, preds, r.per_image, best_epoch, cfg, tracker, maps,
                    samples=samples)
     if tracker is not None:
-        chosen = {x.id for x in pick_rows(r.records, int(cfg.logger.sample_images))}
+        chosen = {x.id for x in pick_rows(r.records, int(cfg.logger.get("sample_images", 0)))}
         for x, p in zip(r.records, r.predictions, strict=True):
             if x.id in chosen:
                 tracker.call("log_image", x.image, name=f"val/{Path(x.id).stem}",

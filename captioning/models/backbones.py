@@ -14,6 +14,7 @@ from pathlib import Path
 
 from captioning import ConfigError
 from captioning.config_rules import check_backbone
+from captioning.models.registry import HUB_BACKBONES, resolve
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,8 @@ def _application(name: str) -> Backbone:
     return Backbone(name, build, preprocess, FEATURE_DIMS.get(name), size)
 
 
+# The backbone.* keys of the keras-hub encoders (conf/backbone/vit.yaml, clip.yaml).
+HUB_KEYS = ("preset", "patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim")
 FEATURE_DIMS = {"efficientnetb0": 1280, "inceptionresnetv2": 1536, "resnet50": 2048,
                 "mobilenetv2": 1280}
 
@@ -114,8 +117,11 @@ def APPLICATIONS() -> dict[str, Callable]:
 
 
 def get_backbone(name: str, **options) -> Backbone:
-    """``small_cnn`` or any keras.applications model by lower-cased name."""
+    """``small_cnn``, a keras-hub encoder (``vit``, ``clip``: ``models/hub_backbones.py``) or
+    any keras.applications model by lower-cased name."""
     name = str(name).lower()
+    if name in HUB_BACKBONES:
+        return resolve(HUB_BACKBONES[name])(name, **options)
     if name == "small_cnn":
         convs = options.get("convs_per_stage", 1)
         convs = convs if isinstance(convs, int) else list(convs)
@@ -125,9 +131,9 @@ def get_backbone(name: str, **options) -> Backbone:
         return Backbone("small_cnn", build, _scale_pm1, (options.get("filters") or [192])[-1], 64)
     known = APPLICATIONS()
     if name not in known:
-        raise ConfigError(f"Unknown backbone {name!r}. Known: {['small_cnn'] + sorted(known)} "
-                          f"(or select a preset: "
-                          f"backbone=small_cnn|efficientnetb0|inceptionresnetv2).")
+        raise ConfigError(f"Unknown backbone {name!r}. Known: "
+                          f"{['small_cnn', *HUB_BACKBONES] + sorted(known)} (or select a "
+                          f"preset: backbone=small_cnn|efficientnetb0|inceptionresnetv2|vit|clip).")
     return _application(name)
 
 
@@ -183,14 +189,17 @@ def build_backbone(cfg):
     import keras
 
     b = cfg.backbone
-    spec = get_backbone(b.name, filters=b.get("filters"), dropout=b.get("dropout", 0.0),
-                        convs_per_stage=b.get("convs_per_stage", 1), stem=b.get("stem", 0),
-                        stem_stride=b.get("stem_stride", 2))
     size = int(b.image_size)
     weights = b.get("weights")
     weights = None if weights in (None, "null", "none", "None") else str(weights)
-    check_backbone(name=spec.name, image_size=size, weights=weights)
-    is_file = weights not in (None, "imagenet")
+    check_backbone(name=b.name, image_size=size, weights=weights, trainable=b.get("trainable"),
+                   **{k: b.get(k) for k in HUB_KEYS})
+    spec = get_backbone(b.name, filters=b.get("filters"), dropout=b.get("dropout", 0.0),
+                        convs_per_stage=b.get("convs_per_stage", 1), stem=b.get("stem", 0),
+                        stem_stride=b.get("stem_stride", 2),
+                        **{k: b.get(k) for k in HUB_KEYS if b.get(k) is not None},
+                        weights=weights)
+    is_file = weights not in (None, "imagenet", "preset")
     path = _weights_file(weights, spec.name) if is_file else None
     net = _build_net(spec, size, None if is_file or spec.name == "small_cnn" else weights)
     if path is not None:
@@ -216,6 +225,8 @@ def build_backbone(cfg):
     # an outer training=True override this, so Captioner.encode also passes training=False to a
     # backbone with no trainable weights.
     x = net(x, training=False) if trainable is False else net(x)
+    if len(x.shape) == 3:        # tokens already (B, S, C): a keras-hub encoder's patches
+        return keras.Model(inputs, x, name=f"backbone_{spec.name}")
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
     # (B, S, C): cross-attention wants a sequence.
     tokens = keras.layers.Reshape((h * w, c), name="to_tokens")(x)

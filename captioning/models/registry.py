@@ -1,5 +1,5 @@
-"""The names ``decoder.name``, ``decode.method`` and ``decode.tta`` may take, each list written
-once, with what each name builds.
+"""The names ``decoder.name``, ``decode.method``, ``decode.tta`` and the keras-hub
+``backbone.name`` may take, each list written once, with what each name builds.
 
 Pure Python on purpose. ``captioning.config_rules`` derives its allowed values from these
 names, and the config check must run before TensorFlow is imported (composing a config and
@@ -21,6 +21,14 @@ import importlib
 DECODERS = {
     "gru": "captioning.models.build:gru_decoder",
     "transformer": "captioning.models.build:transformer_decoder",
+}
+
+# backbone.name -> "module:function(name, **backbone options)" for the keras-hub image encoders
+# (patch tokens, their own preprocessing); small_cnn and keras.applications are resolved in
+# captioning/models/backbones.py.
+HUB_BACKBONES = {
+    "vit": "captioning.models.hub_backbones:hub_backbone",
+    "clip": "captioning.models.hub_backbones:hub_backbone",
 }
 
 # decode.method -> how decoding.Generator decodes: keras-hub's greedy, top-k and top-p

@@ -17,6 +17,7 @@ LAST_STATE = "last.state.npz"          # the resume state: weights, optimizer, R
 PREVIOUS_STATE = "previous.state.npz"  # the epoch before, should the last write have died
 VOCAB = "vocab.json"
 LOCK = "run.lock"                      # held while a process trains in the run
+TENSORBOARD = "tensorboard"            # logger=tensorboard's event files
 SLURM_JOB = "slurm.json"               # the SLURM job that trains the run (a requeue finds it)
 # Keys that locate things on disk (in any section): a resumed run may move them, and Comet's
 # experiment names leave them out.

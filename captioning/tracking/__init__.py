@@ -1,1 +1,2 @@
-"""Tracking: Comet experiments (online or offline archives) and Kangas prediction grids."""
+"""Tracking: the run's loggers (Comet experiments, online or offline archives; TensorBoard; a
+user's own, by ``_target_``) and Kangas prediction grids."""

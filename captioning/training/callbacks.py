@@ -273,6 +273,8 @@ class ValidationCaptions(keras.callbacks.Callback):
         if logs is not None and due_score:
             logs["val_bleu_4"], logs["val_cider"] = scores.corpus["bleu_4"], scores.corpus["cider"]
         self._diversity(e, preds, logs)
+        if self.tracker is not None:
+            self.tracker.log_captions(e, self.records, preds)
         if due_grid:
             n = self.grid_rows
             write_grid(self.run_dir, f"epoch_{e:03d}", self.records[:n], preds[:n],
@@ -326,8 +328,9 @@ class TimeBudget(keras.callbacks.Callback):
                   f"{self.slowest:.0f} s).")
 
 
-class CometEpochs(keras.callbacks.Callback):
-    """Per-epoch metrics to Comet, with the epoch (1-based) as the step."""
+class LoggerEpochs(keras.callbacks.Callback):
+    """Per-epoch metrics to the run's loggers (``tracking/loggers.py``), with the epoch (1-based)
+    as the step."""
 
     def __init__(self, tracker):
         super().__init__()
@@ -353,7 +356,7 @@ class CallbackSet:
 def make_callbacks(cfg, data, run_dir: Path, phases: Phases, tracker=None, t0=None,
                    clock=None) -> CallbackSet:
     """Signals, EMA swap, validation captions, history, checkpoints, early stopping, the resume
-    state (after the two it records), NaN guard, time budget, Comet; resumed from the run's
+    state (after the two it records), NaN guard, time budget, the loggers; resumed from the run's
     state (``phases.state``)."""
     state, es = phases.state, cfg.callbacks.early_stopping
     ckpts = cfg.callbacks.get("checkpoints", {})
@@ -382,6 +385,7 @@ def make_callbacks(cfg, data, run_dir: Path, phases: Phases, tracker=None, t0=No
     # The budget counts the time earlier processes of a resumed run spent, too.
     budget = TimeBudget(minutes, t0 - state.seconds, clock) if minutes else None
     callbacks += [budget] if budget is not None else []
-    callbacks += [CometEpochs(tracker)] if tracker is not None else []
+    # after ValidationCaptions: the loggers see its scores in the logs
+    callbacks += [LoggerEpochs(tracker), *tracker.callbacks()] if tracker is not None else []
     callbacks += profiler(cfg, run_dir)                       # trainer.profile_batches
     return CallbackSet(callbacks, history, saver, early, budget)

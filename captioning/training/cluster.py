@@ -26,6 +26,7 @@ from pathlib import Path
 from captioning import ConfigError
 from captioning.console import console
 from captioning.runs.resume import RunLock
+from captioning.tracking.names import disable_loggers
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ def workspace(cfg, run_dir: Path, resuming: bool):
         if resuming and (run_dir / "checkpoints").is_dir():
             shutil.copytree(run_dir / "checkpoints", scratch / "checkpoints")
         with open_dict(cfg):
-            cfg.logger.name = "none"                    # one Comet experiment: the chief's
+            disable_loggers(cfg.logger)         # one set of logs (Comet, TensorBoard): the chief's
         yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -33,7 +33,7 @@ from captioning.provenance import provenance
 from captioning.runs.checkpoints import load_selected
 from captioning.runs.files import VOCAB, checkpoints, record_slurm_job, state_path
 from captioning.runs.resume import check_resume
-from captioning.tracking.comet import open_tracker
+from captioning.tracking.loggers import open_loggers
 from captioning.training.callbacks import make_callbacks
 from captioning.training.cluster import workspace
 from captioning.training.compile import compile_captioner
@@ -52,7 +52,7 @@ class Run:
     dir: Path
     phases: Phases
     t0: float                      # time.perf_counter() at the start of this process's run
-    tracker: object | None = None  # a CometLogger, or None (logger=none)
+    tracker: object | None = None  # a LoggerSet (tracking/loggers.py), or None (no logger)
     clock: object | None = None    # trainer.lr_follows_clock: the fraction of max_minutes used
 
 
@@ -94,7 +94,7 @@ def _run(cfg, run_dir: Path, resuming: bool) -> dict:
     if resuming:
         phases.resumed()
         console.print(f"[bold]Resuming[/] {run_dir} after epoch {phases.state.epoch}")
-    run = Run(run_dir, phases, t0, open_tracker(cfg, run_dir, data), clock)
+    run = Run(run_dir, phases, t0, open_loggers(cfg, run_dir, data), clock)
     try:
         return _fit_and_evaluate(cfg, data, model, run)
     finally:
@@ -135,7 +135,7 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     atomic_write_text(run.dir / "metrics.json", json.dumps(results, indent=2))
     print_scores(results, notes)
     if run.tracker is not None:
-        run.tracker.log_outputs(run.dir, results, log_model=bool(cfg.logger.log_model))
+        run.tracker.log_outputs(run.dir, results, log_model=bool(cfg.logger.get("log_model")))
     console.print(f"[bold]Run directory:[/] {run.dir}")
     return results
 

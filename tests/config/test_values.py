@@ -44,7 +44,8 @@ WRONG_FOR = {
     "trainer.devices": ["/gpu:0", "[1]"],                 # null or a list of strings
     "logger.tags": ["abc", "[1]"],
     **dict.fromkeys(["logger.workspace", "logger.offline_directory", "logger.experiment_name",
-                     "dataset.data_dir", "dataset.root", "dataset.json", "dataset.images"],
+                     "logger.tensorboard.log_dir", "dataset.data_dir", "dataset.root",
+                     "dataset.json", "dataset.images"],
                     ["12345", "[1]"]),
     **dict.fromkeys(["callbacks.val_captions.method", "callbacks.val_captions.tta"],
                     ["bogus", "1", "[1]"]),
