@@ -21,15 +21,14 @@ training-time metrics.json is never touched.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from captioning import CaptioningError, run_cli  # noqa: E402
-from captioning.privacy import no_phone_home  # noqa: E402
+from captioning import CaptioningError, run_cli
+from captioning.privacy import no_phone_home
+from captioning.quiet import quiet_libraries
 
 no_phone_home()   # before Kangas or Comet is imported (captioning/privacy.py)
+quiet_libraries()  # library start-up noise off (captioning/quiet.py; CAPTIONING_VERBOSE=1: on)
 
 OWN_KEYS = ("run_dir", "split", "which")
 # What may change at scoring time: the run's decode/evaluation/dataset, and its grid settings.

@@ -30,8 +30,6 @@ from captioning.data.datamodule import build_data
 from captioning.data.features import attach_feature_cache
 from captioning.models.build import build_model
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 DEFAULT_WAYS = "recipe,ours:64:1e-4,ours:13:1e-4,ours:64:5e-4"
 
 

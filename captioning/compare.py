@@ -24,9 +24,11 @@ from pathlib import Path
 from captioning.data.datamodule import load_records
 from captioning.io import atomic_path
 from captioning.privacy import no_phone_home
+from captioning.quiet import quiet_libraries
 from captioning.tracking.kangas_grids import image_cell, save_grid
 
 no_phone_home()   # as every entry point does (captioning/privacy.py)
+quiet_libraries()  # library start-up noise off (captioning/quiet.py)
 
 COLUMNS = ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "loss", "accuracy")
 # dataset.holdout's scores (images never trained or selected on), where the runs have them

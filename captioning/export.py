@@ -11,15 +11,16 @@ TensorFlow (and keras-hub's ops are plain TF ops once traced):
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from captioning import run_cli
 from captioning.models.decoding import Generator
 from captioning.privacy import no_phone_home
+from captioning.quiet import quiet_libraries
 from captioning.runs.checkpoints import load_run, merge_overrides
 
 no_phone_home()   # before Kangas or Comet is imported (captioning/privacy.py)
+quiet_libraries()  # library start-up noise off (captioning/quiet.py)
 
 
 def export(run_dir, out=None, overrides=()) -> Path:
@@ -95,5 +96,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     run_cli(main)

@@ -171,7 +171,8 @@ class CometLogger:
         common = dict(project_name=c.project, workspace=c.workspace, log_code=False,
                       log_graph=False, auto_param_logging=False, auto_metric_logging=False,
                       parse_args=False, log_git_metadata=False, log_git_patch=False,
-                      display_summary_level=0, log_env_network=False, log_env_host=False)
+                      display_summary_level=0, log_env_network=False, log_env_host=False,
+                      auto_histogram_weight_logging=False)   # the current name of the key
         self.previous = previous_experiment(self.run_dir) if cfg.get("resume") else None
         key = (self.previous or {}).get("experiment_key")
         failure = None
@@ -180,6 +181,9 @@ class CometLogger:
             failure = self._start_online(comet_ml, common, key)
         if self.exp is None and not self._start_offline(comet_ml, common, key, failure):
             return
+        # Comet's Keras auto-logging patches Model.fit: it logs no gradients or activations for
+        # tf.data input (and warns so at every fit), and this logger logs the metrics itself.
+        self.call("disable_mp")
         self._record()
         self._log_run(cfg)
 
@@ -193,6 +197,7 @@ class CometLogger:
                 # It takes no log_env_network; that sampler runs only with log_env_details,
                 # which privacy.py turns off (COMET_AUTO_LOG_ENV_DETAILS=false).
                 kept = {k: v for k, v in common.items() if k != "log_env_network"}
+                kept["auto_weight_logging"] = None   # its default (False) is the deprecated key
                 self.exp = comet_ml.ExistingOfflineExperiment(
                     offline_directory=str(directory), experiment_key=key, **kept)
             else:

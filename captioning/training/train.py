@@ -119,7 +119,8 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     if not phases.cross_entropy_done:
         model.fit(train_ds, validation_data=val_ds, epochs=int(t.max_epochs), callbacks=cbs.all,
                   verbose=cbs.verbose, shuffle=False, initial_epoch=phases.state.epoch,
-                  steps_per_epoch=steps, validation_freq=validation_freq(cfg))  # seeded pipeline
+                  steps_per_epoch=steps, validation_freq=validation_freq(cfg),  # seeded pipeline
+                  validation_steps=data.steps("val", int(cfg.evaluation.batch_size)))
     fault_point("between_phases")
     self_critical(cfg, data, model, val_ds, cbs, phases, run.dir)
     train_seconds = time.perf_counter() - run.t0
