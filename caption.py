@@ -21,7 +21,7 @@ from pathlib import Path
 
 from captioning import CaptioningError, run_cli
 from captioning.privacy import no_phone_home
-from captioning.quiet import quiet_libraries
+from captioning.quiet import import_tensorflow, quiet_libraries
 
 no_phone_home()   # before Kangas or Comet is imported (captioning/privacy.py)
 quiet_libraries()  # library start-up noise off (captioning/quiet.py; CAPTIONING_VERBOSE=1: on)
@@ -61,6 +61,7 @@ def main(argv: list[str]) -> int:
                               f"(one PNG per image). Received: attention={attention}, "
                               f"out={args.get('out')}")
 
+    import_tensorflow()                   # without its start-up noise (captioning/quiet.py)
     from captioning.data.datamodule import CaptionData
     from captioning.data.images import check_records, explain, set_pixel_limit
     from captioning.data.records import Record

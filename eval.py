@@ -25,7 +25,7 @@ from pathlib import Path
 
 from captioning import CaptioningError, run_cli
 from captioning.privacy import no_phone_home
-from captioning.quiet import quiet_libraries
+from captioning.quiet import import_tensorflow, quiet_libraries
 
 no_phone_home()   # before Kangas or Comet is imported (captioning/privacy.py)
 quiet_libraries()  # library start-up noise off (captioning/quiet.py; CAPTIONING_VERBOSE=1: on)
@@ -92,6 +92,7 @@ def main(argv: list[str]) -> int:
                               f"trained on every train image it did not hold out, so other "
                               f"held-out images would be images it has seen. Received: {held[0]}")
 
+    import_tensorflow()                   # without its start-up noise (captioning/quiet.py)
     from captioning.console import console, print_scores
     from captioning.data.datamodule import build_data
     from captioning.evaluation.evaluate import evaluate, write_predictions

@@ -139,7 +139,6 @@ def _locate_resume(cfg: DictConfig) -> None:
     with open_dict(cfg):
         cfg.paths.output_dir = str(run)
         cfg.resume = cfg.resume or str(run)     # a requeued job resumes its own run
-    print(f"Resuming in {run}")
 
 
 def _name_the_run(cfg: DictConfig) -> None:

@@ -18,6 +18,7 @@ encoder; generation re-runs the whole decoder over the padded sequence for every
 one image at a time, re-tokenising the partial caption string at each step.
 """
 
+# ruff: noqa: E402 - TensorFlow is imported quietly before the modules that load it
 from __future__ import annotations
 
 import argparse
@@ -32,6 +33,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from captioning.quiet import import_tensorflow
+
+import_tensorflow()   # before the modules below load it, without its start-up noise (quiet.py)
 
 from captioning.config import compose
 from captioning.data.datamodule import build_data

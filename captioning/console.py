@@ -76,6 +76,15 @@ def print_samples(records, predictions, n: int = 5) -> None:
     console.print(table)
 
 
+def print_scored(epoch, selected_by: str, select: str, best: float | None) -> None:
+    """Which weights the scores are of, and why: ``Scored: epoch 19's weights (best val_loss
+    1.2300; callbacks.checkpoints.select=best)``."""
+    why = (f"best {selected_by} {best:.4f}" if select == "best" and best is not None
+           else selected_by)
+    console.print(f"[bold]Scored:[/] epoch {epoch}'s weights ({why}; "
+                  f"callbacks.checkpoints.select={select})")
+
+
 def print_scores(results: dict, notes=()) -> None:
     splits = [s for s in ("val", "test", "holdout") if s in results]
     table = Table(title="Scores",

@@ -9,18 +9,21 @@ TensorFlow (and keras-hub's ops are plain TF ops once traced):
     m = tf.saved_model.load("export"); m.caption(tf.constant([open("a.jpg", "rb").read()]))
 """
 
+# ruff: noqa: E402 - TensorFlow is imported quietly before the modules that load it
 from __future__ import annotations
 
 from pathlib import Path
 
+from captioning.quiet import import_tensorflow
+
+import_tensorflow()   # before the modules below load it, without its start-up noise (quiet.py)
+
 from captioning import run_cli
 from captioning.models.decoding import Generator
 from captioning.privacy import no_phone_home
-from captioning.quiet import quiet_libraries
 from captioning.runs.checkpoints import load_run, merge_overrides
 
 no_phone_home()   # before Kangas or Comet is imported (captioning/privacy.py)
-quiet_libraries()  # library start-up noise off (captioning/quiet.py)
 
 
 def export(run_dir, out=None, overrides=()) -> Path:

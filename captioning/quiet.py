@@ -47,12 +47,16 @@ def verbose() -> bool:
 
 
 def quiet_libraries() -> None:
-    """Python-side log levels for the libraries (unless ``CAPTIONING_VERBOSE``): Comet's INFO
-    lines (its own ``comet upload`` hint repeats the run's); TensorFlow's C++ INFO/WARNING
-    (``TF_CPP_MIN_LOG_LEVEL=2``, a value the user exported wins; errors still show)."""
+    """Log levels for the libraries (unless ``CAPTIONING_VERBOSE``); call before they are
+    imported: Comet's INFO lines (its own ``comet upload`` hint repeats the run's); TensorFlow's
+    C++ INFO/WARNING (``TF_CPP_MIN_LOG_LEVEL=2``; errors still show); tqdm's bars. A value the
+    user exported wins."""
     if verbose():
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Kangas draws a tqdm bar at every grid it builds and saves, on stderr, between the lines
+    # of the score tables; the run reports its own progress. tqdm reads this at its import.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     logging.getLogger("comet_ml").setLevel(logging.WARNING)
 
 

@@ -196,8 +196,12 @@ class CometLogger:
             if key:
                 # It takes no log_env_network; that sampler runs only with log_env_details,
                 # which privacy.py turns off (COMET_AUTO_LOG_ENV_DETAILS=false).
-                kept = {k: v for k, v in common.items() if k != "log_env_network"}
-                kept["auto_weight_logging"] = None   # its default (False) is the deprecated key
+                # Nor the current auto_histogram_weight_logging: only the deprecated
+                # auto_weight_logging, whose default (False) warns "Config key
+                # 'comet.auto_log.weights' is deprecated"; None leaves the current key's False.
+                kept = {k: v for k, v in common.items()
+                        if k not in ("log_env_network", "auto_histogram_weight_logging")}
+                kept["auto_weight_logging"] = None
                 self.exp = comet_ml.ExistingOfflineExperiment(
                     offline_directory=str(directory), experiment_key=key, **kept)
             else:
@@ -223,8 +227,15 @@ class CometLogger:
 
         from omegaconf import OmegaConf
 
-        if self.previous is None:          # a continued experiment keeps its first name
-            self.call("set_name", self.cfg.experiment_name or self.run_dir.name)
+        # A continued experiment keeps its first name, set again: each offline archive needs
+        # one ("Experiment Name is generated at upload time ..." otherwise).
+        name = ((self.previous or {}).get("name") or self.cfg.experiment_name
+                or self.run_dir.name)
+        if self.previous is None or self.offline or self.previous.get("name"):
+            self.call("set_name", name)      # (an online one named before this was recorded: kept)
+        if self.info is not None:
+            self.info["name"] = name
+            self._write_info()
         if self.cfg.tags:
             self.call("add_tags", list(self.cfg.tags))
         self.call("log_parameters", flatten(OmegaConf.to_container(cfg, resolve=True)))

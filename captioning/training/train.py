@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from captioning import TrainingInterrupted
 from captioning.config_check import check_config
-from captioning.console import console, print_data_report, print_scores
+from captioning.console import console, print_data_report, print_scored, print_scores
 from captioning.data.datamodule import build_data
 from captioning.data.features import attach_feature_cache
 from captioning.data.text import Vocabulary
@@ -135,6 +135,8 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     results["provenance"] = provenance()                # git commit, versions, command line
     atomic_write_text(run.dir / "metrics.json", json.dumps(results, indent=2))
     print_scores(results, notes)
+    print_scored(epoch, select, str(cfg.callbacks.get("checkpoints", {}).get("select", "best")),
+                 phases.state.best)
     if run.tracker is not None:
         run.tracker.log_outputs(run.dir, results, log_model=bool(cfg.logger.log_model))
     console.print(f"[bold]Run directory:[/] {run.dir}")
