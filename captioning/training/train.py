@@ -126,6 +126,8 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     train_seconds = time.perf_counter() - run.t0
     epoch, select = load_selected(model, run.dir, cfg, len(cbs.history.rows),
                                   cbs.saver.best_epoch)
+    cbs.history.scored = (epoch, select)
+    cbs.history.write(plot=True)                        # the plots mark the scored epoch
 
     console.rule("Evaluation")
     fault_point("evaluation")
