@@ -62,6 +62,7 @@ def main(argv: list[str]) -> int:
                               f"out={args.get('out')}")
 
     import_tensorflow()                   # without its start-up noise (captioning/quiet.py)
+    from captioning.console import print_trained_on
     from captioning.data.datamodule import CaptionData
     from captioning.data.images import check_records, explain, set_pixel_limit
     from captioning.data.records import Record
@@ -70,6 +71,7 @@ def main(argv: list[str]) -> int:
 
     cfg, vocab, model = load_run(args.run_dir)
     cfg = merge_overrides(cfg, rest)
+    print_trained_on(args.run_dir, cfg)
     set_pixel_limit(cfg.dataset.get("max_image_pixels"))
     records, bad = check_records([Record(id=str(f), image=str(f), captions=()) for f in files])
     if bad:
@@ -98,6 +100,7 @@ def main(argv: list[str]) -> int:
 def plot_attention(model, data, records, captions, cfg, out: Path, batch_size: int) -> None:
     """out/<image name>.png per record (``captioning.models.attention.plot_words``); a name
     that two images share gets the second a -2 suffix, and so on."""
+    from captioning.console import trained_on
     from captioning.models.attention import picture, plot_words, word_maps
 
     out.mkdir(parents=True, exist_ok=True)
@@ -108,7 +111,8 @@ def plot_attention(model, data, records, captions, cfg, out: Path, batch_size: i
         stem = Path(r.image).stem
         used[stem] = used.get(stem, 0) + 1
         path = out / (f"{stem}.png" if used[stem] == 1 else f"{stem}-{used[stem]}.png")
-        plot_words(picture(r.image), m.words, m.maps, path)
+        plot_words(picture(r.image), m.words, m.maps, path,
+                   title=f"{Path(r.image).name}: \"{' '.join(m.words)}\" ({trained_on(cfg)})")
     import sys
 
     print(f"wrote {len(maps)} attention plot(s) to {out}", file=sys.stderr)

@@ -93,7 +93,7 @@ def main(argv: list[str]) -> int:
                               f"held-out images would be images it has seen. Received: {held[0]}")
 
     import_tensorflow()                   # without its start-up noise (captioning/quiet.py)
-    from captioning.console import console, print_scores
+    from captioning.console import console, print_scores, print_trained_on
     from captioning.data.datamodule import build_data
     from captioning.evaluation.evaluate import evaluate, write_predictions
     from captioning.io import atomic_write_text
@@ -104,6 +104,7 @@ def main(argv: list[str]) -> int:
     which = str(args.get("which") or default_weights(run_dir))   # the run's own choice
     cfg, vocab, model = load_run(run_dir, which)
     cfg = merge_overrides(_with_grid_defaults(cfg), rest, allowed=ALLOWED)
+    print_trained_on(run_dir, cfg)
     data = build_data(cfg, vocab=vocab)
     records = data.splits.get(split, [])
     if not records and split == "holdout":
