@@ -78,10 +78,11 @@ STARTED = {".hydra", "run.log", "config.yaml", "checkpoints", "data.json", "come
 
 
 def _discard_failed_run(cfg: DictConfig) -> None:
-    """A new run that failed before its first epoch was saved leaves no folder: it holds only
-    what Hydra wrote (``.hydra/``, ``run.log``) and what the failed start made, nothing a
-    resume or a comparison could use. A resumed run's folder, or one with a saved epoch or
-    scores, is kept as it is."""
+    """A new run in a folder ``_claim`` made that failed before its first epoch was saved leaves
+    no folder: it holds only what Hydra wrote (``.hydra/``, ``run.log``) and what the failed
+    start made, nothing a resume or a comparison could use. A folder named with
+    ``hydra.run.dir=`` keeps its ``run.log`` (the error is in it); a resumed run's folder, or
+    one with a saved epoch or scores, is kept as it is."""
     import shutil
     from pathlib import Path
 
@@ -92,15 +93,16 @@ def _discard_failed_run(cfg: DictConfig) -> None:
     if cfg.get("resume") or not HydraConfig.initialized():
         return
     folder = Path(HydraConfig.get().runtime.output_dir)
-    if not folder.is_dir() or has_state(folder) or (folder / "metrics.json").exists():
+    if (folder.resolve() not in CLAIMED or not folder.is_dir() or has_state(folder)
+            or (folder / "metrics.json").exists()):
         return
     if any(p.name not in STARTED for p in folder.iterdir()):
         return                                   # e.g. hydra.run.dir= named a folder in use
     logging.shutdown()                           # Hydra's file handler holds run.log open
     shutil.rmtree(folder, ignore_errors=True)
-    if folder.parent.parent.name == "outputs":   # outputs/<date>/, made by _claim, if empty
+    for parent in CLAIMED[1:]:                   # outputs/<date>/, outputs/: if _claim made them
         with contextlib.suppress(OSError):
-            folder.parent.rmdir()
+            parent.rmdir()                       # (and they are empty)
 
 
 def _log_to_file(message: str) -> None:
@@ -189,16 +191,21 @@ def _prepare_run_dir(argv: list[str]) -> list[str]:
     return [*kept, f"resume={resume}", f"hydra.run.dir={run}", "hydra.output_subdir=null"]
 
 
+CLAIMED: list = []       # the folder _claim made for this run, then the parents it made
+
+
 def _claim() -> str:
     import time
     from pathlib import Path
 
     base = Path("outputs") / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
+    made = [p.resolve() for p in (base.parent, base.parent.parent) if not p.exists()]
     base.parent.mkdir(parents=True, exist_ok=True)
     for n in range(1, 1000):
         folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
         try:
             folder.mkdir()
+            CLAIMED.extend([folder.resolve(), *made])
             return str(folder)
         except FileExistsError:
             continue
