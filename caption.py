@@ -19,12 +19,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from captioning import CaptioningError, run_cli  # noqa: E402
-from captioning.privacy import no_phone_home  # noqa: E402
+from captioning import CaptioningError, run_cli
+from captioning.privacy import no_phone_home
+from captioning.quiet import import_tensorflow, quiet_libraries
 
 no_phone_home()   # before Kangas or Comet is imported (captioning/privacy.py)
+quiet_libraries()  # library start-up noise off (captioning/quiet.py; CAPTIONING_VERBOSE=1: on)
 
 OWN_KEYS = ("run_dir", "images", "batch_size", "attention", "out")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -61,6 +61,8 @@ def main(argv: list[str]) -> int:
                               f"(one PNG per image). Received: attention={attention}, "
                               f"out={args.get('out')}")
 
+    import_tensorflow()                   # without its start-up noise (captioning/quiet.py)
+    from captioning.console import print_trained_on
     from captioning.data.datamodule import CaptionData
     from captioning.data.images import check_records, explain, set_pixel_limit
     from captioning.data.records import Record
@@ -69,6 +71,7 @@ def main(argv: list[str]) -> int:
 
     cfg, vocab, model = load_run(args.run_dir)
     cfg = merge_overrides(cfg, rest)
+    print_trained_on(args.run_dir, cfg)
     set_pixel_limit(cfg.dataset.get("max_image_pixels"))
     records, bad = check_records([Record(id=str(f), image=str(f), captions=()) for f in files])
     if bad:
@@ -97,6 +100,7 @@ def main(argv: list[str]) -> int:
 def plot_attention(model, data, records, captions, cfg, out: Path, batch_size: int) -> None:
     """out/<image name>.png per record (``captioning.models.attention.plot_words``); a name
     that two images share gets the second a -2 suffix, and so on."""
+    from captioning.console import trained_on
     from captioning.models.attention import picture, plot_words, word_maps
 
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +111,8 @@ def plot_attention(model, data, records, captions, cfg, out: Path, batch_size: i
         stem = Path(r.image).stem
         used[stem] = used.get(stem, 0) + 1
         path = out / (f"{stem}.png" if used[stem] == 1 else f"{stem}-{used[stem]}.png")
-        plot_words(picture(r.image), m.words, m.maps, path)
+        plot_words(picture(r.image), m.words, m.maps, path,
+                   title=f"{Path(r.image).name}: \"{' '.join(m.words)}\" ({trained_on(cfg)})")
     import sys
 
     print(f"wrote {len(maps)} attention plot(s) to {out}", file=sys.stderr)

@@ -22,15 +22,14 @@ training-time metrics.json is never touched.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from captioning import CaptioningError, run_cli  # noqa: E402
-from captioning.privacy import no_phone_home  # noqa: E402
+from captioning import CaptioningError, run_cli
+from captioning.privacy import no_phone_home
+from captioning.quiet import import_tensorflow, quiet_libraries
 
 no_phone_home()   # before Kangas or Comet is imported (captioning/privacy.py)
+quiet_libraries()  # library start-up noise off (captioning/quiet.py; CAPTIONING_VERBOSE=1: on)
 
 OWN_KEYS = ("run_dir", "split", "which")
 # What may change at scoring time: the run's decode/evaluation/dataset, and its grid settings.
@@ -96,7 +95,8 @@ def main(argv: list[str]) -> int:
                               f"trained on every train image it did not hold out, so other "
                               f"held-out images would be images it has seen. Received: {held[0]}")
 
-    from captioning.console import console, print_scores
+    import_tensorflow()                   # without its start-up noise (captioning/quiet.py)
+    from captioning.console import console, print_scores, print_trained_on
     from captioning.data.datamodule import build_data
     from captioning.evaluation.evaluate import evaluate, write_predictions
     from captioning.io import atomic_write_text
@@ -107,6 +107,7 @@ def main(argv: list[str]) -> int:
     which = str(args.get("which") or default_weights(run_dir))   # the run's own choice
     cfg, vocab, model = load_run(run_dir, which)
     cfg = merge_overrides(_with_grid_defaults(cfg), rest, allowed=ALLOWED)
+    print_trained_on(run_dir, cfg)
     data = build_data(cfg, vocab=vocab)
     records = data.splits.get(split, [])
     if not records and split in ("holdout", "untouched"):

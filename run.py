@@ -6,40 +6,37 @@ config without importing TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import sys
-import warnings
 
 import hydra
 from omegaconf import DictConfig
 
 from captioning import CaptioningError, TrainingInterrupted
 from captioning.privacy import no_phone_home
+from captioning.quiet import quiet_libraries
 from captioning.tracking.names import logger_names
 
 no_phone_home()   # before Kangas or Comet is imported: no usage pings, no cloud-metadata probes
-
-# Quiet TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) unless asked for;
-# TensorFlow is imported later, inside train().
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-warnings.filterwarnings("ignore", message=".*input ran out of data.*")
+quiet_libraries()  # library start-up noise off (captioning/quiet.py; CAPTIONING_VERBOSE=1: on)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from captioning.config_check import check_config
-    from captioning.console import print_config_tree
+    from captioning.data.readers import check_location
 
     try:
         if _in_sweep():
             _locate_resume(cfg)        # a sweep's job resolves its own resume= (single runs:
         check_config(cfg)              # _prepare_run_dir, before Hydra); then every value rule
+        check_location(cfg.dataset)    # and the dataset's folder, all before any output
         if "comet" in logger_names(cfg.logger):
             import comet_ml  # noqa: F401 - before TensorFlow/Keras, so Comet's hooks attach
 
             _name_the_run(cfg)
-        print_config_tree(cfg)
+        _print_config(cfg)
         from captioning.training import train  # the boundary: TensorFlow loads here
 
         results = train(cfg)
@@ -55,8 +52,58 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {e}", file=sys.stderr)
         if _in_sweep():
             raise                                # Hydra marks this job failed; the others go on
+        _discard_failed_run(cfg)
         sys.exit(2)
     return results["val"].get(cfg.monitor)
+
+
+def _print_config(cfg: DictConfig) -> None:
+    """The config tree for a single run; a sweep's job prints one line, its overrides (the
+    rest is the same for every job, and each job's tree is in its .hydra/config.yaml)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from captioning.console import console, print_config_tree
+
+    if _in_sweep():
+        hc = HydraConfig.get()
+        console.print(f"[bold]Job {hc.job.num}[/]: {' '.join(hc.overrides.task) or '(defaults)'}"
+                      f" -> {hc.runtime.output_dir}")
+    else:
+        print_config_tree(cfg)
+
+
+# What a run's start writes before its first epoch is saved (a failed start's folder holds
+# nothing else).
+STARTED = {".hydra", "run.log", "config.yaml", "checkpoints", "data.json", "comet", "comet.json",
+           "run.lock", "plots", "history.csv", "predictions"}
+
+
+def _discard_failed_run(cfg: DictConfig) -> None:
+    """A new run in a folder ``_claim`` made that failed before its first epoch was saved leaves
+    no folder: it holds only what Hydra wrote (``.hydra/``, ``run.log``) and what the failed
+    start made, nothing a resume or a comparison could use. A folder named with
+    ``hydra.run.dir=`` keeps its ``run.log`` (the error is in it); a resumed run's folder, or
+    one with a saved epoch or scores, is kept as it is."""
+    import shutil
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from captioning.runs.files import has_state
+
+    if cfg.get("resume") or not HydraConfig.initialized():
+        return
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    if (folder.resolve() not in CLAIMED or not folder.is_dir() or has_state(folder)
+            or (folder / "metrics.json").exists()):
+        return
+    if any(p.name not in STARTED for p in folder.iterdir()):
+        return                                   # e.g. hydra.run.dir= named a folder in use
+    logging.shutdown()                           # Hydra's file handler holds run.log open
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in CLAIMED[1:]:                   # outputs/<date>/, outputs/: if _claim made them
+        with contextlib.suppress(OSError):
+            parent.rmdir()                       # (and they are empty)
 
 
 def _log_to_file(message: str) -> None:
@@ -95,7 +142,6 @@ def _locate_resume(cfg: DictConfig) -> None:
     with open_dict(cfg):
         cfg.paths.output_dir = str(run)
         cfg.resume = cfg.resume or str(run)     # a requeued job resumes its own run
-    print(f"Resuming in {run}")
 
 
 def _name_the_run(cfg: DictConfig) -> None:
@@ -146,16 +192,21 @@ def _prepare_run_dir(argv: list[str]) -> list[str]:
     return [*kept, f"resume={resume}", f"hydra.run.dir={run}", "hydra.output_subdir=null"]
 
 
+CLAIMED: list = []       # the folder _claim made for this run, then the parents it made
+
+
 def _claim() -> str:
     import time
     from pathlib import Path
 
     base = Path("outputs") / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
+    made = [p.resolve() for p in (base.parent, base.parent.parent) if not p.exists()]
     base.parent.mkdir(parents=True, exist_ok=True)
     for n in range(1, 1000):
         folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
         try:
             folder.mkdir()
+            CLAIMED.extend([folder.resolve(), *made])
             return str(folder)
         except FileExistsError:
             continue
@@ -164,6 +215,9 @@ def _claim() -> str:
 
 if __name__ == "__main__":
     try:
+        from captioning.config import check_group_names
+
+        check_group_names(sys.argv[1:])          # decodr=gru: did you mean decoder=gru?
         sys.argv = _prepare_run_dir(sys.argv)
     except CaptioningError as e:
         print(f"error: {e}", file=sys.stderr)

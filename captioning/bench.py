@@ -18,6 +18,7 @@ encoder; generation re-runs the whole decoder over the padded sequence for every
 one image at a time, re-tokenising the partial caption string at each step.
 """
 
+# ruff: noqa: E402 - TensorFlow is imported quietly before the modules that load it
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+from captioning.quiet import import_tensorflow
+
+import_tensorflow()   # before the modules below load it, without its start-up noise (quiet.py)
+
 from captioning.config import compose
 from captioning.data.datamodule import build_data
 from captioning.data.features import attach_feature_cache, ensure_features
@@ -45,8 +50,6 @@ from captioning.models.decoding import Generator
 from captioning.training.callbacks import ValidationCaptions
 from captioning.training.compile import compile_captioner
 from captioning.training.scst import enable_self_critical
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def machine() -> str:
@@ -428,8 +431,13 @@ def preset_costs(args, steps: int = 12) -> dict:
     model, _ = compile_captioner(cfg, data, tf.distribute.get_strategy())
     t = cfg.trainer
     per_epoch = math.ceil(len(data.splits["train"]) / int(t.batch_size))
+    # The image path's datasets have no known length (ignore_errors): Keras would run past
+    # their end at every fit and warn "Your input ran out of data". These are the steps' first
+    # batches of well-formed synthetic images: their length is known, and asserted.
+    steps = min(steps, per_epoch)
+    known = tf.data.experimental.assert_cardinality(steps)
     ce = data.train_dataset(int(t.batch_size), 0, sample=int(t.sample_captions)).take(steps)
-    ce = ce.cache()
+    ce = ce.apply(known).cache()
     model.fit(ce, epochs=4, verbose=0)                                     # warm-up, learning
     ce_step = timed(lambda: model.fit(ce, epochs=1, verbose=0)) / steps
     val = ValidationCaptions(data, cfg, Path(tempfile.mkdtemp(prefix="bench-val-")))
@@ -439,7 +447,7 @@ def preset_costs(args, steps: int = 12) -> dict:
     val.on_epoch_end(0, {})
     val_seconds = time.perf_counter() - t0
     enable_self_critical(cfg, data, model)
-    sc = data.train_dataset(int(t.batch_size), 1).take(steps).cache()
+    sc = data.train_dataset(int(t.batch_size), 1).take(steps).apply(known).cache()
     model.fit(sc.take(2), epochs=1, verbose=0)                             # trace
     t0 = time.perf_counter()
     model.fit(sc, epochs=1, verbose=0)

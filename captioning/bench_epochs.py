@@ -16,6 +16,7 @@ Ways (``--ways``, comma-separated): ``recipe`` (5 steps per batch of 64, lr 1e-4
 compensation), ``ours:13:1e-4`` (the same number of steps per epoch), ``ours:64:5e-4``.
 """
 
+# ruff: noqa: E402 - TensorFlow is imported quietly before the modules that load it
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,14 @@ import sys
 import time
 from pathlib import Path
 
+from captioning.quiet import import_tensorflow
+
+import_tensorflow()   # before the modules below load it, without its start-up noise (quiet.py)
+
 from captioning.config import compose as compose_config
 from captioning.data.datamodule import build_data
 from captioning.data.features import attach_feature_cache
 from captioning.models.build import build_model
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEFAULT_WAYS = "recipe,ours:64:1e-4,ours:13:1e-4,ours:64:5e-4"
 

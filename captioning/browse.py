@@ -14,9 +14,11 @@ from captioning import CaptioningError
 from captioning.config import compose
 from captioning.data.datamodule import load_records
 from captioning.privacy import no_phone_home
+from captioning.quiet import quiet_libraries
 from captioning.tracking.kangas_grids import write_dataset_grid
 
 no_phone_home()   # before Kangas is imported (captioning/privacy.py)
+quiet_libraries()  # library start-up noise off (captioning/quiet.py)
 
 
 def main(argv: list[str]) -> int:

@@ -24,9 +24,11 @@ from pathlib import Path
 from captioning.data.datamodule import load_records
 from captioning.io import atomic_path
 from captioning.privacy import no_phone_home
+from captioning.quiet import quiet_libraries
 from captioning.tracking.kangas_grids import image_cell, save_grid
 
 no_phone_home()   # as every entry point does (captioning/privacy.py)
+quiet_libraries()  # library start-up noise off (captioning/quiet.py)
 
 COLUMNS = ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "loss", "accuracy")
 # dataset.holdout's scores (images never trained or selected on), where the runs have them
@@ -58,7 +60,7 @@ def collect(sweep: Path) -> list[dict]:
             log = next(iter(job.glob("*.log")), None)
             lines = ([x for x in log.read_text(errors="replace").splitlines() if x.strip()]
                      if log else [])
-            row["error"] = lines[-1][-160:] if lines else ""
+            row["error"] = error_line(lines)
         rows.append(row)
     return rows
 
@@ -96,6 +98,32 @@ def _console():
     return console if console.is_terminal else Console(width=180)   # logs, pipes: no squeeze
 
 
+def error_line(lines: list[str], width: int = 160) -> str:
+    """What a failed job's log says went wrong: its last ``error:`` line (run.py's one-line
+    message), else its last line, from the start (the start names the problem)."""
+    errors = [x for x in lines if x.split("] - ", 1)[-1].startswith("error:")]
+    line = (errors or lines or [""])[-1].split("] - ", 1)[-1]
+    return line if len(line) <= width else line[:width - 1] + "…"
+
+
+TIE_RULE = ("ties (equal to the 3 decimals shown) are ranked by val loss, lower first, then "
+            "by job number")
+
+
+def rank_key(by: str):
+    """The sort key of a job row: finished jobs first, by ``by`` as shown (3 decimals; loss:
+    lower first, else higher), ties by val loss (lower), then by job number (``TIE_RULE``)."""
+    sign = 1 if by == "loss" else -1
+
+    def key(r: dict):
+        value = r.get(by)
+        loss = r.get("loss")
+        return (r["status"] != "ok", value is None, sign * round(value or 0.0, 3),
+                loss is None, loss or 0.0, int(r["job"]) if r["job"].isdigit() else 0,
+                r["job"])
+    return key
+
+
 def print_jobs(sweep: Path, rows: list[dict], by: str) -> None:
     """The per-job table: what differs between jobs, their scores, their status."""
     from rich.table import Table
@@ -106,7 +134,8 @@ def print_jobs(sweep: Path, rows: list[dict], by: str) -> None:
     for r in rows:
         r["varied"] = " ".join(o for o in r["overrides"].split() if o not in common) or "(defaults)"
     table = Table(title=f"{sweep}: ranked by val {by}",
-                  caption=f"shared overrides: {' '.join(sorted(common)) or 'none'}")
+                  caption=f"shared overrides: {' '.join(sorted(common)) or 'none'}; "
+                          f"{TIE_RULE}")
     for col in ("rank", "job", "overrides (varied)", *COLUMNS, "status"):
         table.add_column(col, justify="right" if col in COLUMNS or col == "rank" else "left")
     for i, r in enumerate(rows, 1):
@@ -196,6 +225,16 @@ def job_label(row: dict, width: int = 41) -> str:
     return label
 
 
+def best_jobs(ciders: dict[str, float]) -> str | None:
+    """The job(s) with the image's highest CIDEr (tied ones joined by " = "); None when no job
+    wins: all tied (all zero included) or the best is 0."""
+    top = max(ciders.values())
+    winners = [label for label, c in ciders.items() if c == top]
+    if top <= 0 or (len(ciders) > 1 and len(winners) == len(ciders)):
+        return None
+    return " = ".join(winners)
+
+
 def grid_rows(sweep: Path, rows: list[dict]) -> tuple[list[str], list[list], list[str]]:
     """The comparison grid's columns and rows (one per validation image of any finished job),
     and notes. Per job: its caption and CIDEr (empty where the image was not in its validation
@@ -221,7 +260,7 @@ def grid_rows(sweep: Path, rows: list[dict]) -> tuple[list[str], list[list], lis
             if cider is not None:
                 ciders[label] = cider
         refs = next(p[image]["references"] for p in preds if image in p)
-        best = max(ciders, key=ciders.get)
+        best = best_jobs(ciders)
         spread = max(ciders.values()) - min(ciders.values()) if len(ciders) > 1 else None
         out.append([image_cell(paths.get(image, "")), image, refs, *cells, best,
                     None if spread is None else round(spread, 4)])
@@ -267,8 +306,7 @@ def main(argv=None) -> int:
     if not rows:
         print(f"error: no Hydra jobs (folders with .hydra/) in {args.sweep}", file=sys.stderr)
         return 2
-    sign = 1 if args.by == "loss" else -1
-    rows.sort(key=lambda r: (r["status"] != "ok", sign * (r.get(args.by) or 0)))
+    rows.sort(key=rank_key(args.by))
     print_jobs(args.sweep, rows, args.by)
     groups = seed_groups(rows, args.by)
     if any(g["n"] > 1 for g in groups):

@@ -78,6 +78,33 @@ def print_samples(records, predictions, n: int = 5) -> None:
     console.print(table)
 
 
+def trained_on(cfg) -> str:
+    """``trained on dataset=flickr8k, backbone=efficientnetb0, decoder=transformer``."""
+    return (f"trained on dataset={cfg.dataset.name}, backbone={cfg.backbone.name}, "
+            f"decoder={cfg.decoder.name}")
+
+
+def print_trained_on(run_dir, cfg) -> None:
+    """On stderr (caption.py's stdout is the captions): what the run was trained on, and for
+    ``dataset=synthetic`` that it describes coloured shapes, not photographs."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err.print(f"Run {run_dir}: {trained_on(cfg)}")
+    if cfg.dataset.name == "synthetic":
+        err.print("[bold yellow]warning:[/] dataset=synthetic: this model was trained on "
+                  "rendered coloured shapes and describes shapes, not photographs. For photos, "
+                  "train on a real dataset, e.g. python run.py dataset=flickr8k (README: "
+                  "Datasets).")
+
+
+def print_scored(epoch, selected_by: str, select: str, best: float | None) -> None:
+    """Which weights the scores are of, and why: ``Scored: epoch 19's weights (best val_loss
+    1.2300; callbacks.checkpoints.select=best)``."""
+    why = (f"best {selected_by} {best:.4f}" if select == "best" and best is not None
+           else selected_by)
+    console.print(f"[bold]Scored:[/] epoch {epoch}'s weights ({why}; "
+                  f"callbacks.checkpoints.select={select})")
+
+
 def print_scores(results: dict, notes=()) -> None:
     splits = [s for s in ("val", "test", "holdout") if s in results]
     table = Table(title="Scores",

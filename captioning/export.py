@@ -9,10 +9,14 @@ TensorFlow (and keras-hub's ops are plain TF ops once traced):
     m = tf.saved_model.load("export"); m.caption(tf.constant([open("a.jpg", "rb").read()]))
 """
 
+# ruff: noqa: E402 - TensorFlow is imported quietly before the modules that load it
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from captioning.quiet import import_tensorflow
+
+import_tensorflow()   # before the modules below load it, without its start-up noise (quiet.py)
 
 from captioning import run_cli
 from captioning.models.decoding import Generator
@@ -95,5 +99,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     run_cli(main)

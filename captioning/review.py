@@ -29,6 +29,7 @@ import urllib.parse
 from pathlib import Path
 
 __import__("captioning.privacy").privacy.no_phone_home()   # no phoning home (privacy.py)
+__import__("captioning.quiet").quiet.quiet_libraries()     # start-up noise off (quiet.py)
 
 # Kangas's Node frontend (kangas/frontend/standalone/server.js) calls `server.listen(PORT)` with
 # no host, which listens on every interface; `kangas server --host` only names the host in the

@@ -4,13 +4,11 @@ in the exact on-disk layouts users download."""
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-warnings.filterwarnings("ignore", message=".*input ran out of data.*")
 
 from tests.slurm_fixture import slurm_cluster  # noqa: E402,F401 - the fixture of tests marked slurm
 

@@ -7,6 +7,7 @@ config -> reader (one per layout) -> records -> split (and ``dataset.holdout``) 
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from dataclasses import dataclass, replace
@@ -123,6 +124,13 @@ class CaptionData:
             ds = ds.cache()                                      # decode + resize once per run
         ds = per_epoch(ds).batch(batch_size).map(lambda x, c: (tf.cast(x, tf.float32), c))
         return _finish(ds)
+
+    def steps(self, split: str, batch_size: int) -> int:
+        """Batches in one pass over ``split``. Keras is told it (``validation_steps``, the
+        ``steps`` of ``evaluate``): the image path's dataset has no known length
+        (``ignore_errors``), and Keras, run to the end of such a dataset, warns "Your input ran
+        out of data" at every pass. A dropped image still shows as that warning."""
+        return math.ceil(len(self.splits[split]) / batch_size)
 
     def image_dataset(self, records: list[Record], batch_size: int, use_features: bool = True):
         """Batches of model inputs in ``records`` order (for captioning and scoring): cached

@@ -61,7 +61,8 @@ def evaluate(model, data, split: str, cfg, seed: int | None = None, generator=No
     records = data.splits[split]
     ds = data.train_dataset(int(cfg.evaluation.batch_size), int(cfg.seed), split=split,
                             shuffle=False)
-    loss = model.evaluate(ds, verbose=0, return_dict=True)
+    loss = model.evaluate(ds, verbose=0, return_dict=True,
+                          steps=data.steps(split, int(cfg.evaluation.batch_size)))
     samples: list = []
     scores, preds = evaluate_split(model, data, records, cfg, seed=seed, generator=generator,
                                    samples=samples)

@@ -171,7 +171,8 @@ class CometLogger:
         common = dict(project_name=c.project, workspace=c.workspace, log_code=False,
                       log_graph=False, auto_param_logging=False, auto_metric_logging=False,
                       parse_args=False, log_git_metadata=False, log_git_patch=False,
-                      display_summary_level=0, log_env_network=False, log_env_host=False)
+                      display_summary_level=0, log_env_network=False, log_env_host=False,
+                      auto_histogram_weight_logging=False)   # the current name of the key
         self.previous = previous_experiment(self.run_dir) if cfg.get("resume") else None
         key = (self.previous or {}).get("experiment_key")
         failure = None
@@ -180,6 +181,9 @@ class CometLogger:
             failure = self._start_online(comet_ml, common, key)
         if self.exp is None and not self._start_offline(comet_ml, common, key, failure):
             return
+        # Comet's Keras auto-logging patches Model.fit: it logs no gradients or activations for
+        # tf.data input (and warns so at every fit), and this logger logs the metrics itself.
+        self.call("disable_mp")
         self._record()
         self._log_run(cfg)
 
@@ -192,7 +196,12 @@ class CometLogger:
             if key:
                 # It takes no log_env_network; that sampler runs only with log_env_details,
                 # which privacy.py turns off (COMET_AUTO_LOG_ENV_DETAILS=false).
-                kept = {k: v for k, v in common.items() if k != "log_env_network"}
+                # Nor the current auto_histogram_weight_logging: only the deprecated
+                # auto_weight_logging, whose default (False) warns "Config key
+                # 'comet.auto_log.weights' is deprecated"; None leaves the current key's False.
+                kept = {k: v for k, v in common.items()
+                        if k not in ("log_env_network", "auto_histogram_weight_logging")}
+                kept["auto_weight_logging"] = None
                 self.exp = comet_ml.ExistingOfflineExperiment(
                     offline_directory=str(directory), experiment_key=key, **kept)
             else:
@@ -218,8 +227,15 @@ class CometLogger:
 
         from omegaconf import OmegaConf
 
-        if self.previous is None:          # a continued experiment keeps its first name
-            self.call("set_name", self.cfg.experiment_name or self.run_dir.name)
+        # A continued experiment keeps its first name, set again: each offline archive needs
+        # one ("Experiment Name is generated at upload time ..." otherwise).
+        name = ((self.previous or {}).get("name") or self.cfg.experiment_name
+                or self.run_dir.name)
+        if self.previous is None or self.offline or self.previous.get("name"):
+            self.call("set_name", name)      # (an online one named before this was recorded: kept)
+        if self.info is not None:
+            self.info["name"] = name
+            self._write_info()
         if self.cfg.tags:
             self.call("add_tags", list(self.cfg.tags))
         self.call("log_parameters", flatten(OmegaConf.to_container(cfg, resolve=True)))

@@ -41,6 +41,15 @@ class History(keras.callbacks.Callback):
         self.run_dir, self.rows = Path(run_dir), list(rows or [])
         self.monitor, self.mode = monitor, mode
         self._plotted = None              # perf_counter of the last plot; None: not yet
+        self.scored: tuple[int, str] | None = None   # (epoch, what chose it), once known
+
+    def mark(self) -> tuple[int, str] | None:
+        """The epoch the plots mark: the scored one at the end of the run, until then the best
+        ``monitor`` epoch so far."""
+        if self.scored is not None and self.scored[0] is not None:
+            return self.scored[0], f"scored: epoch {self.scored[0]} ({self.scored[1]})"
+        best = selected_epoch(self.rows, self.monitor, monitor_mode(self.monitor, self.mode))
+        return None if best is None else (best, f"best so far: epoch {best} ({self.monitor})")
 
     def on_train_end(self, logs=None):
         self.write(plot=True)
@@ -52,7 +61,8 @@ class History(keras.callbacks.Callback):
         fault_point("epoch_end")
         row = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - self._t0, 3)}
         lr = self.model.optimizer.learning_rate
-        row["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+        # float32 holds ~7 significant digits: 0.001, not 0.0010000000474974513
+        row["learning_rate"] = float(f"{float(keras.ops.convert_to_numpy(lr)):.7g}")
         row.update({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
         self.write()
@@ -73,14 +83,14 @@ class History(keras.callbacks.Callback):
         if not plot:
             return
         self._plotted = now
-        plot_history(self.rows, self.run_dir / "plots")
+        plot_history(self.rows, self.run_dir / "plots", self.mark())
         if any(k in r for r in self.rows for k in SCORE_CURVES):
-            plot_scores(self.rows, self.run_dir / "plots", self.monitor,
-                        monitor_mode(self.monitor, self.mode))
+            plot_scores(self.rows, self.run_dir / "plots", self.mark())
 
 
-def plot_history(rows: list[dict], out_dir: Path) -> None:
-    """Train vs validation curves per epoch, like recipe A's."""
+def plot_history(rows: list[dict], out_dir: Path, mark: tuple[int, str] | None = None) -> None:
+    """Train vs validation curves per epoch, like recipe A's; ``mark``: (epoch, label), a
+    dashed line at the epoch whose weights are scored."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,6 +104,8 @@ def plot_history(rows: list[dict], out_dir: Path) -> None:
             points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", label=label)
+        if mark is not None:
+            ax.axvline(mark[0], color="grey", linestyle="--", label=mark[1])
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"masked token {metric}" if metric == "accuracy" else "masked cross-entropy")
@@ -119,9 +131,9 @@ def selected_epoch(rows: list[dict], monitor: str, mode: str) -> int | None:
     return pick(scored, key=lambda r: r[monitor])["epoch"]
 
 
-def plot_scores(rows: list[dict], out_dir: Path, monitor: str, mode: str) -> None:
+def plot_scores(rows: list[dict], out_dir: Path, mark: tuple[int, str] | None = None) -> None:
     """``scores.png``: val BLEU-4 and CIDEr per scored epoch, the self-critical reward when it
-    was logged, and the selected epoch (best ``monitor``) as a dashed line."""
+    was logged, and ``mark`` (epoch, label: the scored epoch) as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,9 +145,8 @@ def plot_scores(rows: list[dict], out_dir: Path, monitor: str, mode: str) -> Non
         points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=label)
-    best = selected_epoch(rows, monitor, mode)
-    if best is not None:
-        ax.axvline(best, color="grey", linestyle="--", label=f"selected: epoch {best} ({monitor})")
+    if mark is not None:
+        ax.axvline(mark[0], color="grey", linestyle="--", label=mark[1])
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("score")

@@ -45,7 +45,8 @@ def self_critical(cfg, data, model, val_ds, cbs, phases: Phases, run_dir) -> Non
                                    passes_done=start - phases.state.scst_from)
     model.fit(train_all, validation_data=val_ds, epochs=end, callbacks=cbs.all, verbose=cbs.verbose,
               shuffle=False, initial_epoch=start, steps_per_epoch=steps,
-              validation_freq=validation_freq(cfg))
+              validation_freq=validation_freq(cfg),
+              validation_steps=data.steps("val", int(cfg.evaluation.batch_size)))
 
 
 def enable_self_critical(cfg, data, model) -> Reward:

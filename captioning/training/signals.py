@@ -6,6 +6,7 @@ from there. ``fault_point`` lets the tests send a real signal at a named moment 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ import keras
 
 from captioning import TrainingInterrupted
 from captioning.console import console
-from captioning.runs.files import has_state, read_history, slurm_job
+from captioning.runs.files import has_state, read_history, slurm_job, started_with
 
 SIGUSR2 = getattr(signal, "SIGUSR2", None)
 # Ctrl-C; SIGTERM (kill, SLURM's preemption and scancel); SIGUSR2 (SLURM's warning before the
@@ -108,8 +109,15 @@ def report_interrupted(run_dir, e) -> None:
                       f"to resume: run the same command again.")
         return
     console.print(f"[bold yellow]Interrupted[/] ({e}) after {done} completed epoch(s); "
-                  f"everything up to epoch {done} is saved in {run_dir}.\nResume with the "
-                  f"same command plus: resume={run_dir}")
+                  f"everything up to epoch {done} is saved in {run_dir}.\nResume with:\n"
+                  f"  {resume_command(run_dir)}")
+
+
+def resume_command(run_dir) -> str:
+    """``python run.py <the run's overrides> resume=<run_dir>``, ready to paste (the overrides
+    from its ``.hydra/overrides.yaml``)."""
+    overrides = [o for o in started_with(run_dir) or [] if not o.startswith("hydra.")]
+    return shlex.join(["python", "run.py", *overrides, f"resume={run_dir}"])
 
 
 def requeue_on_time_limit(signum: int) -> None:

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from captioning import TrainingInterrupted
 from captioning.config_check import check_config
-from captioning.console import console, print_data_report, print_scores
+from captioning.console import console, print_data_report, print_scored, print_scores
 from captioning.data.datamodule import build_data
 from captioning.data.features import attach_feature_cache
 from captioning.data.text import Vocabulary
@@ -119,12 +119,15 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     if not phases.cross_entropy_done:
         model.fit(train_ds, validation_data=val_ds, epochs=int(t.max_epochs), callbacks=cbs.all,
                   verbose=cbs.verbose, shuffle=False, initial_epoch=phases.state.epoch,
-                  steps_per_epoch=steps, validation_freq=validation_freq(cfg))  # seeded pipeline
+                  steps_per_epoch=steps, validation_freq=validation_freq(cfg),  # seeded pipeline
+                  validation_steps=data.steps("val", int(cfg.evaluation.batch_size)))
     fault_point("between_phases")
     self_critical(cfg, data, model, val_ds, cbs, phases, run.dir)
     train_seconds = time.perf_counter() - run.t0
     epoch, select = load_selected(model, run.dir, cfg, len(cbs.history.rows),
                                   cbs.saver.best_epoch)
+    cbs.history.scored = (epoch, select)
+    cbs.history.write(plot=True)                        # the plots mark the scored epoch
 
     console.rule("Evaluation")
     fault_point("evaluation")
@@ -134,6 +137,8 @@ def _fit_and_evaluate(cfg, data, model, run: Run) -> dict:
     results["provenance"] = provenance()                # git commit, versions, command line
     atomic_write_text(run.dir / "metrics.json", json.dumps(results, indent=2))
     print_scores(results, notes)
+    print_scored(epoch, select, str(cfg.callbacks.get("checkpoints", {}).get("select", "best")),
+                 phases.state.best)
     if run.tracker is not None:
         run.tracker.log_outputs(run.dir, results, log_model=bool(cfg.logger.get("log_model")))
     console.print(f"[bold]Run directory:[/] {run.dir}")

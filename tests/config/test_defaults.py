@@ -94,7 +94,8 @@ def test_local_default_yaml_is_loaded_when_present_and_git_ignored(tmp_path):
     local.unlink()                                          # absent: fine, not an error
     assert cfg().paths.data_dir != "/mnt/local-data"
     ignored = subprocess.run(["git", "check-ignore", "-q", "conf/local/default.yaml"], cwd=ROOT)
-    kept = subprocess.run(["git", "check-ignore", "-q", "conf/local/example.yaml"], cwd=ROOT)
+    kept = subprocess.run(["git", "check-ignore", "-q", "conf/local/default.yaml.example"],
+                          cwd=ROOT)
     assert (ignored.returncode, kept.returncode) == (0, 1)
 
 

@@ -15,8 +15,9 @@ reader module imports only ``common``; this file imports the readers and names t
 
 from __future__ import annotations
 
+from captioning.data.readers import coco_json, flickr8k, flickr30k
 from captioning.data.readers.coco_json import read_coco_json
-from captioning.data.readers.common import MAX_NAMED
+from captioning.data.readers.common import MAX_NAMED, require_dir
 from captioning.data.readers.flickr8k import read_captions_csv, read_flickr8k, read_token_file
 from captioning.data.readers.flickr30k import read_flickr30k
 from captioning.data.readers.karpathy import read_karpathy
@@ -31,7 +32,20 @@ READERS = {
     "coco_json": read_coco_json,
 }
 
+# The layouts read from one folder, dataset.root, and what it holds.
+ROOTS = {"flickr8k": flickr8k.CONTENTS, "flickr30k": flickr30k.CONTENTS,
+         "coco_json": coco_json.CONTENTS}
+
+
+def check_location(cfg) -> None:
+    """``dataset.root`` exists, for the layouts in ``ROOTS`` (the reader checks what is in it):
+    run.py calls this with the config check, so a missing folder is an error before
+    TensorFlow starts, not after."""
+    if cfg.name in ROOTS:
+        require_dir(cfg.root, ROOTS[cfg.name], cfg.name)
+
+
 __all__ = [
-    "MAX_NAMED", "READERS", "read_captions_csv", "read_coco_json", "read_coco_tfds",
-    "read_flickr8k", "read_flickr30k", "read_karpathy", "read_token_file",
+    "MAX_NAMED", "READERS", "ROOTS", "check_location", "read_captions_csv", "read_coco_json",
+    "read_coco_tfds", "read_flickr8k", "read_flickr30k", "read_karpathy", "read_token_file",
 ]

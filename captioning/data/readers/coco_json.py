@@ -23,10 +23,13 @@ from captioning.data.records import DataReport, Record
 # and pycocotools is a compiled dependency that would be installed for that alone.
 
 
+# What dataset.root holds (also named by the check before TensorFlow starts).
+CONTENTS = "annotations/ and the image folders (train2017/, val2017/, ...)"
+
+
 def read_coco_json(cfg, report: DataReport) -> tuple[list[Record], None]:
     """Raw COCO: ``annotations/captions_{train,val}{year}.json`` + ``{train,val}{year}/``."""
-    root = require_dir(
-        cfg.root, "annotations/ and the image folders (train2017/, val2017/, ...)", "coco_json")
+    root = require_dir(cfg.root, CONTENTS, "coco_json")
     year = str(cfg.year)
     encoding = text_encoding(cfg)
     records: list[Record] = []

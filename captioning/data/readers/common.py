@@ -28,7 +28,8 @@ def require_dir(root, what: str, dataset: str) -> Path:
     root = Path(os.path.expanduser(str(root)))
     if not root.is_dir():
         raise DatasetError(
-            f"Dataset folder {root} does not exist. Download {dataset} and set dataset.root to "
+            f"Dataset folder {root} does not exist. Download {dataset} (README.md, Datasets: "
+            f"the download pages) and set dataset.root to "
             f"the folder that contains {what}, or put it at {root} (the default dataset.root is "
             f"under paths.data_dir: set that once with CAPTIONING_DATA_DIR or in "
             f"conf/local/default.yaml).")

@@ -30,9 +30,13 @@ from captioning.data.records import DataReport, Record
 # its number (dataset.on_malformed=skip) rather than stop a parser.
 
 
+# What dataset.root holds (also named by the check before TensorFlow starts).
+CONTENTS = "results.csv and flickr30k_images/"
+
+
 def read_flickr30k(cfg, report: DataReport) -> tuple[list[Record], None]:
     """Kaggle Flickr30k: ``results.csv`` with lines ``image_name| comment_number| comment``."""
-    root = require_dir(cfg.root, "results.csv and flickr30k_images/", "flickr30k")
+    root = require_dir(cfg.root, CONTENTS, "flickr30k")
     path = first_existing(root, ["results.csv", "flickr30k_images/results.csv"])
     if path is None:
         raise DatasetError(

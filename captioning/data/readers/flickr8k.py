@@ -37,6 +37,10 @@ from captioning.data.records import DataReport, Record
 # and a bad line must be reported as file:line with the fix, not as a parser traceback.
 
 
+# What dataset.root holds (also named by the check before TensorFlow starts).
+CONTENTS = "captions.txt and Images/ (Kaggle) or Flickr8k.token.txt (original)"
+
+
 def read_captions_csv(path: Path, on_malformed: str, report: DataReport,
                       encoding: str = "utf-8-sig") -> dict[str, list[str]]:
     """Kaggle ``captions.txt``: CSV with header ``image,caption``; captions with commas are
@@ -96,9 +100,7 @@ def _read_split_lists(text_dir: Path, encoding: str) -> dict[str, str] | None:
 def read_flickr8k(cfg, report: DataReport) -> tuple[list[Record], dict[str, str] | None]:
     """Flickr8k in the Kaggle layout or the original release; returns records and, when the
     official split lists exist, the Karpathy split (same as the official one for Flickr8k)."""
-    root = require_dir(
-        cfg.root, "captions.txt and Images/ (Kaggle) or Flickr8k.token.txt (original)",
-        "flickr8k")
+    root = require_dir(cfg.root, CONTENTS, "flickr8k")
     token = first_existing(root, ["Flickr8k.token.txt", "Flickr8k_text/Flickr8k.token.txt"])
     kaggle = root / "captions.txt"
     text_dir = token.parent if token else first_existing(root, ["Flickr8k_text", "."])
