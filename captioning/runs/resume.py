@@ -155,7 +155,8 @@ def resume_changes(run_dir: Path, cfg) -> list[str]:
     for section in RESUME_FIXED:
         a, b = _leaves(old.get(section), section), _leaves(new.get(section), section)
         for key in sorted(set(a) | set(b)):
-            if key not in a and key in RESUME_ADDED and b.get(key) == RESUME_ADDED[key]:
+            if key not in a and (key in RESUME_ADDED and b.get(key) == RESUME_ADDED[key]
+                                 or key.endswith("._target_")):   # its name says which code
                 continue
             if key.rsplit(".", 1)[-1] not in LOCATION_KEYS and a.get(key) != b.get(key):
                 changes.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
