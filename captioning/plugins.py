@@ -209,8 +209,9 @@ def check_plugins(cfg) -> set[str]:
         node = tree.get(group) or {}
         target = target_of(group, node)
         accepted.add(f"{group}._target_")
-        if target in HEAVY or (target is None and "_target_" not in node):
-            continue
+        if (target is None and "_target_" not in node) or (isinstance(target, str)
+                                                           and target in HEAVY):
+            continue                      # an unknown name (RULES says so), or a built-in
         obj = load(f"{group}._target_", target)
         check_target(f"{group}._target_", group, node, obj)
         if obj not in READERS.values():
@@ -222,9 +223,8 @@ def check_plugins(cfg) -> set[str]:
             if k not in names:
                 raise ConfigError(_unknown(f"{group}.{k}", names + list(GROUPS[group].framework),
                                            _option(group, node),
-                                           f" A plug-in option's keys are the parameters of its "
-                                           f"_target_ ({target}: {', '.join(names)}) and the "
-                                           f"framework's ({', '.join(GROUPS[group].framework)})."))
+                                           f" An option's own keys are the parameters of its "
+                                           f"_target_ ({target}: {', '.join(names) or 'none'})."))
         accepted |= {f"{group}.{k}" for k in own}
     _check_extra(tree)
     for leaf in _leaves(tree):
