@@ -89,7 +89,8 @@ def load(key: str, target) -> object:
         raise ConfigError(f"{key} must be a dotted path to a class or function, e.g. "
                           f"my_module.MyDecoder. Received: {key}={target!r}")
     quiet = logging.getLogger("hydra.utils")     # get_object logs the error too: say it once
-    level, quiet.level = quiet.level, logging.CRITICAL
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         obj = get_object(target)
     except Exception as e:  # noqa: BLE001 - any error while importing the user's module
@@ -99,7 +100,7 @@ def load(key: str, target) -> object:
             f"folder that holds its module on PYTHONPATH (e.g. PYTHONPATH=$PWD), or fix the "
             f"path.") from None
     finally:
-        quiet.level = level
+        quiet.setLevel(level)
     if not callable(obj):
         raise ConfigError(f"{key}={target} is a {type(obj).__name__}, not a class or function.")
     return obj
@@ -171,7 +172,8 @@ def build(group: str, node, *args, **given):
     passed = passed_keys(group, plain, params)
     unknown = [k for k in passed if k not in names]
     if unknown:
-        raise ConfigError(_unknown(f"{group}.{unknown[0]}", names, _option(group, node),
+        raise ConfigError(_unknown(f"{group}.{unknown[0]}", [f"{group}.{n}" for n in names],
+                                   _option(group, node),
                                    f" {target} takes {', '.join(names) or 'no arguments'}."))
     kwargs = instantiate({k: plain[k] for k in passed}, _convert_="all") if passed else {}
     return obj(*args, **given, **kwargs)
@@ -183,10 +185,9 @@ def _option(group: str, node) -> str:
 
 
 def _unknown(key: str, known, where: str, note: str = "") -> str:
-    near = difflib.get_close_matches(key.rsplit(".", 1)[-1], [k.rsplit(".", 1)[-1] for k in known],
-                                     n=1)
-    prefix = key.rsplit(".", 1)[0]
-    hint = f": did you mean {prefix}.{near[0]}?" if near else "."
+    """The message for ``key``, nothing reads it: the nearest of ``known`` (full keys)."""
+    near = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f": did you mean {near[0]}?" if near else "."
     return f"{key} is not a key of {where}{hint}{note}"
 
 
@@ -221,8 +222,8 @@ def check_plugins(cfg) -> set[str]:
         own = [k for k in passed_keys(group, node, params) if k != "name"]
         for k in own:
             if k not in names:
-                raise ConfigError(_unknown(f"{group}.{k}", names + list(GROUPS[group].framework),
-                                           _option(group, node),
+                known = [f"{group}.{n}" for n in (*names, *GROUPS[group].framework)]
+                raise ConfigError(_unknown(f"{group}.{k}", known, _option(group, node),
                                            f" An option's own keys are the parameters of its "
                                            f"_target_ ({target}: {', '.join(names) or 'none'})."))
         accepted |= {f"{group}.{k}" for k in own}
@@ -249,12 +250,12 @@ def _check_extra(tree: Mapping) -> None:
                           f"e.g. [{{_target_: my_module.MyCallback, every: 2}}]. "
                           f"Received: {EXTRA}={extra!r}")
     for i, item in enumerate(extra):
-        key = f"{EXTRA}[{i}]._target_"
-        obj = load(key, item["_target_"])
-        check_target(key, f"{EXTRA}[{i}]", item, obj)
+        where = f"{EXTRA}[{i}]"
+        obj = load(f"{where}._target_", item["_target_"])
+        check_target(f"{where}._target_", where, item, obj)
         params = parameters(EXTRA, obj)
         names = [p.name for p in params]
         for k in passed_keys(EXTRA, item, params):
             if k not in names:
-                raise ConfigError(_unknown(f"{EXTRA}[{i}].{k}", names, f"{EXTRA}[{i}]",
+                raise ConfigError(_unknown(f"{where}.{k}", [f"{where}.{n}" for n in names], where,
                                            f" {item['_target_']} takes {', '.join(names)}."))
