@@ -69,7 +69,7 @@ GROUPS = {
 EXTRA = "callbacks.extra"
 # The code an option names when its config has no _target_ (a run saved before it existed).
 DEFAULT_TARGETS = {"backbone": lambda name: BACKBONE_TARGET, "decoder": DECODERS.get,
-                   "dataset": lambda name: f"{READERS[name].__module__}.{READERS[name].__name__}"
+                   "dataset": lambda name: f"captioning.data.readers.{READERS[name].__name__}"
                    if name in READERS else None}
 # Built-in targets whose modules import Keras: the check takes their keys from RULES.
 HEAVY = {BACKBONE_TARGET, *DECODERS.values()}

@@ -131,3 +131,24 @@ def test_run_py_says_a_wrong_target_in_one_line_and_exits_2(tmp_path):
         assert result.stderr.strip().splitlines() == [words + result.stderr.split(words)[1]
                                                       .splitlines()[0]]
         assert "Traceback" not in result.stderr
+
+
+def test_a_run_saved_before_target_existed_resumes_and_builds_from_its_names(tmp_path):
+    """config.yaml without the _target_ keys: resuming sees no change, and each option's code
+    is found from its name."""
+    from omegaconf import OmegaConf
+
+    from captioning.plugins import target_of
+    from captioning.runs.resume import resume_changes
+
+    overrides = ("debug=tiny", "decoder=gru", f"paths.output_dir={tmp_path}")
+    old = OmegaConf.to_container(compose_config(*overrides), resolve=True)
+    for group in ("backbone", "decoder", "dataset"):
+        del old[group]["_target_"]
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+    assert resume_changes(tmp_path, compose_config(*overrides)) == []
+    assert [target_of(g, old[g]) for g in ("backbone", "decoder", "dataset")] == [
+        "captioning.models.backbones.get_backbone", "captioning.models.build.gru_decoder",
+        "captioning.data.readers.read_flickr8k"]
+    assert resume_changes(tmp_path, compose_config(*overrides, "decoder._target_=my.Dec")) == [
+        "decoder._target_: None -> 'my.Dec'"]
