@@ -32,6 +32,7 @@ from captioning.config_rules import (
 )
 from captioning.evaluation.rewards import SCORES
 from captioning.models.registry import HUB_BACKBONES
+from captioning.plugins import check_plugins
 from captioning.runs.files import averaged_epochs
 
 # The smallest input side keras.applications accepts (imagenet_utils.obtain_input_shape's
@@ -42,8 +43,9 @@ KERAS_MIN_SIZE = {"inceptionresnetv2": 75, "inceptionv3": 75, "xception": 71}
 def check_config(cfg) -> None:
     """Raise one ConfigError naming the first wrong value; return None when all is well."""
     _required(cfg)
+    plugin_names = check_plugins(cfg)       # unknown keys, _target_ imports and signatures
     v = _values(cfg)
-    check_values(v)                                      # each key's own rule, in RULES order
+    check_values({k: x for k, x in v.items() if k not in plugin_names})   # in RULES order
     reward = cfg.trainer.get("scst_reward")
     reward = OmegaConf.to_container(reward, resolve=True) if OmegaConf.is_config(reward) else reward
     for ok, message in [_reward_rule(reward), *_cross_rules(v), *_backbone_rules(v),

@@ -66,6 +66,10 @@ KINDS = {   # kind -> (test, description)
     "ints": (lambda v: _is_list(v, _is_int), "a list of integers"),
     "strs": (lambda v: isinstance(v, Sequence) and not isinstance(v, str)
              and all(isinstance(x, str) for x in v), "a list of strings"),
+    "targets": (lambda v: isinstance(v, Sequence) and not isinstance(v, str)
+                and all(isinstance(x, Mapping) and "_target_" in x for x in v),
+                "a list of dicts, each with _target_ (a class or function) and its arguments, "
+                "e.g. [{_target_: my_module.MyCallback, every: 2}]"),
 }
 
 
@@ -156,6 +160,8 @@ HOLDOUT = ("null (no held-out split), a number of train images (an integer >= 1,
             "a fraction of them (a float in (0, 1), e.g. 0.1)")
 BOOL, STR, PATH = Rule("bool"), Rule("str"), Rule("path")
 PATH_OR_NULL, STR_OR_NULL = Rule("path", null=True), Rule("str", null=True)
+# an option's _target_ (captioning/plugins.py imports it and checks its signature)
+TARGET = Rule("str", what="a dotted path to a class or function, e.g. my_module.MyDecoder")
 
 RULES: dict[str, Rule] = {
     # paths first: other keys interpolate them (paths.output_dir is Hydra's run directory,
@@ -201,7 +207,8 @@ RULES: dict[str, Rule] = {
     "evaluation.spice": BOOL,
     "evaluation.meteor": BOOL,
     "evaluation.show": _int(0),
-    # dataset (the keys of each reader's option)
+    # dataset (the keys of each reader's option); a plug-in's name is any label (plugins.py)
+    "dataset._target_": TARGET,
     "dataset.name": _one_of(*DATASETS),
     "dataset.split": _one_of("random", "karpathy"),
     "dataset.val_fraction": _num(0, 1, lo_open=True, hi_open=True),
@@ -235,6 +242,7 @@ RULES: dict[str, Rule] = {
                                                         "(Pillow's limit)"),
     "dataset.allow_outside_images": BOOL,
     # backbone
+    "backbone._target_": TARGET,
     "backbone.name": STR,
     "backbone.image_size": _int(16),
     "backbone.weights": Rule("str", null=True, what="imagenet, null or a path to a weights file"),
@@ -256,6 +264,7 @@ RULES: dict[str, Rule] = {
     "backbone.hidden_dim": _int(1),
     "backbone.mlp_dim": _int(1),
     # decoder
+    "decoder._target_": TARGET,
     "decoder.name": _one_of(*DECODERS),
     "decoder.dim": _int(1),
     "decoder.num_layers": _int(0),
@@ -323,6 +332,7 @@ RULES: dict[str, Rule] = {
     "callbacks.kangas.attention": BOOL,
     "callbacks.checkpoints.every_epoch": BOOL,
     "callbacks.checkpoints.select": Rule("str", what=WEIGHTS),   # its syntax: check_config
+    "callbacks.extra": Rule("targets"),                          # imports: plugins.py
     # logger
     "logger.name": _one_of("comet", "none"),
     "logger.project": STR,

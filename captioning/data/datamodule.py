@@ -40,6 +40,8 @@ from captioning.data.records import (
 )
 from captioning.data.synthetic import VERSION, ensure_synthetic
 from captioning.data.text import Vocabulary, filter_indexed, normalize, wrap
+from captioning.plugins import build as build_target
+from captioning.plugins import target_of
 
 
 @dataclass
@@ -271,13 +273,26 @@ def synthetic_root(cfg) -> Path:
     return cache / "synthetic" / f"v{VERSION}-n{cfg.num_images}-px{cfg.image_size}-seed{cfg.seed}"
 
 
+def read_records(ds_cfg, report: DataReport) -> tuple[list[Record], dict[str, str] | None]:
+    """The option's reader (``dataset._target_``, else ``READERS[dataset.name]``): records, or
+    (records, official_split); anything else is one message naming the reader."""
+    out = build_target("dataset", ds_cfg, ds_cfg, report)
+    records, split = out if isinstance(out, tuple) and len(out) == 2 else (out, None)
+    if not isinstance(records, list | tuple) or not all(isinstance(r, Record) for r in records):
+        raise ConfigError(f"dataset._target_={target_of('dataset', ds_cfg)} returned "
+                          f"{type(out).__name__}: a reader returns a list of "
+                          f"captioning.data.records.Record, or (records, official_split).")
+    return list(records), split
+
+
 def load_records(
     ds_cfg, seed: int, progress: bool = True
 ) -> tuple[dict[str, list[Record]], DataReport]:
     """Read, check and split a dataset; every problem ends here as a DatasetError."""
     name = ds_cfg.name
-    if name not in READERS:
-        raise ConfigError(f"Unknown dataset {name!r}. Known: {sorted(READERS)}")
+    if target_of("dataset", ds_cfg) is None:
+        raise ConfigError(f"Unknown dataset {name!r}. Known: {sorted(READERS)}, or an option "
+                          f"with dataset._target_ (a reader of your own).")
     from omegaconf import OmegaConf
 
     for key, example in (("root", "/data/" + name), ("json", "/data/dataset_flickr8k.json"),
@@ -293,7 +308,7 @@ def load_records(
         root = ensure_synthetic(synthetic_root(ds_cfg), ds_cfg.num_images, ds_cfg.image_size,
                                 ds_cfg.seed, progress=progress)
         ds_cfg = _with(ds_cfg, root=str(root))
-    records, official_split = READERS[name](ds_cfg, report)
+    records, official_split = read_records(ds_cfg, report)
     if not records:
         raise DatasetError(
             f"No usable images in dataset={name} "

@@ -3,6 +3,9 @@ feature width. Any ``keras.applications`` model is available by its lower-cased 
 
 A backbone takes images as float32 in 0..255 (what the data pipeline yields) and returns a
 sequence of image tokens ``(B, S, C)``: its last feature map, flattened over space.
+
+A backbone option's ``_target_`` returns a ``Backbone`` (``captioning/plugins.py``); every
+built-in option names ``get_backbone``, a user's names their own function.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ from pathlib import Path
 
 from captioning import ConfigError
 from captioning.config_rules import check_backbone
-from captioning.models.registry import HUB_BACKBONES, resolve
+from captioning.models.registry import HUB_BACKBONES
+from captioning.plugins import build as build_target
 
 
 @dataclass(frozen=True)
 class Backbone:
     name: str
-    build: Callable              # (input_shape, weights) -> keras.Model producing (B, h, w, C)
+    # (input_shape, weights) -> keras.Model producing a feature map (B, h, w, C) or tokens (B, S, C)
+    build: Callable
     preprocess: Callable         # images in 0..255 -> what the network expects
     feature_dim: int | None      # C, when known without building
     default_size: int
@@ -116,24 +121,22 @@ def APPLICATIONS() -> dict[str, Callable]:
             if n[0].isupper() and callable(getattr(keras.applications, n))}
 
 
-def get_backbone(name: str, **options) -> Backbone:
-    """``small_cnn``, a keras-hub encoder (``vit``, ``clip``: ``models/hub_backbones.py``) or
-    any keras.applications model by lower-cased name."""
+def get_backbone(name: str, filters=None, dropout=0.0, convs_per_stage=1, stem=0,
+                 stem_stride=2) -> Backbone:
+    """``small_cnn`` (with its keys) or any keras.applications model by lower-cased name: the
+    ``_target_`` of the built-in backbone options."""
     name = str(name).lower()
-    if name in HUB_BACKBONES:
-        return resolve(HUB_BACKBONES[name])(name, **options)
     if name == "small_cnn":
-        convs = options.get("convs_per_stage", 1)
-        convs = convs if isinstance(convs, int) else list(convs)
-        build = _small_cnn(tuple(options.get("filters") or (32, 64, 128, 192)),
-                           options.get("dropout", 0.0), convs, int(options.get("stem") or 0),
-                           options.get("stem_stride", 2))
-        return Backbone("small_cnn", build, _scale_pm1, (options.get("filters") or [192])[-1], 64)
+        convs = convs_per_stage if isinstance(convs_per_stage, int) else list(convs_per_stage)
+        build = _small_cnn(tuple(filters or (32, 64, 128, 192)), dropout, convs,
+                           int(stem or 0), stem_stride)
+        return Backbone("small_cnn", build, _scale_pm1, (filters or [192])[-1], 64)
     known = APPLICATIONS()
     if name not in known:
         raise ConfigError(f"Unknown backbone {name!r}. Known: "
-                          f"{['small_cnn', *HUB_BACKBONES] + sorted(known)} (or select a "
-                          f"preset: backbone=small_cnn|efficientnetb0|inceptionresnetv2|vit|clip).")
+                          f"{['small_cnn'] + sorted(known)}, or the options "
+                          f"backbone={'|'.join(HUB_BACKBONES)} (keras-hub encoders; or select a "
+                          f"preset: backbone=small_cnn|efficientnetb0|inceptionresnetv2).")
     return _application(name)
 
 
@@ -189,16 +192,16 @@ def build_backbone(cfg):
     import keras
 
     b = cfg.backbone
+    spec = build_target("backbone", b)
+    if not isinstance(spec, Backbone):
+        raise ConfigError(f"backbone._target_={b.get('_target_')} returned a "
+                          f"{type(spec).__name__}: a backbone option's _target_ returns a "
+                          f"captioning.models.backbones.Backbone (its network and preprocessing).")
     size = int(b.image_size)
     weights = b.get("weights")
     weights = None if weights in (None, "null", "none", "None") else str(weights)
-    check_backbone(name=b.name, image_size=size, weights=weights, trainable=b.get("trainable"),
+    check_backbone(name=spec.name, image_size=size, weights=weights, trainable=b.get("trainable"),
                    **{k: b.get(k) for k in HUB_KEYS})
-    spec = get_backbone(b.name, filters=b.get("filters"), dropout=b.get("dropout", 0.0),
-                        convs_per_stage=b.get("convs_per_stage", 1), stem=b.get("stem", 0),
-                        stem_stride=b.get("stem_stride", 2),
-                        **{k: b.get(k) for k in HUB_KEYS if b.get(k) is not None},
-                        weights=weights)
     is_file = weights not in (None, "imagenet", "preset")
     path = _weights_file(weights, spec.name) if is_file else None
     net = _build_net(spec, size, None if is_file or spec.name == "small_cnn" else weights)
@@ -225,9 +228,11 @@ def build_backbone(cfg):
     # an outer training=True override this, so Captioner.encode also passes training=False to a
     # backbone with no trainable weights.
     x = net(x, training=False) if trainable is False else net(x)
-    if len(x.shape) == 3:        # tokens already (B, S, C): a keras-hub encoder's patches
-        return keras.Model(inputs, x, name=f"backbone_{spec.name}")
-    h, w, c = x.shape[1], x.shape[2], x.shape[3]
-    # (B, S, C): cross-attention wants a sequence.
-    tokens = keras.layers.Reshape((h * w, c), name="to_tokens")(x)
+    if len(x.shape) == 4:     # a feature map (B, h, w, C); a network may give tokens already
+        # (B, S, C): cross-attention wants a sequence.
+        x = keras.layers.Reshape((x.shape[1] * x.shape[2], x.shape[3]), name="to_tokens")(x)
+    if len(x.shape) != 3:
+        raise ConfigError(f"backbone={spec.name}'s network gives {tuple(x.shape)}: a backbone "
+                          f"gives a feature map (B, h, w, C) or image tokens (B, S, C).")
+    tokens = x
     return keras.Model(inputs, tokens, name=f"backbone_{spec.name}")

@@ -6,10 +6,12 @@ from captioning import ConfigError
 from captioning.models.augment import build_augmentation
 from captioning.models.backbones import build_backbone
 from captioning.models.captioner import Captioner
+from captioning.models.decoder import INSTANCE_MEMBERS
 from captioning.models.encoder import ImageEncoder
 from captioning.models.gru import GRUDecoder
-from captioning.models.registry import DECODERS, resolve
 from captioning.models.transformer import TransformerDecoder
+from captioning.plugins import build as build_target
+from captioning.plugins import target_of
 
 
 def build_model(cfg, vocab_size: int):
@@ -18,9 +20,7 @@ def build_model(cfg, vocab_size: int):
 
     d = cfg.decoder
     max_len = int(cfg.text.seq_len) - 1            # decoder positions: <start> .. last input token
-    if d.name not in DECODERS:
-        raise ConfigError(f"Unknown decoder {d.name!r}. Known: {sorted(DECODERS)}")
-    decoder = resolve(DECODERS[d.name])(d, vocab_size, max_len)
+    decoder = build_decoder(d, vocab_size, max_len)
     e = d.encoder
     encoder = ImageEncoder(d.dim, e.num_layers, e.num_heads, e.dropout, e.input_norm,
                            name="encoder")
@@ -35,16 +35,31 @@ def build_model(cfg, vocab_size: int):
     return model
 
 
-# The builders registry.DECODERS names (decoder.name -> one of these). The sizes were checked by
-# captioning.config_check (each key's rule is in captioning/config_rules.py).
-def transformer_decoder(d, vocab_size: int, max_len: int):
-    # key_dim / ff_dropout: absent from runs saved before they existed (the defaults then).
-    key_dim = d.get("key_dim")
-    return TransformerDecoder(vocab_size, max_len, d.dim, d.num_layers, d.num_heads, d.ff_dim,
-                              d.dropout, d.output_dropout,
-                              key_dim=int(key_dim) if key_dim is not None else None,
-                              ff_dropout=float(d.get("ff_dropout", 0.0)), name="decoder")
+def build_decoder(d, vocab_size: int, max_len: int):
+    """The ``decoder`` option's ``_target_`` (a built-in below, or a user's), called with
+    ``vocab_size``, ``max_len`` and the option's keys; it must build a ``Decoder``."""
+    if target_of("decoder", d) is None:
+        raise ConfigError(f"decoder={d.get('name')} has no decoder._target_ and is not a "
+                          f"built-in decoder: add _target_ (a class or function) to its YAML.")
+    decoder = build_target("decoder", d, vocab_size=vocab_size, max_len=max_len)
+    missing = [m for m in INSTANCE_MEMBERS if not hasattr(decoder, m)]
+    if missing:
+        raise ConfigError(f"decoder._target_={target_of('decoder', d)} built a "
+                          f"{type(decoder).__name__} without {', '.join(missing)}: a decoder "
+                          f"implements the Decoder interface (captioning/models/decoder.py).")
+    return decoder
 
 
-def gru_decoder(d, vocab_size: int, max_len: int):
-    return GRUDecoder(vocab_size, max_len, d.dim, d.dropout, name="decoder")
+# The built-in decoders' _target_ (conf/decoder/*.yaml; registry.DECODERS by name). The sizes
+# were checked by captioning.config_check (each key's rule is in captioning/config_rules.py);
+# key_dim / ff_dropout are absent from runs saved before they existed (the defaults then).
+def transformer_decoder(vocab_size: int, max_len: int, dim: int, num_layers: int,
+                        num_heads: int, ff_dim: int, dropout: float, output_dropout: float,
+                        key_dim: int | None = None, ff_dropout: float = 0.0):
+    return TransformerDecoder(vocab_size, max_len, dim, num_layers, num_heads, ff_dim, dropout,
+                              output_dropout, key_dim=int(key_dim) if key_dim is not None else None,
+                              ff_dropout=float(ff_dropout), name="decoder")
+
+
+def gru_decoder(vocab_size: int, max_len: int, dim: int, dropout: float):
+    return GRUDecoder(vocab_size, max_len, dim, dropout, name="decoder")

@@ -3,8 +3,8 @@
 ``TransformerDecoder`` (transformer.py) and ``GRUDecoder`` (gru.py) implement it; the
 ``Captioner`` trains through ``call``/``project`` and ``decoding.Generator`` generates through
 ``init_cache``/``step``, reading ``beam_state`` for beam search. A new decoder is a Keras layer
-with these members, registered in ``registry.DECODERS`` (built in ``build.py``); no other module
-knows the names of its cache entries.
+with these members, named by a decoder option's ``_target_`` (``captioning/plugins.py``; the
+built-in ones are built in ``build.py``); no other module knows the names of its cache entries.
 
 Two capabilities are optional, and each decoder declares whether it has them, as class
 attributes that callers read (they never probe for a method): ``supports_packed`` (it has
@@ -16,6 +16,11 @@ and gets the general path.
 from __future__ import annotations
 
 from typing import Any, ClassVar, Protocol, runtime_checkable
+
+# What a decoder class must have before it is built (the config check reads them);
+# ``vocab_size`` and ``dim`` are set by its constructor, checked once it is built.
+CLASS_MEMBERS = ("beam_state", "call", "project", "init_cache", "step")
+INSTANCE_MEMBERS = (*CLASS_MEMBERS, "vocab_size", "dim")
 
 
 @runtime_checkable

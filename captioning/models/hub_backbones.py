@@ -115,8 +115,9 @@ def _image_size(encoder) -> int:
 
 
 def hub_backbone(name: str, preset: str | None = None, weights=None, patch_size=16,
-                 num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072, **_) -> Backbone:
-    """The registry entry of ``vit`` or ``clip`` (``backbones.get_backbone`` calls this)."""
+                 num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072) -> Backbone:
+    """The ``_target_`` of the ``vit`` and ``clip`` options (conf/backbone/vit.yaml, clip.yaml),
+    called with the option's name, weights and keys by ``build_backbone``."""
     arch = dict(patch_size=int(patch_size), num_layers=int(num_layers),
                 num_heads=int(num_heads), hidden_dim=int(hidden_dim), mlp_dim=int(mlp_dim))
     use_preset = weights == "preset"

@@ -1,12 +1,14 @@
 """The names ``decoder.name``, ``decode.method``, ``decode.tta`` and the keras-hub
-``backbone.name`` may take, each list written once, with what each name builds.
+``backbone.name`` may take, each list written once, with what each name builds; and the built-in
+options' ``_target_`` paths.
 
 Pure Python on purpose. ``captioning.config_rules`` derives its allowed values from these
 names, and the config check must run before TensorFlow is imported (composing a config and
 every config error stay instant); the code they name imports Keras. So an entry names what it
-builds as data (a ``"module:function"`` string, a number of views), which the heavy code
-resolves when it builds (``resolve``). Strings rather than imports also keep this module a
-leaf of the import graph: the builders' modules import the config rules, which import this.
+builds as data (a dotted path, the ``_target_`` of the option's YAML; a number of views), which
+the heavy code resolves when it builds (``captioning.plugins.build``). Strings rather than
+imports also keep this module a leaf of the import graph: the builders' modules import the
+config rules, which import this.
 
 (``dataset.name``'s registry is ``READERS`` in ``captioning/data/readers/__init__.py``: the
 readers are pure Python already, so that mapping of functions is its own list.)
@@ -14,21 +16,22 @@ readers are pure Python already, so that mapping of functions is its own list.)
 
 from __future__ import annotations
 
-import importlib
-
-# decoder.name -> "module:function(decoder_cfg, vocab_size, max_len)" that builds the decoder
-# (captioning/models/build.py, the one place models are assembled).
+# decoder.name -> the _target_ of conf/decoder/<name>.yaml: a builder in captioning/models/build.py
+# (the one place models are assembled), called with vocab_size, max_len and the option's keys.
+# A config saved without _target_ is built from its name through this table.
 DECODERS = {
-    "gru": "captioning.models.build:gru_decoder",
-    "transformer": "captioning.models.build:transformer_decoder",
+    "gru": "captioning.models.build.gru_decoder",
+    "transformer": "captioning.models.build.transformer_decoder",
 }
+# The _target_ of every built-in backbone option: the registry of small_cnn and any
+# keras.applications model by name.
+BACKBONE_TARGET = "captioning.models.backbones.get_backbone"
 
-# backbone.name -> "module:function(name, **backbone options)" for the keras-hub image encoders
-# (patch tokens, their own preprocessing); small_cnn and keras.applications are resolved in
-# captioning/models/backbones.py.
+# backbone.name -> the _target_ of conf/backbone/<name>.yaml for the keras-hub image encoders
+# (patch tokens, their own preprocessing), called with the name, weights and the option's keys.
 HUB_BACKBONES = {
-    "vit": "captioning.models.hub_backbones:hub_backbone",
-    "clip": "captioning.models.hub_backbones:hub_backbone",
+    "vit": "captioning.models.hub_backbones.hub_backbone",
+    "clip": "captioning.models.hub_backbones.hub_backbone",
 }
 
 # decode.method -> how decoding.Generator decodes: keras-hub's greedy, top-k and top-p
@@ -41,9 +44,3 @@ TTA_VIEWS = {
     "flip": (2, "each image and its mirror image"),
     "dihedral": (8, "its 8 flips and 90-degree rotations, for overhead imagery"),
 }
-
-
-def resolve(spec: str):
-    """``"package.module:name"`` -> that object (the module imported now)."""
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)

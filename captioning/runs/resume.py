@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from captioning import CaptioningError, ConfigError
 from captioning.io import PidLock
+from captioning.plugins import target_of
 from captioning.runs.files import (
     LOCATION_KEYS,
     LOCK,
@@ -155,7 +156,9 @@ def resume_changes(run_dir: Path, cfg) -> list[str]:
     for section in RESUME_FIXED:
         a, b = _leaves(old.get(section), section), _leaves(new.get(section), section)
         for key in sorted(set(a) | set(b)):
-            if key not in a and key in RESUME_ADDED and b.get(key) == RESUME_ADDED[key]:
+            if key not in a and (key in RESUME_ADDED and b.get(key) == RESUME_ADDED[key]
+                                 or key == f"{section}._target_"    # the code its name built
+                                 and b.get(key) == target_of(section, old.get(section) or {})):
                 continue
             if key.rsplit(".", 1)[-1] not in LOCATION_KEYS and a.get(key) != b.get(key):
                 changes.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import keras
 
+from captioning import ConfigError
 from captioning.data.text import END, PAD, START, UNK
 from captioning.evaluation.metrics import score
 from captioning.io import atomic_path, atomic_write_text
 from captioning.models.decoding import Generator, caption_records
+from captioning.plugins import build as build_target
 from captioning.runs.files import averaged_epochs, checkpoints, epoch_name, read_history, state_path
 from captioning.tracking.kangas_grids import pick_rows, write_grid
 from captioning.training.debug import profiler, validation_freq
@@ -399,4 +401,18 @@ def make_callbacks(cfg, data, run_dir: Path, phases: Phases, tracker=None, t0=No
     # after ValidationCaptions: the loggers see its scores in the logs
     callbacks += [LoggerEpochs(tracker), *tracker.callbacks()] if tracker is not None else []
     callbacks += profiler(cfg, run_dir)                       # trainer.profile_batches
+    callbacks += extra_callbacks(cfg)                         # callbacks.extra: the user's
     return CallbackSet(callbacks, history, saver, early, budget)
+
+
+def extra_callbacks(cfg) -> list:
+    """``callbacks.extra``: Keras callbacks of the user's own, each a ``_target_`` dict (its
+    other keys are its arguments), after the built-in ones (they see val_cider in the logs)."""
+    out = []
+    for i, item in enumerate(cfg.callbacks.get("extra") or []):
+        callback = build_target(f"callbacks.extra[{i}]", item)
+        if not isinstance(callback, keras.callbacks.Callback):
+            raise ConfigError(f"callbacks.extra[{i}]._target_={item._target_} built a "
+                              f"{type(callback).__name__}, not a keras.callbacks.Callback.")
+        out.append(callback)
+    return out
