@@ -47,6 +47,7 @@ from captioning.config_rules import RULES
 from captioning.data.readers import READERS
 from captioning.models.decoder import CLASS_MEMBERS
 from captioning.models.registry import BACKBONE_TARGET, DECODERS, HUB_BACKBONES
+from captioning.tracking.names import BUILT_IN as BUILT_IN_LOGGERS
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,7 @@ def check_plugins(cfg) -> set[str]:
                                            f"_target_ ({target}: {', '.join(names) or 'none'})."))
         accepted |= {f"{group}.{k}" for k in own}
     _check_extra(tree)
+    accepted |= _check_loggers(tree)
     for leaf in _leaves(tree):
         if leaf not in accepted and not leaf.startswith(NOT_IN_RULES) and not any(
                 leaf.startswith(f"{a}.") for a in accepted):
@@ -262,3 +264,24 @@ def _check_extra(tree: Mapping) -> None:
             if k not in names:
                 raise ConfigError(_unknown(f"{where}.{k}", [f"{where}.{n}" for n in names], where,
                                            f" {item['_target_']} takes {', '.join(names)}."))
+
+
+def _check_loggers(tree: Mapping) -> set[str]:
+    """A user's ``logger.<name>`` block (``tracking/names.py``): its ``_target_`` imports and takes
+    the block's other keys and ``run_dir``; returns the block's keys (the built-in loggers' keys
+    are in RULES)."""
+    accepted = set()
+    for name, block in (tree.get("logger") or {}).items():
+        if not isinstance(block, Mapping) or "_target_" not in block or name in BUILT_IN_LOGGERS:
+            continue
+        where = f"logger.{name}"
+        obj = load(f"{where}._target_", block["_target_"])
+        check_target(f"{where}._target_", where, {**block, "run_dir": "."}, obj)
+        params = parameters(where, obj)
+        names = [p.name for p in params]
+        for k in passed_keys(where, block, params):
+            if k not in names:
+                raise ConfigError(_unknown(f"{where}.{k}", [f"{where}.{n}" for n in names], where,
+                                           f" {block['_target_']} takes {', '.join(names)}."))
+        accepted |= {f"{where}.{k}" for k in block}
+    return accepted

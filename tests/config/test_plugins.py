@@ -30,6 +30,11 @@ class Dec:
 
 def read(cfg, report, captions_file="captions.csv"):
     return []
+
+
+class Log:
+    def __init__(self, run_dir, prefix="epoch"):
+        pass
 '''
 OPTION = """name: mine
 _target_: user_plug.Dec
@@ -152,3 +157,17 @@ def test_a_run_saved_before_target_existed_resumes_and_builds_from_its_names(tmp
         "captioning.data.readers.read_flickr8k"]
     assert resume_changes(tmp_path, compose_config(*overrides, "decoder._target_=my.Dec")) == [
         "decoder._target_: None -> 'my.Dec'"]
+
+
+def test_a_users_logger_block_is_checked_like_an_option(user_conf):
+    """logger.<name> with _target_: its keys are its class's parameters (run_dir is given);
+    a mistyped one names the nearest, and the built-in tensorboard block's keys pass."""
+    check_config(compose_config("+logger.mine._target_=user_plug.Log", "+logger.mine.prefix=x",
+                                "logger=[comet,tensorboard]"))
+    assert _error("+logger.mine._target_=user_plug.Log", "+logger.mine.prefx=x") == (
+        "logger.mine.prefx is not a key of logger.mine: did you mean logger.mine.prefix? "
+        "user_plug.Log takes run_dir, prefix.")
+    assert "logger.mine._target_=user_plug.Nope cannot be imported" in _error(
+        "+logger.mine._target_=user_plug.Nope")
+    assert "did you mean logger.tensorboard.max_captions?" in _error(
+        "logger=[comet,tensorboard]", "+logger.tensorboard.max_caption=3")
