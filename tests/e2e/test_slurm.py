@@ -79,7 +79,9 @@ def test_sweep_through_sbatch_then_compare(slurm_cluster, tmp_path):
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert sorted(r["overrides"].split()[-1] for r in rows) == ["decoder=gru",
                                                               "decoder=transformer"], rows
-    assert float(rows[0]["cider"]) >= float(rows[1]["cider"])          # ranked, best first
+    # ranked best first: CIDEr as shown (3 decimals), ties by val loss (compare.TIE_RULE)
+    ranked = [(-round(float(r["cider"]), 3), float(r["loss"])) for r in rows]
+    assert ranked == sorted(ranked)
 
 
 @pytest.mark.parametrize("ask, key, said", [

@@ -60,8 +60,9 @@ def test_a_failing_job_leaves_the_other_jobs_and_the_comparison(sweep):
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(open(folder / "comparison.csv")))
     assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed"]
-    ciders = [float(r["cider"]) for r in rows[:2]]
-    assert ciders == sorted(ciders, reverse=True)
+    # best first: CIDEr as shown (3 decimals), ties by val loss (compare.TIE_RULE)
+    ranked = [(-round(float(r["cider"]), 3), float(r["loss"])) for r in rows[:2]]
+    assert ranked == sorted(ranked)
     assert "learning_rate must be > 0" in rows[2]["error"]
     assert "varied" not in rows[0] and not (folder / "comparison_seeds.csv").exists()
 
