@@ -182,6 +182,8 @@ RULES: dict[str, Rule] = {
     "augment.contrast": _num(0, 1, hint=": the random contrast factor"),
     "augment.zoom": _num(**FRACTION, hint=": a fraction of the image side"),
     "augment.translate": _num(**FRACTION, hint=": a fraction of the image side"),
+    "augment.cached_views": _int(0, hint=" (augmented views cached per training image; "
+                                         "0: none, the CNN runs every step)"),
     "augment.mixup": _num(0, hint=": the Beta(alpha, alpha) parameter, e.g. 0.2 "
                                   "(0 turns it off)"),
     # decode
