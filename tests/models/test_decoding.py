@@ -158,3 +158,22 @@ def test_tta_decodes_the_views_mean_log_probabilities(tiny_model):
     for view in (images, images[:, :, ::-1]):
         single = keras.ops.convert_to_numpy(Generator(model, 2, 3, 6, method="greedy")(view))
         assert _until_end(single, 3) != _until_end(ids, 3)
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_auto_jit_compiles_the_greedy_loop_and_gives_the_same_captions(tiny_model, tta):
+    """decode.jit_compile=auto (the default): greedy's token loop under XLA, the encoder not;
+    the captions are the plain ones. Other methods stay plain under auto."""
+    model, _ = tiny_model
+    images = np.random.default_rng(5).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    plain = Generator(model, 2, 3, 9, method="greedy", jit_compile=False, tta=tta)
+    auto = Generator(model, 2, 3, 9, method="greedy", jit_compile="auto", tta=tta)
+    assert auto.loop_jit and not plain.loop_jit
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(auto(images)),
+                                  keras.ops.convert_to_numpy(plain(images)))
+    memory = model.encode(images[:2])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(auto.from_memory(memory)),
+                                  keras.ops.convert_to_numpy(plain.from_memory(memory)))
+    assert not Generator(model, 2, 3, 9, method="beam", jit_compile="auto").loop_jit
+    with pytest.raises(ConfigError, match="decode.jit_compile must be true, false or auto"):
+        Generator(model, 2, 3, 9, jit_compile="always")
