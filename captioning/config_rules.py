@@ -193,7 +193,7 @@ RULES: dict[str, Rule] = {
     "decode.k": _int(1),
     "decode.p": _num(0, 1, lo_open=True),
     "decode.temperature": _num(0, lo_open=True),
-    "decode.jit_compile": _one_of(True, False, "auto"),
+    "decode.jit_compile": _one_of(True, False, "auto", "loop"),
     "decode.tta": _one_of(*TTA_VIEWS, what=_TTA),
     "decode.attention_block": _int(hint=" (whose cross-attention the attention maps show; "
                                         "-1: the last block)"),

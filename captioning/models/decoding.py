@@ -58,11 +58,12 @@ class Generator:
         else:
             self.sampler = None
         self.temperature = temperature
-        # "auto": XLA for greedy's token loop only (the image encoder stays as trained), which
-        # gives the same captions ~1.3x faster (docs/experiments/speed.md); sampling and beam
-        # search stay plain unless asked (a sampler's random stream differs under XLA).
-        self.loop_jit = jit_compile == "auto" and method == "greedy"
-        whole = jit_compile is True
+        # "loop": XLA for the token loop only (the encoder runs as trained): the same greedy
+        # captions. "auto": "loop" for greedy where XLA measured faster (``xla_loop_helps``);
+        # sampling and beam search stay plain unless asked (a sampler's stream differs).
+        mode = resolve_jit(jit_compile, method)
+        self.loop_jit = mode == "loop"
+        whole = mode is True
         self._from_images = tf.function(self._images_to_ids, jit_compile=whole,
                                         reduce_retracing=True)
         self._from_memory = tf.function(self.generate, jit_compile=whole or self.loop_jit,
@@ -169,9 +170,34 @@ class Generator:
 
 
 def jit_setting(value):
-    """``decode.jit_compile`` as ``Generator`` takes it: true, false or "auto" (XLA for the
-    greedy loop only)."""
-    return value if value == "auto" else bool(value)
+    """``decode.jit_compile`` as ``Generator`` takes it: true, false, "loop" or "auto"."""
+    return value if value in ("auto", "loop") else bool(value)
+
+
+def resolve_jit(value, method: str, cpu_flags: set[str] | None = None):
+    """``decode.jit_compile`` -> True (XLA for all of generation), "loop" (the token loop
+    only) or False. "auto": "loop" for greedy on a CPU where XLA's loop was measured faster,
+    else False (``xla_loop_helps``)."""
+    if value != "auto":
+        return value
+    return "loop" if method == "greedy" and xla_loop_helps(cpu_flags) else False
+
+
+def xla_loop_helps(cpu_flags: set[str] | None = None) -> bool:
+    """Whether XLA's greedy loop beats the plain one here. Measured (docs/experiments/speed.md,
+    2026-12-07): 1.33x faster on a 2-core AVX2 EPYC, 0.75x (slower) on a 2-core AVX-512 one,
+    the same captions on both. So: CPUs without AVX-512. GPUs: not measured, plain."""
+    if cpu_flags is None:
+        cpu_flags = set()
+        try:
+            with open("/proc/cpuinfo") as f:
+                line = next((x for x in f if x.startswith("flags")), "")
+            cpu_flags = set(line.split(":", 1)[-1].split())
+        except OSError:
+            return False
+        if tf.config.list_physical_devices("GPU"):
+            return False
+    return "avx2" in cpu_flags and "avx512f" not in cpu_flags
 
 
 def _beam_state(decoder: Decoder | _ViewEnsemble, cache) -> frozenset[str]:
