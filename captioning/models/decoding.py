@@ -185,8 +185,8 @@ def resolve_jit(value, method: str, cpu_flags: set[str] | None = None):
 
 def xla_loop_helps(cpu_flags: set[str] | None = None) -> bool:
     """Whether XLA's greedy loop beats the plain one here. Measured (docs/experiments/speed.md,
-    2026-12-07): 1.33x faster on a 2-core AVX2 EPYC, 0.75x (slower) on a 2-core AVX-512 one,
-    the same captions on both. So: CPUs without AVX-512. GPUs: not measured, plain."""
+    2026-12-07): 1.33x faster on a 2-core AVX2 EPYC, 0.73-1.00x on a 2-core AVX-512 one, the
+    same captions on both. So: CPUs without AVX-512. GPUs: not measured, plain."""
     if cpu_flags is None:
         cpu_flags = set()
         try:
