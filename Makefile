@@ -36,7 +36,7 @@ compare: $(STAMP)  ## rank the jobs of a sweep: make compare SWEEP=outputs/multi
 kangas: $(STAMP)  ## serve every Kangas DataGrid under outputs/ on 127.0.0.1:4000
 	$(BIN)/python -m captioning.review outputs $(ARGS)
 
-bench: $(STAMP)  ## speed benchmark vs the recipe-A way (prints ratios; several minutes)
+bench: $(STAMP)  ## speed benchmark vs the recipe-A way (ratios; ARGS=--quick, --presets)
 	$(BIN)/python -m captioning.bench $(ARGS)
 
 lint: $(STAMP)  ## ruff on every Python file, yamllint on conf/ and experiments/ (both at 100 columns)

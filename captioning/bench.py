@@ -11,6 +11,12 @@ recipe A's (>= 100x) and against its arithmetic bound. ``--quick`` skips the end
 per-backbone extraction and peak-memory sections. ``--scaling N,N`` prints only the scaling
 table at the real-data sizes (``--scaling-memory-mb M``: each size in a memory cgroup);
 docs/scale.md turns its figures into a COCO run's cost on GPUs and CPU nodes.
+``--presets`` adds one row per preset and default a user runs (its epoch through ``run.py``,
+recipe A's way with that preset's model on the same images, the ratio, the feature cache) and
+the augmented preset's epoch by part, with its goal (>= 5x); ``--presets-only`` runs just that
+(``captioning/bench_presets.py``). The greedy goal times the default decoding
+(``decode.jit_compile=auto``: the XLA loop or the plain one, as this CPU decides) and requires
+the XLA loop's captions to equal the plain loop's.
 
 What the recipe-A way does (``../shared/RECIPES.md``): the frozen CNN runs on every batch of
 every epoch; each batch takes five optimizer steps, one per caption, each re-running the
@@ -38,6 +44,13 @@ from captioning.quiet import import_tensorflow
 
 import_tensorflow()   # before the modules below load it, without its start-up noise (quiet.py)
 
+from captioning.bench_presets import (
+    breakdown,
+    preset_rows,
+    presets,
+    print_presets,
+    recipe_a_train_step,
+)
 from captioning.config import compose
 from captioning.data.datamodule import build_data
 from captioning.data.features import attach_feature_cache, ensure_features
@@ -45,8 +58,7 @@ from captioning.flops import Sizes, caption_flops, training_step_flops
 from captioning.io import memory_cgroup_folder
 from captioning.models.backbones import build_backbone
 from captioning.models.build import build_model
-from captioning.models.captioner import masked_loss_and_accuracy
-from captioning.models.decoding import Generator
+from captioning.models.decoding import Generator, resolve_jit
 from captioning.training.callbacks import ValidationCaptions
 from captioning.training.compile import compile_captioner
 from captioning.training.scst import enable_self_critical
@@ -85,27 +97,6 @@ def build(args, overrides):
         f"dataset.num_images={max(args.images, 2000)}", "dataset.val_fraction=0.1",
         "dataset.test_fraction=0.0",
         f"paths.cache_dir={args.cache_dir}", *overrides])
-
-
-def recipe_a_train_step(model):
-    """Recipe A's train_step: CNN once per batch, then per caption an encoder pass, a decoder
-    pass and an optimizer step (five per batch)."""
-    import tensorflow as tf
-
-    @tf.function
-    def step(images, captions):
-        feats = model.backbone(images, training=False)
-        for i in range(captions.shape[1]):
-            seq = captions[:, i]
-            with tf.GradientTape() as tape:
-                memory = model.encoder(feats, training=True)
-                logits = model.decoder.project(model.decoder(seq[:, :-1], memory, training=True))
-                loss, _, _ = masked_loss_and_accuracy(seq[:, 1:], logits)
-            variables = model.encoder.trainable_variables + model.decoder.trainable_variables
-            model.optimizer.apply(tape.gradient(loss, variables), variables)
-        return loss
-
-    return step
 
 
 def recipe_a_generate(model, vocab, features, max_len):
@@ -150,7 +141,18 @@ def main(argv=None) -> int:
                    help="--scaling: run each size in a memory cgroup limited to M MiB (root; "
                         "the page cache is emptied first, so the cache is read inside it)")
     p.add_argument("--scaling-child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--presets", action="store_true",
+                   help="also one row per preset and default (run.py's epoch, recipe A's, the "
+                        "ratio, the feature cache) and flickr8k_transformer's epoch by part; "
+                        "tens of minutes (captioning/bench_presets.py)")
+    p.add_argument("--presets-only", action="store_true", help="only the --presets section")
+    p.add_argument("--preset-names", help="only these rows, e.g. flickr8k_transformer,coco_gru")
+    p.add_argument("--preset-epochs", type=int, default=3, help="run.py epochs per preset row")
+    p.add_argument("--preset-run-images", type=int, default=256,
+                   help="images of the UCM sample (or the synthetic set) each preset row uses")
     args = p.parse_args(argv)
+    if args.presets_only:
+        return presets_section(args)
     if args.scaling_child:
         return scaling_child(args)
     if args.scaling:
@@ -247,21 +249,22 @@ def main(argv=None) -> int:
     t_a = timed(lambda: [recipe_a_generate(model, data.vocab, f, max_len)
                          for f in gen_feats]) / len(gen_feats)
     all_feats = np.asarray(feats[: min(len(feats), 256)], np.float32)
-    greedy = Generator(model, data.vocab.start_id, -1, max_len, "greedy")
+    plain = Generator(model, data.vocab.start_id, -1, max_len, "greedy")
+    loop = Generator(model, data.vocab.start_id, -1, max_len, "greedy", jit_compile="loop")
     beam = Generator(model, data.vocab.start_id, -1, max_len, "beam", beam_size=5)
-    t_g = timed(lambda: greedy(all_feats), repeat=3) / len(all_feats)
+    t_p, t_l = alternated(lambda: plain(all_feats), lambda: loop(all_feats), repeat=3)
+    t_p, t_l = t_p / len(all_feats), t_l / len(all_feats)
+    same = bool(np.array_equal(np.asarray(plain(all_feats)), np.asarray(loop(all_feats))))
+    # what a run uses unless told otherwise: decode.jit_compile=auto, decided for this machine
+    auto = resolve_jit("auto", "greedy")
+    t_g = t_l if auto == "loop" else t_p
     t_b = timed(lambda: beam(all_feats), repeat=1) / len(all_feats)
-    rows.append(("captions/s from features, greedy", 1 / t_a, 1 / t_g,
-                 "recipe A: batch 1, full re-run per token"))
-    console.print("    greedy with XLA ...")
-    try:                                 # XLA for the generation loop (decode.jit_compile=true)
-        xla = Generator(model, data.vocab.start_id, -1, max_len, "greedy", jit_compile=True)
-        t_x = timed(lambda: xla(all_feats), repeat=3) / len(all_feats)
-        rows.append(("captions/s from features, greedy + XLA", 1 / t_a, 1 / t_x,
-                     "decode.jit_compile=true"))
-        results["captions_per_second"] = {"greedy_xla": 1 / t_x}
-    except Exception as e:  # noqa: BLE001 - report, do not fail the benchmark
-        console.print(f"XLA generation not measured: {type(e).__name__}: {str(e)[:200]}")
+    rows.append(("captions/s from features, greedy, no XLA", 1 / t_a, 1 / t_p,
+                 "decode.jit_compile=false; recipe A: batch 1, full re-run per token"))
+    rows.append(("captions/s from features, greedy, XLA loop", 1 / t_a, 1 / t_l,
+                 f"decode.jit_compile=loop; captions identical: {same}"))
+    results["captions_per_second"] = {"greedy_plain": 1 / t_p, "greedy_loop": 1 / t_l,
+                                      "greedy_identical": same, "auto": str(auto)}
     rows.append(("captions/s from features, beam 5", None, 1 / t_b,
                  "beam-5 cost vs greedy: see ratio"))
     bound = gemm * 1e9 / caption_flops(sizes, max_len)      # captions/s if all were GEMM-speed
@@ -284,11 +287,14 @@ def main(argv=None) -> int:
          preset["scst_step"] / preset["ce_step"] <= 1.5),
         ("validation captioning, share of the epoch (UCM preset)",
          f"{preset['val_share']:.1%}", "<= 10%", preset["val_share"] <= 0.10),
-        ("greedy captions/s from features vs recipe A", f"{t_a / t_g:.0f}x", ">= 100x",
-         t_a / t_g >= 100),
+        (f"greedy captions/s from features vs recipe A (the default: jit_compile=auto, "
+         f"here {'the XLA loop' if auto == 'loop' else 'no XLA'})",
+         f"{t_a / t_g:.0f}x", ">= 100x", t_a / t_g >= 100 and same),
         ("greedy captions/s vs its arithmetic bound",
          f"{1 / t_g:.0f} / {bound:.0f} = {1 / t_g / bound:.0%}", "(reported)", None),
     ]
+    if args.presets:
+        results["presets"] = presets_rows_and_goals(args, console, goals)
     results["goals"] = [{"measure": m, "value": v, "goal": g, "met": ok} for m, v, g, ok in goals]
     if args.quick:
         print_tables(console, args, train_records, vocab_size, rows, goals, t_recipe, t_ours)
@@ -362,6 +368,55 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def presets_rows_and_goals(args, console, goals: list | None = None) -> dict:
+    """The presets' rows (``bench_presets``), printed; the augmented preset's goal appended to
+    ``goals``."""
+    console.print("presets: each through run.py beside recipe A's way ...")
+    names = args.preset_names.split(",") if args.preset_names else None
+    rows = preset_rows(names, args.preset_run_images, args.preset_epochs, console)
+    split = None
+    if names is None or "flickr8k_transformer" in names:
+        console.print("  flickr8k_transformer's epoch by part, CNN every step vs cached views ...")
+        split = breakdown(next(o for n, o in presets(args.preset_run_images).items()
+                               if n == "flickr8k_transformer"))
+    print_presets(console, rows, split)
+    aug = [r for r in rows if r["preset"] == "flickr8k_transformer"]
+    if goals is not None and aug:
+        r = aug[0]
+        goals.append((f"flickr8k_transformer epoch (augmented, {r['cache']}) vs recipe A",
+                      f"{r['ratio']:.1f}x", ">= 5x", r["ratio"] >= 5))
+    return {"rows": rows, "breakdown": split}
+
+
+def presets_section(args) -> int:
+    from rich.console import Console
+
+    console = Console(width=160)
+    console.print(f"[bold]Machine:[/] {machine()}")
+    goals: list = []
+    results = presets_rows_and_goals(args, console, goals)
+    for measure, value, target, ok in goals:
+        console.print(f"goal: {measure}: {value} (target {target}): {'met' if ok else 'NOT met'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def alternated(a, b, repeat: int = 3) -> tuple[float, float]:
+    """Mean seconds of ``a`` and of ``b`` over ``repeat`` rounds, a then b in each (one warm-up
+    call of each first), so that a machine's drift falls on both alike."""
+    a(), b()
+    ta = tb = 0.0
+    for _ in range(repeat):
+        t = time.perf_counter()
+        a()
+        ta += time.perf_counter() - t
+        t = time.perf_counter()
+        b()
+        tb += time.perf_counter() - t
+    return ta / repeat, tb / repeat
 
 
 def gemm_gflops(n: int = 2048) -> float:

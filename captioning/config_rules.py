@@ -188,6 +188,8 @@ RULES: dict[str, Rule] = {
     "augment.contrast": _num(0, 1, hint=": the random contrast factor"),
     "augment.zoom": _num(**FRACTION, hint=": a fraction of the image side"),
     "augment.translate": _num(**FRACTION, hint=": a fraction of the image side"),
+    "augment.cached_views": _int(0, hint=" (augmented views cached per training image; "
+                                         "0: none, the CNN runs every step)"),
     "augment.mixup": _num(0, hint=": the Beta(alpha, alpha) parameter, e.g. 0.2 "
                                   "(0 turns it off)"),
     # decode
@@ -197,7 +199,7 @@ RULES: dict[str, Rule] = {
     "decode.k": _int(1),
     "decode.p": _num(0, 1, lo_open=True),
     "decode.temperature": _num(0, lo_open=True),
-    "decode.jit_compile": BOOL,
+    "decode.jit_compile": _one_of(True, False, "auto", "loop"),
     "decode.tta": _one_of(*TTA_VIEWS, what=_TTA),
     "decode.attention_block": _int(hint=" (whose cross-attention the attention maps show; "
                                         "-1: the last block)"),

@@ -56,6 +56,9 @@ class CaptionData:
     # (array (N, S, C) float16, {image id: row}) from the feature cache
     features: tuple | None = None
     punctuation: str = "space"           # text.punctuation, for normalize()
+    # (array (V * N, S, C) float16, {train image id: i}, V) augment.cached_views: V augmented
+    # views of each training image, view v of image i at row v * N + i
+    train_views: tuple | None = None
 
     def use_features(self, feats, row_of) -> None:
         """Feed cached backbone tokens instead of images, read through the cache's memory map
@@ -64,11 +67,16 @@ class CaptionData:
         included), so the process never holds a copy (docs/scale.md)."""
         self.features = (feats, row_of)
 
-    def _gather_features(self, rows):
+    def use_train_views(self, feats, row_of, views: int) -> None:
+        """Train on cached augmented views (``augment.cached_views``): each epoch draws one of
+        the ``views`` of each training image (``train_dataset``); other splits are unchanged."""
+        self.train_views = (feats, row_of, views)
+
+    def _gather_features(self, rows, feats=None):
         """(B,) int64 rows -> (B, S, C) float32 tokens: one numpy gather per batch."""
         import tensorflow as tf
 
-        feats, _ = self.features
+        feats = self.features[0] if feats is None else feats
         out = tf.numpy_function(lambda r: np.asarray(feats[r], np.float32), [rows], tf.float32)
         return tf.ensure_shape(out, (None, *feats.shape[1:]))
 
@@ -107,6 +115,8 @@ class CaptionData:
                 ds = ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
             return ds.map(_sampler(sample, seed)) if sample else ds
 
+        if split == "train" and self.train_views is not None:
+            return _finish(self._views_dataset(records, per_epoch, batch_size, seed))
         if self.features is not None:
             rows = np.array([self.features[1][r.id] for r in records], np.int64)
             ds = per_epoch(tf.data.Dataset.from_tensor_slices((rows, self.encode(records))))
@@ -133,6 +143,21 @@ class CaptionData:
         (``ignore_errors``), and Keras, run to the end of such a dataset, warns "Your input ran
         out of data" at every pass. A dropped image still shows as that warning."""
         return math.ceil(len(self.splits[split]) / batch_size)
+
+    def _views_dataset(self, records, per_epoch, batch_size: int, seed: int):
+        """Training batches from the cached augmented views: each pass draws one view per image
+        from ``Dataset.random``'s stream, which, like the shuffle's, takes its next seed when a
+        pass's iterator is made (a resumed run skips the passes done the same way)."""
+        import tensorflow as tf
+
+        feats, row_of, views = self.train_views
+        n = len(feats) // views
+        rows = np.array([row_of[r.id] for r in records], np.int64)
+        ds = per_epoch(tf.data.Dataset.from_tensor_slices((rows, self.encode(records))))
+        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip(ds, draws).map(
+            lambda x, d: (x[0] + (d % views) * n, x[1]))
+        return ds.batch(batch_size).map(lambda r, c: (self._gather_features(r, feats), c))
 
     def image_dataset(self, records: list[Record], batch_size: int, use_features: bool = True):
         """Batches of model inputs in ``records`` order (for captioning and scoring): cached

@@ -5,6 +5,14 @@ Stored as float16 ``(N, S, C)`` in ``<cache_dir>/features/<key>/features.npy`` w
 order in ``index.json``. Built under a file lock into a temporary folder that is renamed into
 place, so two jobs never build it twice or see it half-written. Any change of the inputs
 changes the key, which is how the cache is invalidated.
+
+``augment.cached_views: N`` (augmentation on, backbone frozen): N augmented views of each
+training image, drawn once through the run's augmentation layers and the frozen backbone, are
+cached beside the plain features (``views.npy``-shaped rows ``view * n_train + i``, keyed by
+the images, the backbone, the augmentation settings, N and the seed); each epoch draws one view
+per image (``CaptionData.train_dataset``). Validation, test and captioning read the plain,
+never augmented features. What changes: the model sees N fixed augmentations of an image
+instead of a new one every epoch.
 """
 
 from __future__ import annotations
@@ -34,10 +42,10 @@ def bypass_reason(cfg) -> str | None:
     if b.get("trainable", False) is not False:
         return "the backbone is trained (backbone.trainable), so its features change every step"
     a = cfg.augment
-    if (a.flip != "none" or a.rot90 or a.rotation or a.contrast or a.get("zoom")
-            or a.get("translate")):
+    if augmentation_on(a) and not cached_views(cfg):
         return ("augmentation is on: a frozen CNN sees a different image every epoch, so its "
-                "features cannot be cached (set augment.* off to use the cache)")
+                "features cannot be cached (set augment.cached_views=N to cache N augmented "
+                "views of each image, or augment.* off)")
     if b.get("blind", False):
         return "backbone.blind=true (image-blind baseline)"
     if a.get("mixup"):
@@ -47,6 +55,28 @@ def bypass_reason(cfg) -> str | None:
         return ("test-time augmentation (decode.tta / callbacks.val_captions.tta) flips and "
                 "rotates images, which cached features cannot be")
     return None
+
+
+def augmentation_on(a) -> bool:
+    """Whether ``augment.*`` (``a``) changes training images (mixup aside)."""
+    return bool(a.flip != "none" or a.rot90 or a.rotation or a.contrast or a.get("zoom")
+                or a.get("translate"))
+
+
+def cached_views(cfg) -> int:
+    """``augment.cached_views`` when augmentation is on (N augmented views cached per training
+    image), else 0."""
+    n = int(cfg.augment.get("cached_views", 0) or 0)
+    return n if augmentation_on(cfg.augment) else 0
+
+
+def views_key(cfg, records, views: int) -> str:
+    """The augmented views' cache key: the plain features' key, the augmentation settings, the
+    number of views and the seed the augmentation layers draw with."""
+    a = {k: cfg.augment[k] for k in cfg.augment if k != "cached_views"}
+    spec = json.dumps({"features": cache_key(cfg, records), "augment": a, "views": views,
+                       "seed": int(cfg.seed)}, sort_keys=True, default=str)
+    return "views-" + hashlib.sha256(spec.encode()).hexdigest()[:20]
 
 
 def cache_key(cfg, records) -> str:
@@ -74,22 +104,29 @@ def cache_key(cfg, records) -> str:
     return h.hexdigest()[:20]
 
 
-def ensure_features(cfg, backbone, data, records, batch_size: int, progress: bool = True):
-    """-> (features (N, S, C) float16 array, {image id: row}); built once, then loaded."""
+def ensure_features(cfg, backbone, data, records, batch_size: int, progress: bool = True,
+                    augmentation=(), views: int = 0):
+    """-> (features (N, S, C) float16 array, {image id: row}, folder); built once, then loaded.
+    With ``views=V`` and ``augmentation`` (Keras layers): V augmented views of each record,
+    (V * N, S, C), view v of record i at row v * N + i; the dict maps an id to i."""
     root = Path(os.path.expanduser(str(cfg.paths.cache_dir))) / "features"
-    key = cache_key(cfg, records)
+    key = views_key(cfg, records, views) if views else cache_key(cfg, records)
     folder = root / key
     with build_lock(folder):
         if not (folder / "index.json").is_file():
-            _build(folder, backbone, data, records, batch_size, progress)
+            _build(folder, backbone, data, records, batch_size, progress, augmentation,
+                   max(views, 1))
     index = json.loads((folder / "index.json").read_text())
     feats = np.load(folder / "features.npy", mmap_mode="r")
-    return feats, {i: n for n, i in enumerate(index["ids"])}, folder
+    ids = index["ids"][: len(index["ids"]) // max(views, 1)]
+    return feats, {i: n for n, i in enumerate(ids)}, folder
 
 
-def _build(folder: Path, backbone, data, records, batch_size: int, progress: bool) -> None:
+def _build(folder: Path, backbone, data, records, batch_size: int, progress: bool,
+           augmentation=(), views: int = 1) -> None:
     import keras
 
+    records = list(records) * views                  # view-major: view v's rows v*N .. v*N+N-1
     shape = (len(records), *backbone.output_shape[1:])
     ensure_free_space(folder.parent, int(np.prod(shape)) * 2,        # float16: 2 bytes a value
                       f"the {backbone.name} feature cache ({shape[0]} images x {shape[1]} "
@@ -104,12 +141,18 @@ def _build(folder: Path, backbone, data, records, batch_size: int, progress: boo
         it = iter(batches)
         if progress:
             it = track(it, total=-(-len(records) // batch_size), unit="batches",
-                       description=f"Caching {backbone.name} features of {len(records)} images")
+                       description=f"Caching {backbone.name} features of {len(records)} images"
+                                   + (f" ({views} augmented views each)" if views > 1 else ""))
         row = 0
         import tensorflow as tf
 
         # traced once as a graph, not run eagerly
-        extract = tf.function(lambda x: backbone(x, training=False), reduce_retracing=True)
+        def extract(x):
+            for layer in augmentation:                # the views: training-mode draws
+                x = layer(x, training=True)
+            return backbone(x, training=False)
+
+        extract = tf.function(extract, reduce_retracing=True)
         for images in it:
             tokens = keras.ops.convert_to_numpy(extract(images))
             out[row:row + len(tokens)] = tokens.astype(np.float16)
@@ -139,3 +182,16 @@ def attach_feature_cache(cfg, data, model) -> None:
     console.print(f"  feature cache: {folder} ({feats.shape[0]} images x {feats.shape[1]} tokens "
                   f"x {feats.shape[2]}, float16, {feats.nbytes / feats.shape[0] / 1024:.1f} "
                   f"KiB/image)")
+    views = cached_views(cfg)
+    if views:
+        # fresh copies of the model's layers (same settings and seed): the model's own random
+        # state is left as it was
+        layers = [type(x).from_config(x.get_config()) for x in model.augmentation]
+        train = data.splits["train"]
+        vfeats, vrow_of, vfolder = ensure_features(cfg, model.backbone, data, train,
+                                                   int(cfg.evaluation.batch_size),
+                                                   augmentation=layers, views=views)
+        data.use_train_views(vfeats, vrow_of, views)
+        console.print(f"  augmented views: {vfolder} ({views} views of each of {len(train)} "
+                      f"training images, one drawn per image each epoch; "
+                      f"{vfeats.nbytes / 2 ** 20:.0f} MiB)")

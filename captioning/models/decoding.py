@@ -40,7 +40,8 @@ class Generator:
                  length_penalty=0.0, k=10, p=0.9, temperature=1.0, seed=None, jit_compile=False,
                  tta="none"):
         check_values({"decode.tta": tta, "decode.method": method, "decode.beam_size": beam_size,
-                      "decode.k": k, "decode.p": p, "decode.temperature": temperature})
+                      "decode.k": k, "decode.p": p, "decode.temperature": temperature,
+                      "decode.jit_compile": jit_compile})
         self.model, self.start_id, self.end_id, self.max_len = model, start_id, end_id, max_len
         self.tta = tta
         self.method, self.beam_size, self.length_penalty = method, beam_size, length_penalty
@@ -57,9 +58,15 @@ class Generator:
         else:
             self.sampler = None
         self.temperature = temperature
-        self._from_images = tf.function(self._images_to_ids, jit_compile=jit_compile,
+        # "loop": XLA for the token loop only (the encoder runs as trained): the same greedy
+        # captions. "auto": "loop" for greedy where XLA measured faster (``xla_loop_helps``);
+        # sampling and beam search stay plain unless asked (a sampler's stream differs).
+        mode = resolve_jit(jit_compile, method)
+        self.loop_jit = mode == "loop"
+        whole = mode is True
+        self._from_images = tf.function(self._images_to_ids, jit_compile=whole,
                                         reduce_retracing=True)
-        self._from_memory = tf.function(self.generate, jit_compile=jit_compile,
+        self._from_memory = tf.function(self.generate, jit_compile=whole or self.loop_jit,
                                         reduce_retracing=True)
 
     @classmethod
@@ -67,7 +74,7 @@ class Generator:
         return cls(model, vocab.start_id, vocab.end_id, vocab.seq_len, decode_cfg.method,
                    int(decode_cfg.beam_size), float(decode_cfg.length_penalty),
                    int(decode_cfg.k), float(decode_cfg.p), float(decode_cfg.temperature), seed,
-                   bool(decode_cfg.get("jit_compile", False)),
+                   jit_setting(decode_cfg.get("jit_compile", False)),
                    str(decode_cfg.get("tta", "none")))
 
     def __call__(self, images):
@@ -78,10 +85,11 @@ class Generator:
         return self._from_memory(memory, repeats=repeats)
 
     def _images_to_ids(self, images):
+        generate = self._from_memory if self.loop_jit else self.generate    # XLA inside
         if self.tta == "none":
-            return self.generate(self.model.encode(images, training=False))
+            return generate(self.model.encode(images, training=False))
         views = test_time_views(images, self.tta)                             # (B*V, H, W, 3)
-        return self.generate(self.model.encode(views, training=False), views=TTA_VIEWS[self.tta][0])
+        return generate(self.model.encode(views, training=False), views=TTA_VIEWS[self.tta][0])
 
     def generate(self, memory, views: int = 1, repeats: int = 1):
         """memory (B, S, D) -> (B, max_len) ids; position 0 is the start token. With ``views=V``
@@ -159,6 +167,37 @@ class Generator:
         norm = scores / ((5.0 + lengths) / 6.0) ** self.length_penalty
         best = ops.argmax(ops.reshape(norm, (b, k)), axis=1) + ops.arange(b) * k
         return ops.take(seqs, best, axis=0)
+
+
+def jit_setting(value):
+    """``decode.jit_compile`` as ``Generator`` takes it: true, false, "loop" or "auto"."""
+    return value if value in ("auto", "loop") else bool(value)
+
+
+def resolve_jit(value, method: str, cpu_flags: set[str] | None = None):
+    """``decode.jit_compile`` -> True (XLA for all of generation), "loop" (the token loop
+    only) or False. "auto": "loop" for greedy on a CPU where XLA's loop was measured faster,
+    else False (``xla_loop_helps``)."""
+    if value != "auto":
+        return value
+    return "loop" if method == "greedy" and xla_loop_helps(cpu_flags) else False
+
+
+def xla_loop_helps(cpu_flags: set[str] | None = None) -> bool:
+    """Whether XLA's greedy loop beats the plain one here. Measured (docs/experiments/speed.md,
+    2026-12-07): 1.33x faster on a 2-core AVX2 EPYC, 0.73-1.00x on a 2-core AVX-512 one, the
+    same captions on both. So: CPUs without AVX-512. GPUs: not measured, plain."""
+    if cpu_flags is None:
+        cpu_flags = set()
+        try:
+            with open("/proc/cpuinfo") as f:
+                line = next((x for x in f if x.startswith("flags")), "")
+            cpu_flags = set(line.split(":", 1)[-1].split())
+        except OSError:
+            return False
+        if tf.config.list_physical_devices("GPU"):
+            return False
+    return "avx2" in cpu_flags and "avx512f" not in cpu_flags
 
 
 def _beam_state(decoder: Decoder | _ViewEnsemble, cache) -> frozenset[str]:

@@ -63,6 +63,7 @@ def enable_self_critical(cfg, data, model) -> Reward:
 
     model.enable_self_critical(SelfCriticalSettings(
         batch_reward, int(t.scst_samples), vocab.start_id, vocab.end_id, vocab.seq_len,
-        seed=int(cfg.seed), jit_compile=bool(cfg.decode.get("jit_compile", False))))
+        # "auto" compiles greedy decoding only; the samples' loop needs decode.jit_compile=true
+        seed=int(cfg.seed), jit_compile=cfg.decode.get("jit_compile", False) is True))
     set_constant_learning_rate(model.optimizer, float(t.scst_learning_rate), uses_schedule(cfg))
     return reward

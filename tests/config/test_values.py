@@ -35,6 +35,7 @@ WRONG_FOR = {
     "dataset.holdout": ["abc", "-3", "1.5"],              # null, N images or a fraction (0, 1)
     "resume": ["12345", "1.5", "[1]"],                    # true, false or a run directory
     "backbone.trainable": ["maybe", "1.5", "[1]"],        # bool or a number of layers
+    "decode.jit_compile": ["maybe", "1", "[1]"],        # true, false, auto or loop
     "backbone.convs_per_stage": ["abc", "1.5", "[a]"],    # an int or one per stage
     "trainer.max_minutes": ["abc", "[1]", "true"],        # null or a number
     "trainer.clipnorm": ["abc", "[1]", "true"],

@@ -159,7 +159,7 @@ def test_a_run_saved_before_a_decode_option_existed_still_loads(finished_run, tm
     del cfg.decode["jit_compile"], cfg.decode["length_penalty"]
     (old / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     loaded, _, _ = load_run(old)
-    assert loaded.decode.length_penalty == 0.0 and loaded.decode.jit_compile is False
+    assert loaded.decode.length_penalty == 0.0 and loaded.decode.jit_compile == "auto"
     assert merge_overrides(loaded, ["decode.length_penalty=1.0"]).decode.length_penalty == 1.0
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from captioning import ConfigError
 from captioning.models.build import build_model
-from captioning.models.decoding import Generator
+from captioning.models.decoding import Generator, resolve_jit
 from tests.conftest import compose_config
 from tests.models.test_decoders import V
 
@@ -158,3 +158,30 @@ def test_tta_decodes_the_views_mean_log_probabilities(tiny_model):
     for view in (images, images[:, :, ::-1]):
         single = keras.ops.convert_to_numpy(Generator(model, 2, 3, 6, method="greedy")(view))
         assert _until_end(single, 3) != _until_end(ids, 3)
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_the_xla_loop_gives_the_same_greedy_captions(tiny_model, tta):
+    """decode.jit_compile=loop (what auto picks where XLA is faster): greedy's token loop under
+    XLA, the encoder not; the captions are the plain ones."""
+    model, _ = tiny_model
+    images = np.random.default_rng(5).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    plain = Generator(model, 2, 3, 9, method="greedy", jit_compile=False, tta=tta)
+    loop = Generator(model, 2, 3, 9, method="greedy", jit_compile="loop", tta=tta)
+    assert loop.loop_jit and not plain.loop_jit
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loop(images)),
+                                  keras.ops.convert_to_numpy(plain(images)))
+    memory = model.encode(images[:2])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loop.from_memory(memory)),
+                                  keras.ops.convert_to_numpy(plain.from_memory(memory)))
+    with pytest.raises(ConfigError, match="decode.jit_compile must be true, false, auto or loop"):
+        Generator(model, 2, 3, 9, jit_compile="always")
+
+
+def test_auto_jit_is_the_xla_loop_for_greedy_where_it_measured_faster():
+    avx2, avx512 = {"fma", "avx2"}, {"fma", "avx2", "avx512f", "avx512_bf16"}
+    assert resolve_jit("auto", "greedy", avx2) == "loop"
+    assert resolve_jit("auto", "greedy", avx512) is False
+    for method in ("beam", "top_k", "top_p"):           # their own paths stay plain under auto
+        assert resolve_jit("auto", method, avx2) is False
+    assert resolve_jit(True, "beam") is True and resolve_jit(False, "greedy") is False
