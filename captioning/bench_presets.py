@@ -73,7 +73,8 @@ def presets(images: int) -> dict[str, list[str]]:
     rows["flickr8k_transformer"] = ["experiment=flickr8k_transformer", *ucm(images)]
     rows["coco_gru"] = ["experiment=coco_gru", *ucm(images)]
     # its holdout list names images a 256-image subset may not have
-    rows["ucm_scratch"] = ["experiment=ucm_scratch", *ucm(images), "dataset.holdout_list=null"]
+    rows["ucm_scratch"] = ["experiment=ucm_scratch", *ucm(images), "dataset.holdout_list=null",
+                          "dataset.untouched_list=null"]
     return rows
 
 
