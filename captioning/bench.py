@@ -494,8 +494,8 @@ def preset_costs(args, steps: int = 12) -> dict:
     known = tf.data.experimental.assert_cardinality(steps)
     ce = data.train_dataset(int(t.batch_size), 0, sample=int(t.sample_captions)).take(steps)
     ce = ce.apply(known).cache()
-    model.fit(ce, epochs=4, verbose=0)                                     # warm-up, learning
-    ce_step = timed(lambda: model.fit(ce, epochs=1, verbose=0)) / steps
+    model.fit(ce, epochs=4, verbose=0, shuffle=False)  # warm-up
+    ce_step = timed(lambda: model.fit(ce, epochs=1, verbose=0, shuffle=False)) / steps
     val = ValidationCaptions(data, cfg, Path(tempfile.mkdtemp(prefix="bench-val-")))
     val.set_model(model)
     val.on_epoch_end(0, {})                                                # builds its generator
@@ -504,9 +504,9 @@ def preset_costs(args, steps: int = 12) -> dict:
     val_seconds = time.perf_counter() - t0
     enable_self_critical(cfg, data, model)
     sc = data.train_dataset(int(t.batch_size), 1).take(steps).apply(known).cache()
-    model.fit(sc.take(2), epochs=1, verbose=0)                             # trace
+    model.fit(sc.take(2), epochs=1, verbose=0, shuffle=False)                             # trace
     t0 = time.perf_counter()
-    model.fit(sc, epochs=1, verbose=0)
+    model.fit(sc, epochs=1, verbose=0, shuffle=False)
     scst_step = (time.perf_counter() - t0) / steps
     x, c = next(iter(sc))
     ids = model.self_critical.sampler.generate(model.encode(x), repeats=5).numpy()[:, 1:]
@@ -607,10 +607,10 @@ def scaling_child(args) -> int:
                for r in data.splits.get(split, [])]
     _, _, folder = ensure_features(cfg, model.backbone, data, records, batch)     # its folder
     ds = data.train_dataset(batch, 0)
-    model.fit(ds.take(2), epochs=1, verbose=0)                         # tracing, not timed
+    model.fit(ds.take(2), epochs=1, verbose=0, shuffle=False)  # tracing
     steps = sum(1 for _ in ds)
     t0 = time.perf_counter()
-    model.fit(ds, epochs=1, verbose=0)
+    model.fit(ds, epochs=1, verbose=0, shuffle=False)
     epoch = time.perf_counter() - t0
     flops = [training_step_flops(Sizes.of(model), *batch_shape(c)) for _, c in ds]
     tokens = sum(batch_shape(c)[2] for _, c in ds)

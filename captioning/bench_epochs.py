@@ -88,7 +88,7 @@ def train_one_way(cfg, data, way: str, epochs: int, seed: int) -> dict:
     losses, t0 = [], time.perf_counter()
     for _ in range(epochs):
         if step is None:
-            model.fit(train, epochs=1, verbose=0)
+            model.fit(train, epochs=1, verbose=0, shuffle=False)
         else:
             for feats, captions in train:
                 step(feats, captions)

@@ -164,7 +164,7 @@ def breakdown(overrides: list[str]) -> dict:
     for _ in range(2):                                        # warm-up, then measured
         parts["input pipeline"] = _seconds(lambda: [None for _ in images])
         parts["augmentation + CNN forward"] = _seconds(lambda: [encode(x) for x, _ in images])
-        epoch = _seconds(lambda: model.fit(images, epochs=1, verbose=0))
+        epoch = _seconds(lambda: model.fit(images, epochs=1, verbose=0, shuffle=False))
     parts["decoder steps"] = epoch - sum(parts.values())
     before = {**parts, "epoch": epoch}
     fresh = f"paths.cache_dir={tempfile.mkdtemp(prefix='bench-views-')}"    # time the build
@@ -175,7 +175,7 @@ def breakdown(overrides: list[str]) -> dict:
     feats = data.train_dataset(batch, 0)
     for _ in range(2):
         read = _seconds(lambda: [None for _ in feats])
-        epoch = _seconds(lambda: model.fit(feats, epochs=1, verbose=0))
+        epoch = _seconds(lambda: model.fit(feats, epochs=1, verbose=0, shuffle=False))
     after = {"input pipeline": read, "augmentation + CNN forward": 0.0,
              "decoder steps": epoch - read, "epoch": epoch}
     # views_build: the plain features of every split too (a fresh cache folder)
