@@ -471,11 +471,10 @@ def preset_costs(args, steps: int = 12) -> dict:
 
     n_train, n_val = args.preset_images, 210
     cfg = compose([
-        "experiment=ucm_scratch", "dataset=synthetic", "logger=none",
+        "experiment=ucm_scratch", "dataset=synthetic", "logger=none", "dataset.untouched_list=null",
         f"dataset.num_images={n_train + n_val}", f"dataset.max_images={n_train + n_val}",
         f"dataset.val_fraction={n_val / (n_train + n_val)}", "dataset.test_fraction=0.0",
         "dataset.split=random", "dataset.holdout=null", "dataset.holdout_list=null",
-        "dataset.untouched_list=null",
         # a tuning run's shapes: train alone, val scored every epoch (the final fit does neither)
         "dataset.train_on_val=false", "callbacks.val_captions.every_n_epochs=1",
         f"paths.cache_dir={args.cache_dir}", "callbacks.kangas.enabled=false",
