@@ -126,8 +126,9 @@ def print_summary(summary: dict, split: str) -> None:
                        f"{len(summary['runs'])} run(s)")
     for col in ("run", "BLEU-4", "CIDEr", "ROUGE-L", "distinct captions"):
         runs.add_column(col, justify="left" if col == "run" else "right")
-    for name, s in summary["runs"].items():
-        runs.add_row(name, f"{s['bleu_4']:.3f}", f"{s['cider']:.3f}", f"{s['rouge_l']:.3f}",
+    for name, s in summary["runs"].items():      # the folder's own name: a short column
+        runs.add_row(Path(name).name or name, f"{s['bleu_4']:.3f}", f"{s['cider']:.3f}",
+                     f"{s['rouge_l']:.3f}",
                      f"{summary['distinct_captions'][name]} / {summary['images_per_run']}")
     m = summary["mean"]
     runs.add_row("mean", *(f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}"
