@@ -255,15 +255,7 @@ def _check_extra(tree: Mapping) -> None:
                           f"e.g. [{{_target_: my_module.MyCallback, every: 2}}]. "
                           f"Received: {EXTRA}={extra!r}")
     for i, item in enumerate(extra):
-        where = f"{EXTRA}[{i}]"
-        obj = load(f"{where}._target_", item["_target_"])
-        check_target(f"{where}._target_", where, item, obj)
-        params = parameters(EXTRA, obj)
-        names = [p.name for p in params]
-        for k in passed_keys(EXTRA, item, params):
-            if k not in names:
-                raise ConfigError(_unknown(f"{where}.{k}", [f"{where}.{n}" for n in names], where,
-                                           f" {item['_target_']} takes {', '.join(names)}."))
+        _check_block(f"{EXTRA}[{i}]", item)
 
 
 def _check_loggers(tree: Mapping) -> set[str]:
@@ -274,14 +266,20 @@ def _check_loggers(tree: Mapping) -> set[str]:
     for name, block in (tree.get("logger") or {}).items():
         if not isinstance(block, Mapping) or "_target_" not in block or name in BUILT_IN_LOGGERS:
             continue
-        where = f"logger.{name}"
-        obj = load(f"{where}._target_", block["_target_"])
-        check_target(f"{where}._target_", where, {**block, "run_dir": "."}, obj)
-        params = parameters(where, obj)
-        names = [p.name for p in params]
-        for k in passed_keys(where, block, params):
-            if k not in names:
-                raise ConfigError(_unknown(f"{where}.{k}", [f"{where}.{n}" for n in names], where,
-                                           f" {block['_target_']} takes {', '.join(names)}."))
-        accepted |= {f"{where}.{k}" for k in block}
+        _check_block(f"logger.{name}", block, given={"run_dir": "."})
+        accepted |= {f"logger.{name}.{k}" for k in block}
     return accepted
+
+
+def _check_block(where: str, block: Mapping, given: Mapping = {}) -> None:  # noqa: B006 - read only
+    """A ``_target_`` dict outside the groups (a callback, a logger): it imports, gets every
+    required argument (its keys and ``given``, what the framework passes), and each of its keys
+    is a parameter, else one message names the nearest."""
+    obj = load(f"{where}._target_", block["_target_"])
+    check_target(f"{where}._target_", where, {**block, **given}, obj)
+    params = parameters(where, obj)
+    names = [p.name for p in params]
+    for k in passed_keys(where, block, params):
+        if k not in names:
+            raise ConfigError(_unknown(f"{where}.{k}", [f"{where}.{n}" for n in names], where,
+                                       f" {block['_target_']} takes {', '.join(names)}."))
