@@ -94,8 +94,9 @@ def run_epochs(overrides: list[str], epochs: int) -> dict:
     cache = ("cached views" if "augmented views:" in said else
              "cached" if "feature cache:" in said else
              "bypassed" if "feature cache bypassed" in said else "none (CNN trained)")
+    precision = "bfloat16" if "precision: mixed_bfloat16" in said else "float32"
     return {"epochs": seconds, "epoch": statistics.median(seconds[1:] or seconds),
-            "wall": time.perf_counter() - t0, "cache": cache}
+            "wall": time.perf_counter() - t0, "cache": cache, "precision": precision}
 
 
 def recipe_a_epoch(overrides: list[str]) -> float:
@@ -204,12 +205,15 @@ def print_presets(console, rows: list[dict], split: dict | None) -> None:
 
     table = Table(title="presets through run.py vs recipe A's way, same images and sizes "
                         "(median epoch after the first; before: seconds until the first epoch)")
-    for col in ("preset", "epoch (s)", "recipe A (s)", "ratio", "feature cache", "before (s)"):
-        table.add_column(col, justify="left" if col in ("preset", "feature cache") else "right")
+    for col in ("preset", "epoch (s)", "recipe A (s)", "ratio", "feature cache", "precision",
+                "before (s)"):
+        table.add_column(col, justify="left" if col in ("preset", "feature cache", "precision")
+                         else "right")
     for r in rows:
         first = r["wall"] - sum(r["epochs"])
         table.add_row(r["preset"], f"{r['epoch']:.1f}", f"{r['recipe_a']:.1f}",
-                      f"{r['ratio']:.1f}x", r["cache"], f"{first:.0f}")
+                      f"{r['ratio']:.1f}x", r["cache"], r.get("precision", "float32"),
+                      f"{first:.0f}")
     console.print(table)
     if split:
         t = Table(title=f"flickr8k_transformer epoch by part ({split['images']} images; "

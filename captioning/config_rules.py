@@ -304,7 +304,7 @@ RULES: dict[str, Rule] = {
     "trainer.ema": _num(**FRACTION, hint=": the averaging momentum, e.g. 0.99 "
                                          "(0 turns it off)"),
     "trainer.clipnorm": _num(0, lo_open=True, null=True, hint=" (null: no clipping)"),
-    "trainer.precision": _one_of("float32", "mixed_float16", "mixed_bfloat16"),
+    "trainer.precision": _one_of("float32", "auto", "mixed_float16", "mixed_bfloat16"),
     "trainer.jit_compile": BOOL,
     "trainer.deterministic": BOOL,
     "trainer.feature_cache": BOOL,

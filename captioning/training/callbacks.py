@@ -18,6 +18,7 @@ from captioning.evaluation.metrics import score
 from captioning.io import atomic_path, atomic_write_text
 from captioning.models.decoding import Generator, caption_records
 from captioning.plugins import build as build_target
+from captioning.runs.checkpoints import WeightsWriter
 from captioning.runs.files import averaged_epochs, checkpoints, epoch_name, read_history, state_path
 from captioning.tracking.kangas_grids import pick_rows, write_grid
 from captioning.training.debug import profiler, validation_freq
@@ -199,6 +200,7 @@ class SaveWeights(keras.callbacks.Callback):
         self.keep = set(keep)        # 1-based epochs kept anyway (select=mean:A-B averages them)
         self.mode = monitor_mode(monitor, mode)
         self.best, self.best_epoch = best, best_epoch    # resumed from the RunState
+        self.writer = None           # a WeightsWriter for the model, made at the first save
 
     def improved(self, value: float) -> bool:
         if self.best is None:
@@ -215,8 +217,10 @@ class SaveWeights(keras.callbacks.Callback):
             self._copy_last("best")
 
     def _save(self, name):
+        if self.writer is None or self.writer.model is not self.model:
+            self.writer = WeightsWriter(self.model)
         with atomic_path(self.dir / f"{name}.weights.h5") as tmp:
-            self.model.save_weights(str(tmp))
+            self.writer.save(tmp)
 
     def _copy_last(self, name):
         """The same weights under another name: a file copy, not a second serialisation."""

@@ -3,8 +3,11 @@ GPU memory growth, and the distribution strategy. Everything process-wide lives 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from captioning import ConfigError
 from captioning.config_rules import check_values
+from captioning.console import console
 from captioning.training.cluster import make_multi_worker_strategy
 
 
@@ -57,18 +60,70 @@ def op_determinism(enabled: bool) -> None:
 
 
 def _precision(policy: str) -> None:
+    """``trainer.precision``: float32, a mixed policy, or ``auto`` (mixed_bfloat16 where this
+    CPU runs TensorFlow's bfloat16 kernels, else float32; a GPU stays float32 under auto: not
+    measured). Keras keeps the variables in float32 either way; only the computation is cast."""
     import keras
-
-    if policy == "float32":
-        return
     import tensorflow as tf
 
-    if not tf.config.list_physical_devices("GPU"):
-        # TensorFlow's oneDNN bfloat16/float16 kernels kill the process with SIGILL on some CPUs
-        # (seen on this project's 2-core CI machines), which would lose the run without a word.
-        raise ConfigError(f"trainer.precision={policy} needs a GPU; no GPU is visible. "
-                          f"Use trainer.precision=float32 on a CPU.")
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    if policy == "auto":
+        policy = "float32" if gpu or cpu_bfloat16() else "mixed_bfloat16"
+        if policy != "float32":
+            console.print("  precision: mixed_bfloat16 (trainer.precision=auto: this CPU has "
+                          "bfloat16 matrix instructions; trainer.precision=float32 turns it off)")
+    elif policy != "float32" and not gpu:
+        why = cpu_bfloat16() if policy == "mixed_bfloat16" else "float16 is for GPUs only"
+        if why:
+            raise ConfigError(f"trainer.precision={policy} needs a GPU here: {why}. Use "
+                              f"trainer.precision=float32 (or auto: bfloat16 only where it runs).")
     keras.mixed_precision.set_dtype_policy(policy)
+
+
+# A bfloat16 matrix product, run in a child process: TensorFlow 2.21's oneDNN bfloat16 kernels
+# die with SIGILL on some CPUs that advertise them (this project's AMX-BF16 CI machines), and
+# that would kill the run without a word. A child's death costs nothing.
+_PROBE = ("import os; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'; import tensorflow as tf; "
+          "a = tf.random.normal((256, 256)); b = tf.cast(a, tf.bfloat16); "
+          "print(float(tf.reduce_sum(tf.cast(tf.matmul(b, b), tf.float32))), "
+          "float(tf.reduce_sum(tf.einsum('bij,bjk->bik', b[None], b[None]))))")
+
+
+def cpu_bfloat16() -> str:
+    """'' when TensorFlow runs bfloat16 matrix products on this CPU, else why not. Answered
+    once per CPU and TensorFlow version (a child process's test, ~4 s), then read from
+    ``$XDG_CACHE_HOME/captioning/`` (``~/.cache``)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    import tensorflow as tf
+
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:                       # not Linux: no way to tell, so no
+        flags = set()
+    if not flags & {"avx512_bf16", "amx_bf16"}:
+        return "this CPU has no bfloat16 instructions (avx512_bf16 or amx_bf16)"
+    key = hashlib.sha1(f"{tf.__version__} {sorted(flags)}".encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "captioning"
+    answer = cache / f"bfloat16-{key}.txt"
+    if answer.is_file():
+        return answer.read_text().strip()
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, timeout=300)
+        ok = proc.returncode == 0
+        why = "" if ok else (f"TensorFlow's bfloat16 kernels crash on this CPU (a test matrix "
+                             f"product in a child process ended with exit {proc.returncode})")
+    except subprocess.TimeoutExpired:
+        why = "TensorFlow's bfloat16 test product did not finish in 300 s on this CPU"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        answer.write_text(why + "\n")
+    except OSError:                       # a read-only home: ask again next time
+        pass
+    return why
 
 
 def _gpu_memory_growth() -> None:

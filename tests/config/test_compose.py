@@ -123,18 +123,37 @@ def test_nonsense_hyperparameters_fail_early(override, message):
         check_config(compose_config(override))
 
 
-def test_mixed_precision_without_gpu_is_refused(tmp_path):
-    """TensorFlow's CPU bfloat16 kernels can die with SIGILL; say so before that can happen."""
+def test_bfloat16_on_a_cpu_runs_only_where_the_cpu_runs_it(tmp_path):
+    """TensorFlow's CPU bfloat16 kernels die with SIGILL on some CPUs: a child process tries
+    them first. Where they run, mixed_bfloat16 trains (float32 variables, bfloat16 products) and
+    auto picks it; where they do not, mixed_bfloat16 is refused with the reason and auto trains
+    in float32. float16 is refused on every CPU."""
+    import keras
     import tensorflow as tf
 
     from captioning.training import train
+    from captioning.training.runtime import _precision, cpu_bfloat16
 
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("a GPU is visible: mixed precision is allowed")
+    why = cpu_bfloat16()
+    try:
+        _precision("auto")
+        assert keras.mixed_precision.dtype_policy().name == ("float32" if why else "mixed_bfloat16")
+        with pytest.raises(ConfigError, match="float16 is for GPUs only"):
+            _precision("mixed_float16")
+    finally:
+        _precision("float32")
     cfg = compose_config("debug=tiny", "logger=none", "trainer.precision=mixed_bfloat16",
                          f"paths.output_dir={tmp_path}")
-    with pytest.raises(ConfigError, match="needs a GPU"):
-        train(cfg)
+    try:
+        if why:
+            with pytest.raises(ConfigError, match="needs a GPU here: .*precision=float32"):
+                train(cfg)
+        else:
+            assert "bleu_4" in train(cfg)["val"]
+    finally:
+        _precision("float32")              # the policy is process-wide: other tests build models
 
 
 def test_cfg_and_help_do_not_import_tensorflow():

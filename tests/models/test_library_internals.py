@@ -61,3 +61,38 @@ def test_cached_attention_has_the_projections_the_packed_pass_calls():
     for name in ("_query_dense", "_key_dense", "_value_dense", "_output_dense",
                  "_compute_attention"):
         assert hasattr(att, name), f"keras {keras.__version__}: MultiHeadAttention.{name} is gone"
+
+
+def test_weights_writer_writes_what_save_weights_writes(tmp_path):
+    """runs.checkpoints.WeightsWriter reuses Keras's private ``saving_lib._walk_saveable``
+    answers: its files, saved again after the weights change, hold what ``save_weights``
+    writes, dataset by dataset."""
+    import h5py
+    from keras.src.saving import saving_lib
+
+    from captioning.runs.checkpoints import WeightsWriter
+
+    assert callable(saving_lib._walk_saveable)
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+                              keras.layers.BatchNormalization()], name="inner")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dropout(0.1)(inner(inputs))))
+    writer = WeightsWriter(model)
+
+    def datasets(path):
+        with h5py.File(path) as f:
+            out = {}
+            f.visititems(lambda name, obj: out.__setitem__(name, np.array(obj))
+                         if isinstance(obj, h5py.Dataset) else None)
+            return out
+
+    for step in range(2):                  # the second save uses the kept walk
+        for v in model.weights:
+            v.assign(np.random.default_rng(step).normal(size=v.shape).astype("float32"))
+        writer.save(tmp_path / f"fast{step}.weights.h5")
+        model.save_weights(str(tmp_path / f"plain{step}.weights.h5"))
+        fast, plain = (datasets(tmp_path / f"{k}{step}.weights.h5") for k in ("fast", "plain"))
+        assert fast.keys() == plain.keys() and len(fast) >= 8
+        for name in plain:
+            np.testing.assert_array_equal(fast[name], plain[name], err_msg=name)
+    assert saving_lib._walk_saveable.__name__ == "_walk_saveable"     # put back after a save

@@ -201,6 +201,15 @@ def test_profile_batches_write_a_tensorflow_trace(resumed_run):
     out, _, _ = resumed_run
     traces = list((out / "profile").rglob("*.xplane.pb"))
     assert traces and traces[0].stat().st_size > 0
+    from captioning.op_profile import main, op_table
+
+    table = op_table(out / "profile", top=5)       # the per-op table of that trace
+    kinds = dict(table["by_type"])
+    assert len(table["by_op"]) == 5 and table["total_ms"] > 0
+    assert any(k in kinds for k in ("MatMul", "BatchMatMulV2", "Einsum", "Conv2D"))
+    main([str(out / "profile"), "--top", "3"])
+    with pytest.raises(FileNotFoundError, match="trainer.profile_batches"):
+        op_table(out)                              # the run folder, not its profile/
 
 
 def test_experiment_names_leave_out_paths():
