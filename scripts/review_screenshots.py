@@ -2,11 +2,15 @@
 Debian chromium driven over its DevTools pipe (no browser driver to install).
 
     python scripts/review_screenshots.py OUTPUTS GRID_ID OUT_DIR [--word N] [--grid-only]
+                                         [--sort COLUMN] [--filter EXPR]
 
 OUTPUTS is served as ``make kangas`` serves it (captioning.review); GRID_ID is a grid's path
 relative to it (``2026-12-07/03-22-21/predictions/final.datagrid``). Writes OUT_DIR/grid.png
 (the grid as it opens) and OUT_DIR/attention.png (the first row expanded, every attention
 layer hidden but word N's, clicked off one by one as a reviewer would; not with --grid-only).
+--sort opens the grid sorted by COLUMN, largest first, and --filter with only the rows that pass
+EXPR (``{"id"} == "190.jpg"``): Kangas's own ``sort``/``descending``/``filter`` URL parameters, as
+its Sort By button and filter box set them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -129,6 +134,8 @@ def main(argv=None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--word", type=int, default=2, help="the word whose layer stays on")
     p.add_argument("--grid-only", action="store_true", help="only grid.png")
+    p.add_argument("--sort", metavar="COLUMN", help="open the grid sorted by COLUMN, descending")
+    p.add_argument("--filter", metavar="EXPR", help='only the rows passing EXPR: {"id"} == "1.jpg"')
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     proc, url, _ = start(args.outputs, datagrid=args.grid)
@@ -136,7 +143,12 @@ def main(argv=None) -> int:
         if not wait_until_up(url, proc=proc):
             print(f"kangas server did not come up; log: {proc.log_path}", file=sys.stderr)
             return 1
-        chips = take(grid_link(url, args.outputs, args.outputs / args.grid), args.out,
+        link = grid_link(url, args.outputs, args.outputs / args.grid)
+        view = {**({"sort": args.sort, "descending": "true"} if args.sort else {}),
+                **({"filter": args.filter} if args.filter else {})}
+        if view:
+            link += "&" + urllib.parse.urlencode(view)
+        chips = take(link, args.out,
                      None if args.grid_only else args.word)
         print(f"layers: {chips}\nwrote {args.out / 'grid.png'}, {args.out / 'attention.png'}")
     finally:
