@@ -159,13 +159,14 @@ def breakdown(overrides: list[str]) -> dict:
     data = build_data(cfg, progress=False)
     model, _ = compile_captioner(cfg, data, tf.distribute.get_strategy())
     batch = int(cfg.trainer.batch_size)
-    images = data.train_dataset(batch, 0)
+    images, steps = data.train_dataset(batch, 0), data.steps("train", batch)
     encode = tf.function(lambda x: model.encode(x, training=True))
     parts = {}
     for _ in range(2):                                        # warm-up, then measured
         parts["input pipeline"] = _seconds(lambda: [None for _ in images])
         parts["augmentation + CNN forward"] = _seconds(lambda: [encode(x) for x, _ in images])
-        epoch = _seconds(lambda: model.fit(images, epochs=1, verbose=0, shuffle=False))
+        epoch = _seconds(lambda: model.fit(images, epochs=1, verbose=0, shuffle=False,
+                                           steps_per_epoch=steps))      # its length is unknown
     parts["decoder steps"] = epoch - sum(parts.values())
     before = {**parts, "epoch": epoch}
     fresh = f"paths.cache_dir={tempfile.mkdtemp(prefix='bench-views-')}"    # time the build

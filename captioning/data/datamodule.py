@@ -77,10 +77,8 @@ class CaptionData:
         import tensorflow as tf
 
         feats = self.features[0] if feats is None else feats
-        # numpy copies the float16 rows; TensorFlow widens them (numpy's float16 -> float32 is
-        # scalar code: it held the GIL for ~100 ms a batch during training steps, 2026-12-07)
-        out = tf.numpy_function(lambda r: feats[r], [rows], tf.float16)
-        return tf.cast(tf.ensure_shape(out, (None, *feats.shape[1:])), tf.float32)
+        out = tf.numpy_function(lambda r: np.asarray(feats[r], np.float32), [rows], tf.float32)
+        return tf.ensure_shape(out, (None, *feats.shape[1:]))
 
     def encode(self, records: list[Record]) -> np.ndarray:
         """(N, C, L) int32 ids: every image's first C captions (C = dataset.captions_per_image;
