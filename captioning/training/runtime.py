@@ -8,6 +8,7 @@ from pathlib import Path
 from captioning import ConfigError
 from captioning.config_rules import check_values
 from captioning.console import console
+from captioning.io import atomic_write_text
 from captioning.training.cluster import make_multi_worker_strategy
 
 
@@ -119,8 +120,7 @@ def cpu_bfloat16() -> str:
     except subprocess.TimeoutExpired:
         why = "TensorFlow's bfloat16 test product did not finish in 300 s on this CPU"
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        answer.write_text(why + "\n")
+        atomic_write_text(answer, why + "\n")     # sweep jobs and workers may race here
     except OSError:                       # a read-only home: ask again next time
         pass
     return why
