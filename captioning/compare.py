@@ -45,7 +45,8 @@ def collect(sweep: Path) -> list[dict]:
     for job in jobs:
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [] \
             if (job / ".hydra" / "overrides.yaml").exists() else []
-        row = {"job": job.name, "overrides": " ".join(overrides), "status": "ok"}
+        row = {"job": job.name, "overrides": " ".join(overrides), "status": "ok",
+               "seed": job_seed(job, overrides)}
         metrics = job / "metrics.json"
         if metrics.exists():
             m = json.loads(metrics.read_text())
@@ -65,6 +66,20 @@ def collect(sweep: Path) -> list[dict]:
     return rows
 
 
+def job_seed(job: Path, overrides: list[str]):
+    """The seed a job ran with: its composed config's (``.hydra/config.yaml``), so a job that
+    kept the default seed counts too; else its ``seed=`` override; else None."""
+    import yaml
+
+    composed = job / ".hydra" / "config.yaml"
+    if composed.exists():
+        seed = (yaml.safe_load(composed.read_text()) or {}).get("seed")
+        if seed is not None:
+            return seed
+    given = [o.split("=", 1)[1] for o in overrides if _SEED.match(o)]
+    return given[0] if given else None
+
+
 def seed_groups(rows: list[dict], by: str = "cider") -> list[dict]:
     """The finished jobs grouped by their overrides without ``seed=``: per group n, the seeds,
     and per metric the mean and the sample standard deviation (n - 1; None for n = 1), best
@@ -80,8 +95,8 @@ def seed_groups(rows: list[dict], by: str = "cider") -> list[dict]:
                                                  if m["job"].isdigit() else 0, m["job"]))
         g = {"overrides": key or "(defaults)", "n": len(members),
              "jobs": " ".join(m["job"] for m in members),
-             "seeds": " ".join(o.split("=", 1)[1] for m in members for o in m["overrides"].split()
-                               if _SEED.match(o)) or "(default)"}
+             "seeds": " ".join(str(m["seed"]) for m in members if m.get("seed") is not None)
+             or "(default)"}
         for c in (*COLUMNS, *HOLDOUT_COLUMNS):
             values = [float(m[c]) for m in members if isinstance(m.get(c), (int, float))]
             g[c] = statistics.fmean(values) if values else None

@@ -72,3 +72,21 @@ def test_ties_follow_the_stated_rule_and_a_failed_job_shows_its_error_from_the_s
     assert best_jobs({"a": 0.5, "b": 0.5}) is None
     assert best_jobs({"a": 0.5, "b": 0.5, "c": 0.1}) == "a = b"
     assert best_jobs({"a": 0.2, "b": 0.7}) == "b"
+
+
+def test_a_job_that_kept_the_default_seed_counts_with_its_seed(tmp_path):
+    """Seeds come from each job's composed config: a job run without ``seed=`` is listed with
+    the seed it ran with (before, a group of 42 (default) and 43 read "43" with n = 2)."""
+    from captioning.compare import collect, job_seed, seed_groups
+
+    for job, overrides, seed in ((0, [], 42), (1, ["seed=43"], 43)):
+        hydra = tmp_path / str(job) / ".hydra"
+        hydra.mkdir(parents=True)
+        hydra.joinpath("overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        hydra.joinpath("config.yaml").write_text(f"seed: {seed}\ndecoder: {{name: gru}}\n")
+        (tmp_path / str(job) / "metrics.json").write_text(json.dumps({"val": {"cider": 1.0}}))
+    (group,) = seed_groups(collect(tmp_path))
+    assert group["n"] == 2 and group["seeds"] == "42 43" and group["overrides"] == "(defaults)"
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert job_seed(bare, ["seed=7"]) == "7" and job_seed(bare, []) is None
