@@ -94,7 +94,8 @@ def run_epochs(overrides: list[str], epochs: int) -> dict:
     cache = ("cached views" if "augmented views:" in said else
              "cached" if "feature cache:" in said else
              "bypassed" if "feature cache bypassed" in said else "none (CNN trained)")
-    precision = "bfloat16" if "precision: mixed_bfloat16" in said else "float32"
+    meta = json.loads((out / "metrics.json").read_text()).get("meta", {})
+    precision = meta.get("precision", "float32").replace("mixed_", "")
     return {"epochs": seconds, "epoch": statistics.median(seconds[1:] or seconds),
             "wall": time.perf_counter() - t0, "cache": cache, "precision": precision}
 

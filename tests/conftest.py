@@ -22,6 +22,18 @@ def _cache_dir(tmp_path_factory):
     os.environ["CAPTIONING_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
+@pytest.fixture(autouse=True)
+def _float32_after_each_test():
+    """A run with trainer.precision=auto (flickr8k_transformer) sets Keras's process-wide
+    policy to mixed_bfloat16 on a CPU that runs it; tests that build models directly after it,
+    on the same worker, must not inherit it."""
+    yield
+    import sys
+
+    if "keras" in sys.modules:
+        sys.modules["keras"].mixed_precision.set_dtype_policy("float32")
+
+
 def compose_config(*overrides: str):
     """The real config from conf/, as `python run.py OVERRIDES` would compose it (through
     `captioning.config.compose`, the tools' own path). A Hydra left initialised by a test

@@ -188,7 +188,24 @@ def build_backbone(cfg):
 
     ``weights``: ``imagenet`` | null (random init) | path to a .weights.h5/.h5/.keras file.
     ``trainable``: false (frozen), true, or an int: fine-tune only the top N layers.
+
+    A frozen backbone computes in float32 whatever ``trainer.precision`` says: it is a fixed
+    feature extractor, so its features (and the feature cache, which runs of either precision
+    share) do not depend on the precision; only the trained parts run in bfloat16.
     """
+    import keras
+
+    if cfg.backbone.get("trainable", False) is not False:
+        return _build_backbone(cfg)
+    policy = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("float32")
+    try:
+        return _build_backbone(cfg)
+    finally:
+        keras.mixed_precision.set_dtype_policy(policy)
+
+
+def _build_backbone(cfg):
     import keras
 
     b = cfg.backbone

@@ -113,29 +113,39 @@ class WeightsWriter:
     a model's structure never changes during a run (docs/experiments/speed.md, 2026-12-07
     second session). This keeps the walk's answer for each object of this model and reuses it;
     the values are read afresh at every save, so the file is the one ``save_weights`` writes
-    (tests/test_checkpoints.py compares them). Keras keeps no public hook for this, so where
-    its private ``saving_lib._walk_saveable`` is gone this is the plain ``save_weights``.
+    (tests/models/test_library_internals.py compares them). The kept walk is dropped whenever
+    the model's or its optimizer's variable count changes (a layer or slot added since). Keras
+    keeps no public hook for this, so where its private ``saving_lib._walk_saveable`` is gone
+    this is the plain ``save_weights``.
     """
 
     def __init__(self, model):
-        self.model, self._walks = model, {}
+        self.model, self._walks, self._shape = model, {}, None
 
     def save(self, path) -> None:
-        try:
-            from keras.src.saving import saving_lib
-            original = saving_lib._walk_saveable
-        except (ImportError, AttributeError):      # a Keras without the hook: the plain save
+        if _KERAS_WALK is None:                    # a Keras without the hook: the plain save
             self.model.save_weights(str(path))
             return
+        optimizer = getattr(self.model, "optimizer", None)
+        shape = (len(self.model.variables), len(getattr(optimizer, "variables", ()) or ()))
+        if shape != self._shape:
+            self._walks, self._shape = {}, shape
 
         def walk(saveable):
             key = id(saveable)
             if key not in self._walks:    # the object is kept with it: its id stays its own
-                self._walks[key] = (saveable, list(original(saveable)))
+                self._walks[key] = (saveable, list(_KERAS_WALK(saveable)))
             return iter(self._walks[key][1])
 
-        saving_lib._walk_saveable = walk
+        _saving_lib._walk_saveable = walk
         try:
             self.model.save_weights(str(path))
         finally:
-            saving_lib._walk_saveable = original
+            _saving_lib._walk_saveable = _KERAS_WALK
+
+
+try:                                     # Keras's own walk, taken once (see WeightsWriter)
+    from keras.src.saving import saving_lib as _saving_lib
+    _KERAS_WALK = _saving_lib._walk_saveable
+except (ImportError, AttributeError):
+    _saving_lib = _KERAS_WALK = None

@@ -38,4 +38,3 @@ class ProfileBatches(keras.callbacks.Callback):
         self.running = False
         print(f"Profiler trace of training batches {self.first}-{self.batch}: {self.log_dir} "
               f"(tensorboard --logdir {self.log_dir}, Profile tab)")
-

@@ -69,10 +69,13 @@ def _precision(policy: str) -> None:
 
     gpu = bool(tf.config.list_physical_devices("GPU"))
     if policy == "auto":
-        policy = "float32" if gpu or cpu_bfloat16() else "mixed_bfloat16"
+        why = "" if gpu else cpu_bfloat16()
+        policy = "float32" if gpu or why else "mixed_bfloat16"
         if policy != "float32":
-            console.print("  precision: mixed_bfloat16 (trainer.precision=auto: this CPU has "
-                          "bfloat16 matrix instructions; trainer.precision=float32 turns it off)")
+            console.print("  precision: mixed_bfloat16 (trainer.precision=auto: this CPU runs "
+                          "bfloat16 matrix products; trainer.precision=float32 turns it off)")
+        elif why and "no bfloat16 instructions" not in why:
+            console.print(f"  precision: float32 (trainer.precision=auto: {why})")
     elif policy != "float32" and not gpu:
         why = cpu_bfloat16() if policy == "mixed_bfloat16" else "float16 is for GPUs only"
         if why:
@@ -92,38 +95,57 @@ _PROBE = ("import os; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'; import tensorflo
 
 def cpu_bfloat16() -> str:
     """'' when TensorFlow runs bfloat16 matrix products on this CPU, else why not. Answered
-    once per CPU and TensorFlow version (a child process's test, ~4 s), then read from
-    ``$XDG_CACHE_HOME/captioning/`` (``~/.cache``)."""
+    once per CPU model, flags, TensorFlow version and oneDNN settings (a child process's test,
+    ~4 s), then read from ``$CAPTIONING_CACHE`` (else ``~/.cache/captioning``). Only a pass or a
+    SIGILL is kept; any other failure is said, and asked again next time."""
     import hashlib
     import os
+    import signal
     import subprocess
     import sys
 
     import tensorflow as tf
 
-    try:
-        flags = set(open("/proc/cpuinfo").read().split())
-    except OSError:                       # not Linux: no way to tell, so no
-        flags = set()
+    cpu = _cpuinfo()
+    flags = set(cpu.get("flags", "").split())
     if not flags & {"avx512_bf16", "amx_bf16"}:
         return "this CPU has no bfloat16 instructions (avx512_bf16 or amx_bf16)"
-    key = hashlib.sha1(f"{tf.__version__} {sorted(flags)}".encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "captioning"
-    answer = cache / f"bfloat16-{key}.txt"
+    env = [os.environ.get(k, "") for k in ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA",
+                                          "DNNL_MAX_CPU_ISA")]
+    key = hashlib.sha1(repr((tf.__version__, cpu.get("model name"), sorted(flags), env))
+                       .encode()).hexdigest()[:16]
+    folder = os.environ.get("CAPTIONING_CACHE") or str(Path.home() / ".cache" / "captioning")
+    answer = Path(folder).expanduser().absolute() / f"bfloat16-{key}.txt"
     if answer.is_file():
         return answer.read_text().strip()
     try:
-        proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, timeout=300)
-        ok = proc.returncode == 0
-        why = "" if ok else (f"TensorFlow's bfloat16 kernels crash on this CPU (a test matrix "
-                             f"product in a child process ended with exit {proc.returncode})")
+        proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+                              timeout=300)
     except subprocess.TimeoutExpired:
-        why = "TensorFlow's bfloat16 test product did not finish in 300 s on this CPU"
+        return "TensorFlow's bfloat16 test product did not finish in 300 s on this CPU"
+    if proc.returncode not in (0, -signal.SIGILL):
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        return (f"the bfloat16 test in a child process failed (exit {proc.returncode}: {tail}); "
+                f"not kept, asked again next run")
+    why = "" if proc.returncode == 0 else (
+        "TensorFlow's bfloat16 kernels die with SIGILL on this CPU (a test matrix product in a "
+        "child process)")
     try:
         atomic_write_text(answer, why + "\n")     # sweep jobs and workers may race here
     except OSError:                       # a read-only home: ask again next time
         pass
     return why
+
+
+def _cpuinfo() -> dict:
+    """The first processor's ``/proc/cpuinfo`` fields (``flags``, ``model name``); {} where
+    there is no such file (not Linux: no way to tell, so no bfloat16)."""
+    try:
+        text = open("/proc/cpuinfo").read().split("\n\n")[0]
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in
+                                                 text.splitlines())}
 
 
 def _gpu_memory_growth() -> None:

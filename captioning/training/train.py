@@ -158,4 +158,5 @@ def _meta(cfg, cbs, phases: Phases, train_seconds: float, notes: list[str],
         "self_critical_from_epoch": None if scst_from is None else scst_from + 1,
         "restarts": phases.state.restarts,
         "notes": notes, "tensorflow": tf.__version__, "keras": keras.__version__,
+        "precision": keras.mixed_precision.dtype_policy().name,   # what auto resolved to
     }

@@ -151,7 +151,16 @@ def test_bfloat16_on_a_cpu_runs_only_where_the_cpu_runs_it(tmp_path):
             with pytest.raises(ConfigError, match="needs a GPU here: .*precision=float32"):
                 train(cfg)
         else:
-            assert "bleu_4" in train(cfg)["val"]
+            result = train(cfg)
+            assert "bleu_4" in result["val"] and result["meta"]["precision"] == "mixed_bfloat16"
+            from captioning.models.backbones import build_backbone
+
+            frozen = build_backbone(compose_config("debug=tiny", "backbone=efficientnetb0",
+                                                   "backbone.weights=null",
+                                                   "backbone.image_size=32"))
+            # a fixed feature extractor: float32 under any policy (the feature cache is shared)
+            assert keras.mixed_precision.dtype_policy().name == "mixed_bfloat16"
+            assert {x.dtype_policy.name for x in frozen.layers} == {"float32"}
     finally:
         _precision("float32")              # the policy is process-wide: other tests build models
 
