@@ -126,7 +126,7 @@ def localising_model():
     model = build_model(cfg, data.vocab.size)
     model.compile(optimizer=keras.optimizers.Adam(float(cfg.trainer.learning_rate)))
     model.fit(data.train_dataset(int(cfg.trainer.batch_size), int(cfg.seed)), epochs=EPOCHS,
-              verbose=0)
+              verbose=0, shuffle=False)                  # the dataset shuffles itself
     records = data.splits["val"] + data.splits["test"] + data.splits["train"]
     captions = caption_records(Generator.from_config(model, data.vocab, cfg.decode), data,
                                records, 64)
