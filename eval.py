@@ -101,7 +101,7 @@ def main(argv: list[str]) -> int:
     from captioning.evaluation.evaluate import evaluate, write_predictions
     from captioning.io import atomic_write_text
     from captioning.runs.checkpoints import load_run, merge_overrides
-    from captioning.runs.files import default_weights
+    from captioning.runs.files import default_weights, weights_epoch
 
     run_dir = Path(args.run_dir)
     which = str(args.get("which") or default_weights(run_dir))   # the run's own choice
@@ -130,7 +130,7 @@ def main(argv: list[str]) -> int:
     print_scores(result, r.notes)
     console.print(f"wrote {run_dir / f'eval_{name}.json'} and predictions_{name}.csv")
     if cfg.callbacks.kangas.enabled:
-        _write_grid(model, data, r, cfg, run_dir, f"eval_{name}")
+        _write_grid(model, data, r, cfg, run_dir, f"eval_{name}", weights_epoch(run_dir, which))
     return 0
 
 
@@ -144,7 +144,7 @@ def _with_grid_defaults(cfg):
     return cfg
 
 
-def _write_grid(model, data, r, cfg, run_dir: Path, name: str) -> None:
+def _write_grid(model, data, r, cfg, run_dir: Path, name: str, epoch: int | None) -> None:
     """predictions/<name>.datagrid: max_rows images (the training grids' choice), with their
     attention maps when callbacks.kangas.attention is true."""
     from captioning.console import console
@@ -157,7 +157,7 @@ def _write_grid(model, data, r, cfg, run_dir: Path, name: str) -> None:
     maps = (grid_maps(model, data, records, preds, int(cfg.evaluation.batch_size),
                       int(cfg.decode.get("attention_block", -1)))
             if cfg.callbacks.kangas.get("attention", False) else None)
-    path = write_grid(run_dir, name, records, preds, r.per_image, None, cfg, attention=maps)
+    path = write_grid(run_dir, name, records, preds, r.per_image, epoch, cfg, attention=maps)
     if path is not None:
         console.print(f"wrote {path}")
 

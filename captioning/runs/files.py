@@ -133,3 +133,29 @@ def default_weights(run_dir) -> str:
     saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     select = ((saved.get("callbacks") or {}).get("checkpoints") or {}).get("select")
     return str(select or "best")
+
+
+def weights_epoch(run_dir, which: str) -> int | None:
+    """The epoch the weights ``which`` stand for, as the run's own final grid counts it:
+    ``epoch_NNN`` -> NNN, ``last`` -> the epochs run, ``mean:A-B`` -> the last averaged epoch
+    the run reached, ``best`` -> the best epoch its state file records; None where unknown (a
+    weights file from elsewhere, a run without history or state)."""
+    import numpy as np
+
+    run_dir = Path(run_dir)
+    ran = len(read_history(run_dir))
+    if which.startswith("epoch_") and which[len("epoch_"):].isdigit():
+        return int(which[len("epoch_"):])
+    if which == "last":
+        return ran or None
+    if which.startswith("mean:"):
+        reached = [e for e in averaged_epochs(which) if e <= ran]
+        return reached[-1] if reached else None
+    if which == "best" and state_path(run_dir).is_file():
+        try:
+            with np.load(state_path(run_dir)) as z:
+                best = json.loads(str(z["meta"])).get("best_epoch")
+        except (OSError, ValueError, KeyError):      # unreadable: the grid says nothing
+            return None
+        return int(best) if best is not None else None
+    return None

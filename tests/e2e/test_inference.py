@@ -137,6 +137,10 @@ def test_eval_py_rescoring_never_touches_metrics_json(finished_run):
         words = sorted(len(row["prediction"].split()) for row in csv.DictReader(f))
     layers = mask_layers(grid)
     assert len(layers) == 4 and sorted(len(x) for x in layers) == words
+    import kangas
+
+    # the grid names the epoch its weights stand for: the last of mean:2-3
+    assert {row["epoch"] for row in kangas.read_datagrid(str(grid)).to_dicts()} == {3}
     assert all(name.startswith(f"{i + 1:02d} ") for x in layers for i, (name, _, _) in enumerate(x))
     bad = subprocess.run([sys.executable, "eval.py", f"run_dir={out}", "trainer.batch_size=3"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)

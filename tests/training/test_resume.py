@@ -246,3 +246,23 @@ def test_a_resumed_deterministic_run_ends_as_the_uninterrupted_one(tmp_path, mon
     assert losses("cut") == losses("whole") and len(losses("whole")) == 4
     assert resumed["val"] == whole["val"] and resumed["test"] == whole["test"]
     assert (resumed["meta"]["restarts"], whole["meta"]["restarts"]) == (1, 0)
+
+
+def test_weights_epoch_names_the_epoch_each_weights_name_stands_for(tmp_path):
+    """eval.py's grids say which epoch they show (they said None)."""
+    import json
+
+    import numpy as np
+
+    from captioning.runs.files import state_path, weights_epoch
+
+    assert weights_epoch(tmp_path, "last") is None and weights_epoch(tmp_path, "best") is None
+    (tmp_path / "history.csv").write_text("epoch,seconds\n" + "".join(f"{e},1.0\n"
+                                                                   for e in range(1, 6)))
+    assert [weights_epoch(tmp_path, w) for w in ("last", "epoch_002", "mean:3-5", "mean:4-9",
+                                                 "mean:8-9", "other.h5")] == [5, 2, 5, 5, None,
+                                                                              None]
+    state_path(tmp_path).parent.mkdir(parents=True)
+    with open(state_path(tmp_path), "wb") as f:
+        np.savez(f, meta=np.array(json.dumps({"epoch": 5, "best_epoch": 4})))
+    assert weights_epoch(tmp_path, "best") == 4
