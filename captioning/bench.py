@@ -59,6 +59,7 @@ from captioning.io import memory_cgroup_folder
 from captioning.models.backbones import build_backbone
 from captioning.models.build import build_model
 from captioning.models.decoding import Generator, resolve_jit
+from captioning.provenance import cpu_info
 from captioning.training.callbacks import ValidationCaptions
 from captioning.training.compile import compile_captioner
 from captioning.training.runtime import cpu_bfloat16
@@ -66,14 +67,7 @@ from captioning.training.scst import enable_self_critical
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_info().get("model name") or "unknown CPU"
     import tensorflow as tf
 
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]

@@ -29,6 +29,20 @@ def provenance() -> dict:
             "python": platform.python_version(), **command_line()}
 
 
+def cpu_info() -> dict:
+    """This machine's first processor as ``/proc/cpuinfo`` lists it (``model name``, ``flags``,
+    ...); {} where there is no such file (not Linux). One reader for what the decoding default
+    (``xla_loop_helps``), the bfloat16 test (``training.runtime.cpu_bfloat16``) and the
+    benchmark's machine line need to know."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read().split("\n\n")[0]
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in
+                                                 text.splitlines())}
+
+
 def git_state(folder: Path = CODE) -> dict:
     """``{"commit", "dirty", "changed_files", "reason"}`` of the git checkout holding the code.
     ``dirty``: tracked files changed or new files not ignored (``git status --porcelain``);

@@ -27,6 +27,7 @@ from captioning.config_rules import check_values
 from captioning.models.augment import rotate90
 from captioning.models.decoder import Decoder
 from captioning.models.registry import TTA_VIEWS
+from captioning.provenance import cpu_info
 
 
 class Generator:
@@ -188,14 +189,8 @@ def xla_loop_helps(cpu_flags: set[str] | None = None) -> bool:
     2026-12-07): 1.33x faster on a 2-core AVX2 EPYC, 0.73-1.00x on a 2-core AVX-512 one, the
     same captions on both. So: CPUs without AVX-512. GPUs: not measured, plain."""
     if cpu_flags is None:
-        cpu_flags = set()
-        try:
-            with open("/proc/cpuinfo") as f:
-                line = next((x for x in f if x.startswith("flags")), "")
-            cpu_flags = set(line.split(":", 1)[-1].split())
-        except OSError:
-            return False
-        if tf.config.list_physical_devices("GPU"):
+        cpu_flags = set(cpu_info().get("flags", "").split())
+        if not cpu_flags or tf.config.list_physical_devices("GPU"):
             return False
     return "avx2" in cpu_flags and "avx512f" not in cpu_flags
 

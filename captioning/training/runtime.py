@@ -9,6 +9,7 @@ from captioning import ConfigError
 from captioning.config_rules import check_values
 from captioning.console import console
 from captioning.io import atomic_write_text
+from captioning.provenance import cpu_info
 from captioning.training.cluster import make_multi_worker_strategy
 
 
@@ -106,7 +107,7 @@ def cpu_bfloat16() -> str:
 
     import tensorflow as tf
 
-    cpu = _cpuinfo()
+    cpu = cpu_info()
     flags = set(cpu.get("flags", "").split())
     if not flags & {"avx512_bf16", "amx_bf16"}:
         return "this CPU has no bfloat16 instructions (avx512_bf16 or amx_bf16)"
@@ -135,17 +136,6 @@ def cpu_bfloat16() -> str:
     except OSError:                       # a read-only home: ask again next time
         pass
     return why
-
-
-def _cpuinfo() -> dict:
-    """The first processor's ``/proc/cpuinfo`` fields (``flags``, ``model name``); {} where
-    there is no such file (not Linux: no way to tell, so no bfloat16)."""
-    try:
-        text = open("/proc/cpuinfo").read().split("\n\n")[0]
-    except OSError:
-        return {}
-    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in
-                                                 text.splitlines())}
 
 
 def _gpu_memory_growth() -> None:
