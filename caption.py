@@ -72,6 +72,12 @@ def main(argv: list[str]) -> int:
     cfg, vocab, model = load_run(args.run_dir)
     cfg = merge_overrides(cfg, rest)
     print_trained_on(args.run_dir, cfg)
+    if cfg.decode.get("rerank", "none") != "none":
+        # The vote needs every training image's features (eval.py and the run's own scoring
+        # have the dataset); a few images from anywhere get the beam's best.
+        print(f"note: decode.rerank={cfg.decode.rerank} is applied by eval.py and the run's "
+              f"scoring (it encodes the training images); these captions are the beam's best")
+        cfg.decode.rerank = "none"
     set_pixel_limit(cfg.dataset.get("max_image_pixels"))
     records, bad = check_records([Record(id=str(f), image=str(f), captions=()) for f in files])
     if bad:

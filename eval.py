@@ -41,8 +41,11 @@ SPLITS = ("val", "test", "holdout", "untouched")
 
 
 def decoding_name(decode) -> str:
-    tta = decode.get("tta", "none")
-    return _method_name(decode) + ("" if tta == "none" else f"_tta_{tta}")
+    tta, rerank = decode.get("tta", "none"), decode.get("rerank", "none")
+    name = _method_name(decode) + ("" if tta == "none" else f"_tta_{tta}")
+    if rerank == "consensus":       # e.g. beam10_lp0.3_consensus10_flip
+        name += f"_consensus{decode.rerank_neighbours}_{decode.rerank_views}"
+    return name
 
 
 def _method_name(decode) -> str:
@@ -64,7 +67,8 @@ def result_name(split: str, decode, which: str, overrides: list[str]) -> str:
 
     weights = which.replace("mean:", "mean").replace(",", "+")    # a file name: no colon
     name = f"{split}_{decoding_name(decode)}" + ("" if which == "best" else f"_{weights}")
-    named = {"decode.method", "decode.beam_size", "decode.length_penalty", "decode.tta"}
+    named = {"decode.method", "decode.beam_size", "decode.length_penalty", "decode.tta",
+             "decode.rerank", "decode.rerank_neighbours", "decode.rerank_views"}
     named |= {"decode.k", "decode.temperature"} if decode.method == "top_k" else set()
     named |= {"decode.p", "decode.temperature"} if decode.method == "top_p" else set()
     # The grid settings (callbacks.kangas.*) change no score: they do not name a result.

@@ -123,6 +123,17 @@ def _cross_rules(v: dict) -> list[tuple[bool, str]]:
          f"decode.num_captions={v.get('decode.num_captions')} gives that many different captions "
          f"per image only by sampling: set decode.method=top_k or top_p, or "
          f"decode.num_captions=1 (method={v['decode.method']} gives one caption)."),
+        (v.get("decode.rerank", "none") == "none"
+         or (v["decode.method"] == "beam" and v.get("decode.tta", "none") == "none"
+             and v.get("decode.num_captions", 1) == 1),
+         f"decode.rerank={v.get('decode.rerank')} chooses among the beam's captions: it needs "
+         f"decode.method=beam, decode.tta=none and decode.num_captions=1. Received: "
+         f"method={v['decode.method']}, tta={v.get('decode.tta')}, "
+         f"num_captions={v.get('decode.num_captions')}"),
+        (not v.get("trainer.class_loss") or v.get("dataset.classes") is not None,
+         f"trainer.class_loss={v.get('trainer.class_loss')} predicts each image's scene class, "
+         f"and dataset.classes is null: name the rule (dataset.classes=ucm for UCM-Captions), "
+         f"or set trainer.class_loss=0."),
         (v.get("dataset.split") != "random" or val + test < 1,
          f"dataset.val_fraction and test_fraction must be in (0, 1) with a sum below 1. "
          f"Received: val_fraction={val}, test_fraction={test}"),

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from captioning import ConfigError
+from captioning.data.classes import CLASS_RULES
 from captioning.data.readers import READERS
 from captioning.models.registry import DECODE_METHODS, DECODERS, HUB_BACKBONES, TTA_VIEWS
 
@@ -30,7 +31,8 @@ DATASETS = tuple(sorted(READERS))            # dataset.name: the readers' regist
 # (the epoch logs: Captioner's metrics, val_ from Keras, CAPTION_SCORES from our callback).
 FINAL_SCORES = ("loss", "accuracy", "bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor",
                 "rouge_l", "cider", "spice")
-EPOCH_LOGS = ("loss", "accuracy", "word_loss", "val_loss", "val_accuracy", "val_word_loss",
+EPOCH_LOGS = ("loss", "accuracy", "word_loss", "class_loss", "class_accuracy", "val_loss",
+              "val_accuracy", "val_word_loss", "val_class_loss", "val_class_accuracy",
               *CAPTION_SCORES)
 _VIEWS = [f"{name} ({what})" if what else name for name, (_, what) in TTA_VIEWS.items()]
 _TTA = f"{', '.join(_VIEWS[:-1])} or {_VIEWS[-1]}"      # none, flip (...) or dihedral (...)
@@ -201,6 +203,9 @@ RULES: dict[str, Rule] = {
     "decode.temperature": _num(0, lo_open=True),
     "decode.jit_compile": _one_of(True, False, "auto", "loop"),
     "decode.tta": _one_of(*TTA_VIEWS, what=_TTA),
+    "decode.rerank": _one_of("none", "consensus"),
+    "decode.rerank_neighbours": _int(1),
+    "decode.rerank_views": _one_of(*TTA_VIEWS, what=_TTA),
     "decode.attention_block": _int(hint=" (whose cross-attention the attention maps show; "
                                         "-1: the last block)"),
     "decode.num_captions": _int(1),
@@ -220,6 +225,7 @@ RULES: dict[str, Rule] = {
                                                    "not the run's seed)"),
     "dataset.holdout_list": PATH_OR_NULL,
     "dataset.untouched_list": PATH_OR_NULL,
+    "dataset.classes": _one_of(*CLASS_RULES, null=True, what="a class rule"),
     "dataset.captions_per_image": _int(1),
     "dataset.max_images": _int(1, null=True),
     "dataset.on_missing": _one_of("error", "skip"),
@@ -295,6 +301,7 @@ RULES: dict[str, Rule] = {
     "trainer.weight_decay": _num(0),
     "trainer.label_smoothing": _num(**FRACTION),
     "trainer.word_loss": _num(0, hint=" (0 turns it off)"),
+    "trainer.class_loss": _num(0, hint=" (0 turns it off; needs dataset.classes)"),
     "trainer.backbone_lr_multiplier": _num(0, lo_open=True,
                                            hint=" (1 = the same learning rate as the rest)"),
     "trainer.scst_epochs": _int(0, hint=" (0 turns self-critical training off)"),

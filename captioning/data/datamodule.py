@@ -18,6 +18,7 @@ import numpy as np
 from captioning import ConfigError, DatasetError
 from captioning.config_rules import check_values
 from captioning.console import console
+from captioning.data.classes import labeller
 from captioning.data.images import (
     REPORT_KEY,
     check_image,
@@ -59,6 +60,9 @@ class CaptionData:
     # (array (V * N, S, C) float16, {train image id: i}, V) augment.cached_views: V augmented
     # views of each training image, view v of image i at row v * N + i
     train_views: tuple | None = None
+    # dataset.classes with trainer.class_loss: image id -> class index; training and validation
+    # batches then carry it, (inputs, captions, classes (B,))
+    classes: dict[str, int] | None = None
 
     def use_features(self, feats, row_of) -> None:
         """Feed cached backbone tokens instead of images, read through the cache's memory map
@@ -100,7 +104,7 @@ class CaptionData:
         """Batches of ``(images (B, H, W, 3) float32 0..255, captions (B, C, L) int32)``. With
         ``sample=k`` (``trainer.sample_captions``) each image brings k of its captions, drawn
         afresh every epoch (C = k): the decoder's work per step shrinks to k/C, the backbone's
-        stays."""
+        stays. With ``classes`` (``trainer.class_loss``), ``(images, captions, classes (B,))``."""
         import tensorflow as tf
 
         if sample is not None and sample >= self.captions_per_image:
@@ -115,18 +119,23 @@ class CaptionData:
                 ds = ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
             return ds.map(_sampler(sample, seed)) if sample else ds
 
+        # What each image brings besides its pixels: its captions, and its class when the
+        # scene-class loss is on (``targets``). The maps below pass them on as ``*t``.
+        targets = (self.encode(records),)
+        if self.classes is not None:
+            targets += (np.array([self.classes[r.id] for r in records], np.int32),)
         if split == "train" and self.train_views is not None:
-            return _finish(self._views_dataset(records, per_epoch, batch_size, seed))
+            return _finish(self._views_dataset(records, targets, per_epoch, batch_size, seed))
         if self.features is not None:
             rows = np.array([self.features[1][r.id] for r in records], np.int64)
-            ds = per_epoch(tf.data.Dataset.from_tensor_slices((rows, self.encode(records))))
-            ds = ds.batch(batch_size).map(lambda r, c: (self._gather_features(r), c))
+            ds = per_epoch(tf.data.Dataset.from_tensor_slices((rows, *targets)))
+            ds = ds.batch(batch_size).map(lambda r, *t: (self._gather_features(r), *t))
             return _finish(ds)
         modes = [_MODE[r.decoder] for r in records]
         load = _loader(self.image_size, set(modes), strict=True)
         paths = [r.image for r in records]
-        ds = tf.data.Dataset.from_tensor_slices((paths, modes, self.encode(records)))
-        ds = ds.map(lambda p, m, c: (load(p, m), c),
+        ds = tf.data.Dataset.from_tensor_slices((paths, modes, *targets))
+        ds = ds.map(lambda p, m, *t: (load(p, m), *t),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         # A file that passed the index check but still fails to decode (or one never checked:
         # dataset.verify_images=false) is dropped with a warning instead of ending a long run
@@ -134,7 +143,7 @@ class CaptionData:
         ds = ds.ignore_errors(log_warning=True)
         if _fits_in_memory(len(records), self.image_size):
             ds = ds.cache()                                      # decode + resize once per run
-        ds = per_epoch(ds).batch(batch_size).map(lambda x, c: (tf.cast(x, tf.float32), c))
+        ds = per_epoch(ds).batch(batch_size).map(lambda x, *t: (tf.cast(x, tf.float32), *t))
         return _finish(ds)
 
     def steps(self, split: str, batch_size: int) -> int:
@@ -144,7 +153,7 @@ class CaptionData:
         out of data" at every pass. A dropped image still shows as that warning."""
         return math.ceil(len(self.splits[split]) / batch_size)
 
-    def _views_dataset(self, records, per_epoch, batch_size: int, seed: int):
+    def _views_dataset(self, records, targets, per_epoch, batch_size: int, seed: int):
         """Training batches from the cached augmented views: each pass draws one view per image
         from ``Dataset.random``'s stream, which, like the shuffle's, takes its next seed when a
         pass's iterator is made (a resumed run skips the passes done the same way)."""
@@ -153,11 +162,11 @@ class CaptionData:
         feats, row_of, views = self.train_views
         n = len(feats) // views
         rows = np.array([row_of[r.id] for r in records], np.int64)
-        ds = per_epoch(tf.data.Dataset.from_tensor_slices((rows, self.encode(records))))
+        ds = per_epoch(tf.data.Dataset.from_tensor_slices((rows, *targets)))
         draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         ds = tf.data.Dataset.zip(ds, draws).map(
-            lambda x, d: (x[0] + (d % views) * n, x[1]))
-        return ds.batch(batch_size).map(lambda r, c: (self._gather_features(r, feats), c))
+            lambda x, d: (x[0] + (d % views) * n, *x[1:]))
+        return ds.batch(batch_size).map(lambda r, *t: (self._gather_features(r, feats), *t))
 
     def image_dataset(self, records: list[Record], batch_size: int, use_features: bool = True):
         """Batches of model inputs in ``records`` order (for captioning and scoring): cached
@@ -219,16 +228,16 @@ def _finish(ds, buffer: int = 2):
 
 
 def _sampler(k: int, seed: int):
-    """(x, captions (C, L)) -> (x, k of the captions (k, L)), drawn without replacement, real
-    captions before empty rows (an image with fewer than k keeps all it has)."""
+    """(x, captions (C, L), ...) -> (x, k of the captions (k, L), ...), drawn without
+    replacement, real captions before empty rows (an image with fewer than k keeps all it has)."""
     import tensorflow as tf
 
     rng = tf.random.Generator.from_seed(seed)          # one stream: epochs differ, runs repeat
 
-    def pick(x, captions):
+    def pick(x, captions, *rest):
         empty = tf.cast(tf.reduce_all(captions == 0, axis=-1), tf.float32)        # (C,)
         order = tf.argsort(rng.uniform(tf.shape(empty)) + 2.0 * empty)[:k]
-        return x, tf.gather(captions, order)
+        return x, tf.gather(captions, order), *rest
 
     return pick
 
@@ -515,8 +524,13 @@ def build_data(cfg, progress: bool = True, vocab: Vocabulary | None = None) -> C
         vocab = Vocabulary.build(
             [wrap(normalize(c, punct)) for r in splits["train"] for c in r.captions[:per_image]],
             text.vocab_size, text.seq_len, int(text.get("min_count", 1)))
+    classes = None
+    if float(cfg.trainer.get("class_loss", 0.0)) and cfg.dataset.get("classes"):
+        label = labeller(str(cfg.dataset.classes))
+        classes = {r.id: label(r.id) for rs in splits.values() for r in rs}
     return CaptionData(splits=splits, vocab=vocab, report=report, captions_per_image=per_image,
-                       image_size=int(cfg.backbone.image_size), punctuation=punct)
+                       image_size=int(cfg.backbone.image_size), punctuation=punct,
+                       classes=classes)
 
 
 def _clean_train(train: list[Record], text, punct: str):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import statistics
 import sys
 from collections import Counter, defaultdict
@@ -30,17 +29,9 @@ from rich.console import Console
 from rich.table import Table
 
 from captioning import CaptioningError, run_cli
+from captioning.data.classes import UCM_CLASSES, is_ucm, labeller
 from captioning.evaluation.metrics import score
 from captioning.io import atomic_write_text
-
-# UC Merced Land Use, in its (alphabetical) class order: UCM-Captions numbers images class by
-# class, 100 per class, from 1.
-UCM_CLASSES = (
-    "agricultural", "airplane", "baseballdiamond", "beach", "buildings", "chaparral",
-    "denseresidential", "forest", "freeway", "golfcourse", "harbor", "intersection",
-    "mediumresidential", "mobilehomepark", "overpass", "parkinglot", "river", "runway",
-    "sparseresidential", "storagetanks", "tenniscourt")
-UCM_NAME = re.compile(r"^(\d+)\.(jpg|tif)$")
 
 
 def predictions_file(path: Path, split: str) -> Path:
@@ -72,13 +63,13 @@ def read_predictions(path: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
 
 def class_of(ids, classes: str):
     """The rule naming each image's class: ``ucm``, ``none`` or ``auto`` (see the module doc)."""
-    ucm = all((m := UCM_NAME.match(i)) and 1 <= int(m.group(1)) <= 100 * len(UCM_CLASSES)
-              for i in ids)
+    ucm = all(is_ucm(i) for i in ids)
     if classes == "ucm" and not ucm:
         raise CaptioningError("--classes ucm needs UCM-Captions' image names (1.jpg ... 2100.jpg)."
                               " Use --classes none for one row.")
     if classes == "ucm" or (classes == "auto" and ucm):
-        return lambda i: UCM_CLASSES[(int(UCM_NAME.match(i).group(1)) - 1) // 100]
+        label = labeller("ucm")
+        return lambda i: UCM_CLASSES[label(i)]
     return lambda i: "all"
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import csv
 import io
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from captioning.console import print_samples
+from captioning.evaluation.consensus import consensus_records, training_vote
 from captioning.evaluation.metrics import score
 from captioning.io import atomic_write_text
 from captioning.models.attention import grid_maps, log_attention_images
@@ -42,18 +44,43 @@ def evaluate_split(model, data, records, cfg, seed: int | None = None, generator
     With ``decode.num_captions=N`` > 1, ``samples`` (a list) receives each record's N captions;
     the first of each is the prediction that is scored."""
     generator = generator or Generator.from_config(model, data.vocab, cfg.decode, seed=seed)
-    n = int(cfg.decode.get("num_captions", 1))
-    drawn = sample_records(generator, data, records, int(cfg.evaluation.batch_size), n)
-    preds = [caps[0] for caps in drawn]
-    if samples is not None and n > 1:
-        samples[:] = drawn
+    n, batch = int(cfg.decode.get("num_captions", 1)), int(cfg.evaluation.batch_size)
+    if cfg.decode.get("rerank", "none") == "consensus":
+        preds = _reranked(generator, data, records, cfg.decode, batch)
+    else:
+        drawn = sample_records(generator, data, records, batch, n)
+        preds = [caps[0] for caps in drawn]
+        if samples is not None and n > 1:
+            samples[:] = drawn
     meteor = bool(cfg.evaluation.meteor)
     scores = score({r.id: list(r.captions) for r in records},
                    {r.id: p for r, p in zip(records, preds, strict=True)},
                    spice=bool(cfg.evaluation.spice), meteor=meteor)
     if not meteor:
         scores.notes.append("METEOR skipped (evaluation.meteor=false)")
+    if cfg.decode.get("rerank", "none") == "consensus":
+        scores.notes.append(consensus_note(cfg.decode, data))
     return scores, preds
+
+
+# One vote per generator: final_evaluation scores val, test and holdout with one generator (one
+# set of weights), and the vote encodes every training image.
+_VOTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _reranked(generator, data, records, decode_cfg, batch: int) -> list[str]:
+    if generator not in _VOTES:
+        _VOTES[generator] = training_vote(generator.model, data, decode_cfg, batch)
+    return consensus_records(generator, data, records, _VOTES[generator], batch,
+                             str(decode_cfg.get("rerank_views", "none")))
+
+
+def consensus_note(decode_cfg, data) -> str:
+    views = str(decode_cfg.get("rerank_views", "none"))
+    cached = data.features is not None and views != "none"
+    return (f"captions: each image's {decode_cfg.beam_size} beams reranked by consensus with the "
+            f"captions of its {decode_cfg.get('rerank_neighbours', 10)} nearest training images "
+            f"(decode.rerank=consensus, views: {'none (cached features)' if cached else views})")
 
 
 def evaluate(model, data, split: str, cfg, seed: int | None = None, generator=None) -> SplitResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from captioning import ConfigError
+from captioning.data.classes import class_names
 from captioning.models.augment import build_augmentation
 from captioning.models.backbones import build_backbone
 from captioning.models.captioner import Captioner
@@ -22,13 +23,17 @@ def build_model(cfg, vocab_size: int):
     max_len = int(cfg.text.seq_len) - 1            # decoder positions: <start> .. last input token
     decoder = build_decoder(d, vocab_size, max_len)
     e = d.encoder
+    # The scene-class head (trainer.class_loss) has one output per dataset.classes class.
+    class_loss = float(cfg.trainer.get("class_loss", 0.0))
+    classes = class_names(cfg.dataset.get("classes")) if class_loss else ()
     encoder = ImageEncoder(d.dim, e.num_layers, e.num_heads, e.dropout, e.input_norm,
                            name="encoder")
     model = Captioner(build_backbone(cfg), encoder, decoder, build_augmentation(cfg, cfg.seed),
                       blind=bool(cfg.backbone.get("blind", False)),
                       label_smoothing=float(cfg.trainer.label_smoothing),
                       word_loss=float(cfg.trainer.get("word_loss", 0.0)),
-                      mixup=float(cfg.augment.get("mixup", 0.0)), seed=cfg.seed, name="captioner")
+                      mixup=float(cfg.augment.get("mixup", 0.0)), seed=cfg.seed,
+                      class_loss=class_loss, num_classes=len(classes), name="captioner")
     size = int(cfg.backbone.image_size)
     # Create the variables.
     model((np.zeros((1, size, size, 3), "float32"), np.ones((1, max_len), "int32")))

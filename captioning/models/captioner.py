@@ -11,6 +11,11 @@ cross-entropy): the "visual concepts" objective of Fang et al. (2015) and Yao et
 It gives the image encoder a direct, image-level training signal, which is what a backbone
 trained from scratch on a small dataset lacks; the decoder is unchanged.
 
+With ``class_loss > 0`` (and batches ``(images, captions, classes)``: ``dataset.classes``) a
+linear head on the same spatial mean predicts the image's scene class (softmax cross-entropy):
+the auxiliary classification objective of multi-task captioning models (e.g. Zhao et al., 2019,
+for remote sensing), the same kind of image-level signal with one clean label per image.
+
 After ``enable_self_critical`` the training step is self-critical sequence training (Rennie
 et al., 2017): K captions are sampled per image, each is rewarded with its CIDEr-D against the
 image's references, and the gradient raises the log-likelihood of samples that beat the mean of
@@ -130,7 +135,8 @@ class Captioner(keras.Model):
     """images -> backbone -> encoder -> memory (B, S, D) -> ``decoder`` (a ``Decoder``)."""
 
     def __init__(self, backbone, encoder, decoder: Decoder, augmentation=(), blind=False,
-                 label_smoothing=0.0, word_loss=0.0, mixup=0.0, seed=None, **kwargs):
+                 label_smoothing=0.0, word_loss=0.0, mixup=0.0, seed=None, class_loss=0.0,
+                 num_classes=0, **kwargs):
         super().__init__(**kwargs)
         self.backbone, self.encoder, self.decoder = backbone, encoder, decoder
         self.augmentation = list(augmentation)
@@ -148,6 +154,16 @@ class Captioner(keras.Model):
         if self.word_loss_weight:
             self.word_head = keras.layers.Dense(decoder.vocab_size, name="word_head")
             self.word_head.build((None, encoder.dim))
+        # Scene-class head on the pooled image memory (only with class_loss > 0).
+        self.class_loss_weight, self.class_head = float(class_loss), None
+        self.class_trackers = ()
+        if self.class_loss_weight:
+            if num_classes < 2:
+                raise ValueError(f"class_loss needs num_classes >= 2. Received: {num_classes}")
+            self.class_head = keras.layers.Dense(num_classes, name="class_head")
+            self.class_head.build((None, encoder.dim))
+            self.class_trackers = (keras.metrics.Mean(name="class_loss"),
+                                   keras.metrics.Mean(name="class_accuracy"))
         self.self_critical = None                  # set by enable_self_critical
         self.reward_tracker = keras.metrics.Mean(name="reward")   # reported only then
 
@@ -163,7 +179,9 @@ class Captioner(keras.Model):
                 "decoder": serialize(self.decoder),
                 "augmentation": [serialize(layer) for layer in self.augmentation],
                 "blind": self.blind, "label_smoothing": self.label_smoothing,
-                "word_loss": self.word_loss_weight, "mixup": self.mixup, "seed": self.seed}
+                "word_loss": self.word_loss_weight, "mixup": self.mixup, "seed": self.seed,
+                "class_loss": self.class_loss_weight,
+                "num_classes": self.class_head.units if self.class_head is not None else 0}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -190,6 +208,7 @@ class Captioner(keras.Model):
     @property
     def metrics(self):
         extra = [self.word_tracker] if self.word_tracker is not None else []
+        extra += list(self.class_trackers)
         if self.self_critical is not None:
             extra.append(self.reward_tracker)
         return [self.loss_tracker, self.acc_tracker, *extra]
@@ -237,6 +256,25 @@ class Captioner(keras.Model):
         bce = ops.sum(ops.binary_crossentropy(present, logits, from_logits=True), axis=-1)
         return ops.mean(bce / ops.maximum(ops.sum(present, axis=-1), 1.0))
 
+    def class_loss(self, memory, classes):
+        """Softmax cross-entropy and accuracy of the scene class, (B, S, D) memory and (B,)
+        class ids -> two scalars."""
+        logits = ops.cast(self.class_head(ops.mean(memory, axis=1)), "float32")    # (B, K)
+        ce = keras.losses.sparse_categorical_crossentropy(classes, logits, from_logits=True)
+        hit = ops.cast(ops.equal(ops.cast(ops.argmax(logits, -1), "int32"),
+                                 ops.cast(classes, "int32")), "float32")
+        return ops.mean(ce), ops.mean(hit)
+
+    def _track_classes(self, memory, classes):
+        """The class loss (for the objective) after recording it and its accuracy; 0 when off
+        or the batch has no classes."""
+        if self.class_head is None or not classes:
+            return 0.0
+        ce, acc = self.class_loss(memory, classes[0])
+        self.class_trackers[0].update_state(ce)
+        self.class_trackers[1].update_state(acc)
+        return ce
+
     def decode_loss(self, memory, captions, training=False):
         """Teacher-forced loss, accuracy and token count of (B, C, L) captions
         on (B, S, D) memory."""
@@ -269,9 +307,9 @@ class Captioner(keras.Model):
     def train_step(self, data):
         if self.self_critical is not None:
             return self._self_critical_step(data)
-        images, captions = data
+        images, captions, *classes = data
         if self.mixup:
-            images, captions_b, lam = self._mix(images, captions)
+            images, (captions_b, *classes_b), lam = self._mix(images, captions, *classes)
         with tf.GradientTape() as tape:
             memory = self.encode(images, training=True)                  # (B, S, D), once per image
             loss, acc, n = self.decode_loss(memory, captions, training=True)
@@ -283,6 +321,11 @@ class Captioner(keras.Model):
             if self.word_head is not None:
                 words = self.word_loss(memory, captions)
                 objective = loss + self.word_loss_weight * words
+            classes_loss = self._track_classes(memory, classes)
+            if self.mixup and self.class_head is not None:
+                classes_loss = lam * classes_loss + (1.0 - lam) * self.class_loss(
+                    memory, classes_b[0])[0]
+            objective += self.class_loss_weight * classes_loss
             objective = replica_weighted(objective, n)
             scaled = self.optimizer.scale_loss(objective)               # mixed precision
         grads = tape.gradient(scaled, self.trainable_variables)
@@ -293,19 +336,19 @@ class Captioner(keras.Model):
             self.word_tracker.update_state(words)
         return {m.name: m.result() for m in self.metrics}
 
-    def _mix(self, images, captions):
+    def _mix(self, images, *targets):
         """mixup (Zhang et al., 2018) for captioning: each image is blended with another of the
         batch, x = lam * x_i + (1 - lam) * x_j with one lam ~ Beta(alpha, alpha) per batch; the
         loss is the same blend of the two images' caption losses.
-        Returns (images, captions_j, lam)."""
+        Returns (images, [each of ``targets`` (captions, classes) of image j], lam)."""
         lam = keras.random.beta((), self.mixup, self.mixup, seed=self.mixup_seed)
         perm = keras.random.shuffle(ops.arange(ops.shape(images)[0]), seed=self.mixup_seed)
         other = ops.take(images, perm, axis=0)
         mixed = ops.cast(lam, images.dtype) * images + ops.cast(1.0 - lam, images.dtype) * other
-        return mixed, ops.take(captions, perm, axis=0), ops.cast(lam, "float32")
+        return mixed, [ops.take(t, perm, axis=0) for t in targets], ops.cast(lam, "float32")
 
     def _self_critical_step(self, data):
-        images, captions = data
+        images, captions, *_ = data
         sc = self.self_critical
         k, end_id = sc.settings.samples, sc.settings.end_id
         with tf.GradientTape() as tape:
@@ -373,8 +416,9 @@ class Captioner(keras.Model):
         return tf.reduce_sum(weight * token_logp), tf.reduce_sum(tf.cast(real, "float32"))
 
     def test_step(self, data):
-        images, captions = data
+        images, captions, *classes = data
         memory = self.encode(images, training=False)
+        self._track_classes(memory, classes)
         loss, acc, n = self.decode_loss(memory, captions, training=False)
         self.loss_tracker.update_state(loss, sample_weight=n)
         self.acc_tracker.update_state(acc, sample_weight=n)

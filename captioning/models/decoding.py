@@ -69,6 +69,8 @@ class Generator:
                                         reduce_retracing=True)
         self._from_memory = tf.function(self.generate, jit_compile=whole or self.loop_jit,
                                         reduce_retracing=True)
+        self._n_best = tf.function(self._images_to_beams, jit_compile=whole or self.loop_jit,
+                                   reduce_retracing=True)
 
     @classmethod
     def from_config(cls, model, vocab, decode_cfg, seed=None):
@@ -84,6 +86,28 @@ class Generator:
     def from_memory(self, memory, repeats: int = 1):
         """(B, S, D) memory -> (B * repeats, max_len) ids (``generate``)."""
         return self._from_memory(memory, repeats=repeats)
+
+    def n_best(self, images):
+        """Beam search's every finished beam: (B, K, max_len) ids and (B, K) length-penalised
+        log-probabilities, K = beam_size, for a reranker to choose from (``decode.rerank``);
+        ``__call__`` returns the highest-scoring of each row."""
+        if self.method != "beam" or self.tta != "none":
+            raise ConfigError(f"decode.rerank needs decode.method=beam (its beams are the "
+                              f"candidates) and decode.tta=none. Received: "
+                              f"decode.method={self.method}, decode.tta={self.tta}")
+        return self._n_best(ops.convert_to_tensor(images, "float32"))
+
+    def _images_to_beams(self, images):
+        memory = self.model.encode(images, training=False)
+        seqs, norm = self._beam(self.model.decoder, self._prompt(ops.shape(memory)[0]),
+                                self.model.decoder.init_cache(memory, self.max_len - 1))
+        b, k = ops.shape(memory)[0], self.beam_size
+        return ops.reshape(seqs, (b, k, self.max_len)), ops.reshape(norm, (b, k))
+
+    def _prompt(self, b):
+        """(b, max_len): the start token, then padding."""
+        return ops.concatenate([ops.full((b, 1), self.start_id, "int32"),
+                                ops.zeros((b, self.max_len - 1), "int32")], axis=1)
 
     def _images_to_ids(self, images):
         generate = self._from_memory if self.loop_jit else self.generate    # XLA inside
@@ -107,10 +131,11 @@ class Generator:
             memory = ops.repeat(memory, repeats, axis=0) if repeats > 1 else memory
             cache, repeats = decoder.init_cache(memory, self.max_len - 1), 1
         b = ops.shape(memory)[0] // views * repeats                       # caption rows
-        prompt = ops.concatenate([ops.full((b, 1), self.start_id, "int32"),
-                                  ops.zeros((b, self.max_len - 1), "int32")], axis=1)
+        prompt = self._prompt(b)
         if self.method == "beam":
-            return self._beam(decoder, prompt, cache)
+            seqs, norm = self._beam(decoder, prompt, cache)
+            best = ops.argmax(ops.reshape(norm, (b, self.beam_size)), axis=1)
+            return ops.take(seqs, best + ops.arange(b) * self.beam_size, axis=0)
 
         def next_fn(prompt, cache, index):
             logits, cache = decoder.step(prompt[:, index - 1], cache, index - 1)
@@ -122,6 +147,8 @@ class Generator:
                             stop_token_ids=[self.end_id])
 
     def _beam(self, decoder: Decoder | _ViewEnsemble, prompt, cache):
+        """-> every beam (B*K, max_len), an image's K together, and their length-penalised
+        scores (B*K,)."""
         k, length = self.beam_size, self.max_len
         b = ops.shape(prompt)[0]
         per_beam = _beam_state(decoder, cache)
@@ -165,9 +192,7 @@ class Generator:
         _, seqs, _, scores, _ = tf.while_loop(cond, body, start)
         real = ops.cast(seqs[:, 1:] > 0, "int32")
         lengths = ops.cast(ops.sum(real, axis=1), "float32")                    # incl. <end>
-        norm = scores / ((5.0 + lengths) / 6.0) ** self.length_penalty
-        best = ops.argmax(ops.reshape(norm, (b, k)), axis=1) + ops.arange(b) * k
-        return ops.take(seqs, best, axis=0)
+        return seqs, scores / ((5.0 + lengths) / 6.0) ** self.length_penalty
 
 
 def jit_setting(value):

@@ -48,7 +48,8 @@ WRONG_FOR = {
                      "logger.tensorboard.log_dir", "dataset.data_dir", "dataset.root",
                      "dataset.json", "dataset.images"],
                     ["12345", "[1]"]),
-    **dict.fromkeys(["callbacks.val_captions.method", "callbacks.val_captions.tta"],
+    **dict.fromkeys(["callbacks.val_captions.method", "callbacks.val_captions.tta",
+                     "dataset.classes"],
                     ["bogus", "1", "[1]"]),
 }
 PARSER = OverridesParser.create()

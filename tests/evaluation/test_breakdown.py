@@ -8,7 +8,8 @@ import json
 import pytest
 
 from captioning import CaptioningError
-from captioning.evaluation.breakdown import UCM_CLASSES, class_of, main, predictions_file
+from captioning.data.classes import UCM_CLASSES
+from captioning.evaluation.breakdown import class_of, main, predictions_file
 
 REFS = {
     "5.jpg": ["there is a piece of farmland", "a piece of green farmland"],
