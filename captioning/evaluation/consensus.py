@@ -65,7 +65,8 @@ class NeighbourVote:
         picks = []
         for row, cands, beam in zip(self.neighbours(query), candidates, scores, strict=True):
             refs = [c for j in row for c in self.captions[j]]
-            vote = [self.cider.score(c, refs) if c else -1.0 for c in cands]
+            vote = [v if c else -1.0 for v, c in zip(self.cider.score_all(cands, refs), cands,
+                                                       strict=True)]
             picks.append(max(range(len(cands)), key=lambda i: (vote[i], beam[i])))
         return picks
 

@@ -63,6 +63,24 @@ def test_caption_py_captions_every_image_of_a_folder(finished_run, tmp_path):
     assert bad.returncode == 2 and "No such image or folder: /nonexistent.jpg" in bad.stderr
 
 
+def test_consensus_reranking_in_eval_py_and_what_caption_py_says_of_it(finished_run):
+    out, cfg, _ = finished_run
+    rerank = ["decode.method=beam", "decode.beam_size=3", "decode.rerank=consensus",
+              "decode.rerank_neighbours=3", "decode.rerank_views=none"]
+    res = subprocess.run([sys.executable, "eval.py", f"run_dir={out}", "split=val", *rerank],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    scores = json.loads((out / "eval_val_beam3_consensus3_none_mean2-3.json").read_text())
+    assert scores["meta"]["decode"]["rerank"] == "consensus"
+    assert any("3 nearest training images" in n for n in scores["meta"]["notes"])
+    res = subprocess.run([sys.executable, "caption.py", f"run_dir={out}",
+                          f"images=[{_images(cfg)[0]}]", *rerank],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "these captions are the beam's best" in res.stdout
+    assert len([x for x in res.stdout.splitlines() if x.endswith(".jpg") or "\t" in x]) == 1
+
+
 def test_caption_py_plots_attention_per_word(finished_run, tmp_path):
     """attention=true out=DIR: one PNG per image, one panel per word; without out=, an error
     that says so (before any model is loaded)."""

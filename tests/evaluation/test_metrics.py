@@ -120,6 +120,11 @@ def test_cider_reward_equals_pycocoevalcap_cider():
     ours = [reward.score(enc(res[k][0]), [enc(c) for c in gts[k]]) for k in gts]
     np.testing.assert_allclose(ours, per_image, rtol=1e-6)
     assert ours[2] > ours[1] > 0                               # a near copy beats a partial match
+    # score_all: several candidates against one reference set, the same figures
+    cands = [enc(res[k][0]) for k in gts]
+    np.testing.assert_allclose(reward.score_all(cands, [enc(c) for c in gts["c"]]),
+                               [reward.score(c, [enc(x) for x in gts["c"]]) for c in cands])
+    assert reward.score_all(cands, []) == [0.0, 0.0, 0.0]
 
     # batch(): rows with start/end/padding, an image's samples together, absent captions skipped.
     row = lambda c, n=12: np.array([2, *enc(c), 3] + [0] * (n - len(c.split()) - 2), np.int32)  # noqa: E731
