@@ -106,7 +106,7 @@ def print_scored(epoch, selected_by: str, select: str, best: float | None) -> No
 
 
 def print_scores(results: dict, notes=()) -> None:
-    splits = [s for s in ("val", "test", "holdout") if s in results]
+    splits = [s for s in ("val", "test", "holdout", "untouched") if s in results]
     table = Table(title="Scores",
                   caption="pycocoevalcap, PTB-tokenised; loss/accuracy masked per token")
     table.add_column("metric")

@@ -12,7 +12,7 @@ from tests.conftest import compose_config
 
 
 @pytest.mark.slow
-def test_a_tiny_run_scores_the_holdout_like_val_and_eval_py_repeats_it(tmp_path):
+def test_a_tiny_run_scores_the_holdout_like_val_and_eval_py_repeats_it(tmp_path, capsys):
     """Also the final fit: dataset.train_on_val=true trains on val's images too, and
     callbacks.checkpoints.select=last scores the last epoch (eval.py's default follows). And
     the untouched block (dataset.untouched_list): set aside, never scored by the run itself,
@@ -54,9 +54,12 @@ def test_a_tiny_run_scores_the_holdout_like_val_and_eval_py_repeats_it(tmp_path)
         assert [r["image"] for r in csv.DictReader(f)] == rows["holdout"]
     with pytest.raises(CaptioningError, match=r"dataset.holdout cannot change after training"):
         eval_main([f"run_dir={tmp_path}", "split=holdout", "dataset.holdout=3"])
+    capsys.readouterr()
     assert eval_main([f"run_dir={tmp_path}", "split=untouched"]) == 0
     scored = json.loads((tmp_path / "eval_untouched_greedy_last.json").read_text())
     assert scored["meta"]["images"] == 3 and {"bleu_4", "cider"} <= set(scored["untouched"])
+    shown = capsys.readouterr().out           # the scores table has the untouched column
+    assert "untouched" in shown and f"{scored['untouched']['cider']:.4f}" in shown
     with open(tmp_path / "predictions_untouched_greedy_last.csv", encoding="utf-8") as f:
         assert sorted(r["image"] for r in csv.DictReader(f)) == train_ids[:3]
     with pytest.raises(CaptioningError, match=r"dataset.untouched_list cannot change after"):
