@@ -17,6 +17,7 @@ others are captioned.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from captioning import CaptioningError, run_cli
@@ -76,13 +77,12 @@ def main(argv: list[str]) -> int:
         # The vote needs every training image's features (eval.py and the run's own scoring
         # have the dataset); a few images from anywhere get the beam's best.
         print(f"note: decode.rerank={cfg.decode.rerank} is applied by eval.py and the run's "
-              f"scoring (it encodes the training images); these captions are the beam's best")
+              f"scoring (it encodes the training images); these captions are the beam's best "
+              f"(decode.rerank=none says so)", file=sys.stderr)
         cfg.decode.rerank = "none"
     set_pixel_limit(cfg.dataset.get("max_image_pixels"))
     records, bad = check_records([Record(id=str(f), image=str(f), captions=()) for f in files])
     if bad:
-        import sys
-
         print(f"skipped {len(bad)} image(s) that cannot be read: "
               + "; ".join(f"{r.image} ({explain(kind, why)})" for r, kind, why in bad),
               file=sys.stderr)
@@ -119,7 +119,6 @@ def plot_attention(model, data, records, captions, cfg, out: Path, batch_size: i
         path = out / (f"{stem}.png" if used[stem] == 1 else f"{stem}-{used[stem]}.png")
         plot_words(picture(r.image), m.words, m.maps, path,
                    title=f"{Path(r.image).name}: \"{' '.join(m.words)}\" ({trained_on(cfg)})")
-    import sys
 
     print(f"wrote {len(maps)} attention plot(s) to {out}", file=sys.stderr)
 

@@ -114,12 +114,12 @@ def recipe_a_epoch(overrides: list[str]) -> float:
         pass
     step = recipe_a_train_step(model)
     shapes = {}
-    for x, c in ds:                     # trace each batch shape (a short last batch) untimed
-        shapes.setdefault((x.shape[0], c.shape[1]), (x, c))
+    for x, c, *_ in ds:         # trace each batch shape (a short last batch) untimed; recipe A
+        shapes.setdefault((x.shape[0], c.shape[1]), (x, c))     # has no class head: *_ unused
     for x, c in shapes.values():
         step(x, c)
     t0 = time.perf_counter()
-    for x, c in ds:
+    for x, c, *_ in ds:
         step(x, c)
     return time.perf_counter() - t0
 

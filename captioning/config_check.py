@@ -130,6 +130,7 @@ def _cross_rules(v: dict) -> list[tuple[bool, str]]:
          f"decode.method=beam, decode.tta=none and decode.num_captions=1. Received: "
          f"method={v['decode.method']}, tta={v.get('decode.tta')}, "
          f"num_captions={v.get('decode.num_captions')}"),
+        *_head_rules(v),
         (not v.get("trainer.class_loss") or v.get("dataset.classes") is not None,
          f"trainer.class_loss={v.get('trainer.class_loss')} predicts each image's scene class, "
          f"and dataset.classes is null: name the rule (dataset.classes=ucm for UCM-Captions), "
@@ -155,6 +156,18 @@ def _cross_rules(v: dict) -> list[tuple[bool, str]]:
                       f"decoder.dim must be divisible by decoder.encoder.num_heads (an integer "
                       f">= 1). Received: dim={dim}, num_heads={heads}"))
     return rules
+
+
+def _head_rules(v: dict) -> list[tuple[bool, str]]:
+    """An early-stopping monitor on a head's figures needs that head (trainer.word_loss,
+    trainer.class_loss > 0): otherwise the figure never appears in the logs."""
+    monitor = v["callbacks.early_stopping.monitor"]
+    head = next((h for h in ("word", "class") if monitor.removeprefix("val_").startswith(h)),
+                None)
+    key = f"trainer.{head}_loss"
+    return [] if head is None else [
+        (bool(v.get(key)), f"callbacks.early_stopping.monitor={monitor} is logged only with "
+                           f"{key} > 0 (received {v.get(key)}): set it, or monitor val_loss.")]
 
 
 def _select_rules(v: dict) -> list[tuple[bool, str]]:

@@ -120,7 +120,7 @@ class Rule:
             return self.what
         if self.kind == "enum":
             names = [_show(c) for c in self.choices]
-            kind = f"{', '.join(names[:-1])} or {names[-1]}"
+            kind = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
         else:
             kind = KINDS[self.kind][1]
         rule = f"{kind} {self.bounds()}".rstrip() + self.hint
@@ -225,7 +225,7 @@ RULES: dict[str, Rule] = {
                                                    "not the run's seed)"),
     "dataset.holdout_list": PATH_OR_NULL,
     "dataset.untouched_list": PATH_OR_NULL,
-    "dataset.classes": _one_of(*CLASS_RULES, null=True, what="a class rule"),
+    "dataset.classes": _one_of(*CLASS_RULES, null=True),
     "dataset.captions_per_image": _int(1),
     "dataset.max_images": _int(1, null=True),
     "dataset.on_missing": _one_of("error", "skip"),

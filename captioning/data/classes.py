@@ -1,7 +1,9 @@
-"""Scene classes of a dataset's images (``dataset.classes``): for the per-class breakdown of
-scores (``captioning.evaluation.breakdown``) and the scene-class loss (``trainer.class_loss``).
+"""Scene classes of a dataset's images (``dataset.classes``), for the scene-class loss
+(``trainer.class_loss``); the per-class breakdown of scores (``captioning.evaluation.breakdown
+--classes ucm``) uses the same UCM rule.
 
-A rule maps an image id to one of a fixed list of class names. ``ucm``: UCM-Captions numbers its
+A rule (``CLASS_RULES`` names its classes, ``LABELLERS`` labels an image id) maps an image id to
+one of a fixed list of class names. ``ucm``: UCM-Captions numbers its
 2,100 images class by class, 100 per class, from 1 (``N.jpg`` is class ``(N-1)//100``, the 21
 UC Merced Land Use classes in their alphabetical order). The list is fixed by the rule, not read
 from the data, so a model rebuilt from a run's config has the same class head.
@@ -45,13 +47,16 @@ def labeller(rule: str) -> Callable[[str], int]:
     """An image id -> its class index under ``rule``; an id the rule cannot name raises a
     ConfigError that says which image and what names the rule expects."""
     class_names(rule)
+    return LABELLERS[rule]
 
-    def ucm(image_id: str) -> int:
-        if not is_ucm(image_id):
-            raise ConfigError(f"dataset.classes=ucm names classes from UCM-Captions' image names "
-                              f"(1.jpg ... 2100.jpg, 100 per class); {image_id!r} is not one. "
-                              f"Set dataset.classes=null (and trainer.class_loss=0) for this "
-                              f"dataset.")
-        return (int(UCM_NAME.match(image_id).group(1)) - 1) // 100
 
-    return ucm
+def _ucm(image_id: str) -> int:
+    if not is_ucm(image_id):
+        raise ConfigError(f"dataset.classes=ucm names classes from UCM-Captions' image names "
+                          f"(1.jpg ... 2100.jpg, 100 per class); {image_id!r} is not one. Set "
+                          f"dataset.classes=null for this dataset (and trainer.class_loss=0 "
+                          f"to train).")
+    return (int(UCM_NAME.match(image_id).group(1)) - 1) // 100
+
+
+LABELLERS = {"ucm": _ucm}         # dataset.classes -> its image id -> class index

@@ -24,20 +24,21 @@ from captioning.models.decoding import Generator, test_time_views
 
 
 def memory_features(model, data, records, batch_size: int, views: str = "none") -> np.ndarray:
-    """(N, D) float32: each record's encoder memory, averaged over its positions and, for images,
-    over ``views`` (cached backbone tokens have one view)."""
-    return np.concatenate([batch_features(model, inputs, views)
-                           for inputs in data.image_dataset(records, batch_size)])
+    """(N, D) float32: each record's encoder memory, averaged over its positions and over
+    ``views``. Views are made from images, so with views the images are read even where the
+    feature cache holds the backbone's tokens (the same figures as eval.py, which has no cache)."""
+    return np.concatenate([batch_features(model, inputs, views) for inputs in
+                           data.image_dataset(records, batch_size, use_features=views == "none")])
 
 
 def batch_features(model, inputs, views: str = "none") -> np.ndarray:
     """One batch of model inputs -> (B, D) float32 (``memory_features``)."""
     n = ops.shape(inputs)[0]
-    if views != "none" and len(inputs.shape) == 4:
+    if views != "none":
         inputs = test_time_views(inputs, views)
-    memory = ops.mean(model.encode(inputs, training=False), axis=1)              # (B*V, D)
-    memory = ops.reshape(memory, (n, -1, ops.shape(memory)[-1]))
-    return ops.convert_to_numpy(ops.mean(ops.cast(memory, "float32"), axis=1))
+    memory = ops.mean(ops.cast(model.encode(inputs, training=False), "float32"), axis=1)
+    return ops.convert_to_numpy(ops.mean(ops.reshape(memory, (n, -1, ops.shape(memory)[-1])),
+                                         axis=1))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -45,25 +46,33 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 class NeighbourVote:
-    """The training images' features and captions; ``choose`` picks each query's candidate."""
+    """The training images' features and captions; ``choose`` picks each query's candidate.
+    ``ids`` (the training images' ids): a query that is itself a training image (val, with
+    ``dataset.train_on_val``) is never its own neighbour."""
 
-    def __init__(self, features: np.ndarray, captions: list[list[tuple[int, ...]]], k: int):
-        self.features, self.captions, self.k = _unit(features), captions, min(k, len(captions))
+    def __init__(self, features: np.ndarray, captions: list[list[tuple[int, ...]]], k: int,
+                 ids: list[str] | None = None):
+        self.features, self.captions = _unit(features), captions
+        self.k = min(k, len(captions) - 1 if ids else len(captions))
+        self.row_of = {i: r for r, i in enumerate(ids or [])}
         self.cider = CiderD(captions)
 
-    def neighbours(self, query: np.ndarray) -> np.ndarray:
+    def neighbours(self, query: np.ndarray, ids: list[str] | None = None) -> np.ndarray:
         """(B, D) -> (B, k) indices of the nearest training images, nearest first."""
         sims = _unit(query) @ self.features.T
+        for b, i in enumerate(ids or []):
+            if i in self.row_of:
+                sims[b, self.row_of[i]] = -np.inf
         near = np.argpartition(-sims, self.k - 1, axis=1)[:, :self.k]
         order = np.argsort(-np.take_along_axis(sims, near, axis=1), axis=1)
         return np.take_along_axis(near, order, axis=1)
 
     def choose(self, query: np.ndarray, candidates: list[list[tuple[int, ...]]],
-               scores: np.ndarray) -> list[int]:
+               scores: np.ndarray, ids: list[str] | None = None) -> list[int]:
         """Per query row, the index of its candidate with the highest consensus (ties: the higher
         beam score)."""
         picks = []
-        for row, cands, beam in zip(self.neighbours(query), candidates, scores, strict=True):
+        for row, cands, beam in zip(self.neighbours(query, ids), candidates, scores, strict=True):
             refs = [c for j in row for c in self.captions[j]]
             vote = [v if c else -1.0 for v, c in zip(self.cider.score_all(cands, refs), cands,
                                                        strict=True)]
@@ -77,21 +86,22 @@ def training_vote(model, data, decode_cfg, batch_size: int) -> NeighbourVote:
     start, end = data.vocab.start_id, data.vocab.end_id
     captions = [[w for w in (strip(r, start, end) for r in caps) if w]
                 for caps in data.encode(records)]
-    views = str(decode_cfg.get("rerank_views", "none"))
-    return NeighbourVote(memory_features(model, data, records, batch_size, views), captions,
-                         int(decode_cfg.get("rerank_neighbours", 10)))
+    features = memory_features(model, data, records, batch_size, str(decode_cfg.rerank_views))
+    return NeighbourVote(features, captions, int(decode_cfg.rerank_neighbours),
+                         [r.id for r in records])
 
 
 def consensus_records(generator: Generator, data, records, vote: NeighbourVote,
                       batch_size: int, views: str = "none") -> list[str]:
     """One caption per record: its beam's candidate that ``vote`` chooses."""
     start, end = data.vocab.start_id, data.vocab.end_id
+    inputs = data.image_dataset(records, batch_size)
+    pictures = data.image_dataset(records, batch_size, use_features=views == "none")
     out: list[str] = []
-    for inputs in data.image_dataset(records, batch_size):
-        ids, scores = (ops.convert_to_numpy(x) for x in generator.n_best(inputs))    # (B, K, L)
-        query = batch_features(generator.model, inputs, views)
+    for batch, pics in zip(inputs, pictures, strict=True):
+        ids, scores = (ops.convert_to_numpy(x) for x in generator.n_best(batch))    # (B, K, L)
+        names = [r.id for r in records[len(out):len(out) + len(ids)]]
         cands = [[strip(row, start, end) for row in beams] for beams in ids]
-        picks = vote.choose(query, cands, scores)
+        picks = vote.choose(batch_features(generator.model, pics, views), cands, scores, names)
         out += data.vocab.decode(np.stack([ids[i, p] for i, p in enumerate(picks)]))
     return out
-

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,15 +37,20 @@ class SplitResult:
 
 
 def evaluate_split(model, data, records, cfg, seed: int | None = None, generator=None,
-                   samples: list | None = None):
+                   samples: list | None = None, vote=None):
     """Caption ``records`` with the configured decoding and score them; returns (scores,
     predictions). Pass one ``generator`` for several splits: its compiled graph is reused.
     With ``decode.num_captions=N`` > 1, ``samples`` (a list) receives each record's N captions;
-    the first of each is the prediction that is scored."""
+    the first of each is the prediction that is scored. With ``decode.rerank=consensus`` the
+    beams are voted on by the training images (``vote``: built here when not given)."""
     generator = generator or Generator.from_config(model, data.vocab, cfg.decode, seed=seed)
     n, batch = int(cfg.decode.get("num_captions", 1)), int(cfg.evaluation.batch_size)
-    if cfg.decode.get("rerank", "none") == "consensus":
-        preds = _reranked(generator, data, records, cfg.decode, batch)
+    rerank = cfg.decode.get("rerank", "none") == "consensus"
+    if rerank:
+        generator.check_rerank(n)                       # before the training set is encoded
+        vote = vote or training_vote(model, data, cfg.decode, batch)
+        preds = consensus_records(generator, data, records, vote, batch,
+                                  str(cfg.decode.rerank_views))
     else:
         drawn = sample_records(generator, data, records, batch, n)
         preds = [caps[0] for caps in drawn]
@@ -58,32 +62,19 @@ def evaluate_split(model, data, records, cfg, seed: int | None = None, generator
                    spice=bool(cfg.evaluation.spice), meteor=meteor)
     if not meteor:
         scores.notes.append("METEOR skipped (evaluation.meteor=false)")
-    if cfg.decode.get("rerank", "none") == "consensus":
-        scores.notes.append(consensus_note(cfg.decode, data))
+    if rerank:
+        scores.notes.append(consensus_note(cfg.decode))
     return scores, preds
 
 
-# One vote per generator: final_evaluation scores val, test and holdout with one generator (one
-# set of weights), and the vote encodes every training image.
-_VOTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _reranked(generator, data, records, decode_cfg, batch: int) -> list[str]:
-    if generator not in _VOTES:
-        _VOTES[generator] = training_vote(generator.model, data, decode_cfg, batch)
-    return consensus_records(generator, data, records, _VOTES[generator], batch,
-                             str(decode_cfg.get("rerank_views", "none")))
-
-
-def consensus_note(decode_cfg, data) -> str:
-    views = str(decode_cfg.get("rerank_views", "none"))
-    cached = data.features is not None and views != "none"
+def consensus_note(decode_cfg) -> str:
     return (f"captions: each image's {decode_cfg.beam_size} beams reranked by consensus with the "
-            f"captions of its {decode_cfg.get('rerank_neighbours', 10)} nearest training images "
-            f"(decode.rerank=consensus, views: {'none (cached features)' if cached else views})")
+            f"captions of its {decode_cfg.rerank_neighbours} nearest training images "
+            f"(decode.rerank=consensus, views: {decode_cfg.rerank_views})")
 
 
-def evaluate(model, data, split: str, cfg, seed: int | None = None, generator=None) -> SplitResult:
+def evaluate(model, data, split: str, cfg, seed: int | None = None, generator=None,
+             vote=None) -> SplitResult:
     """The split's masked loss and accuracy (teacher forcing) and its generated captions' scores."""
     records = data.splits[split]
     ds = data.train_dataset(int(cfg.evaluation.batch_size), int(cfg.seed), split=split,
@@ -92,7 +83,7 @@ def evaluate(model, data, split: str, cfg, seed: int | None = None, generator=No
                           steps=data.steps(split, int(cfg.evaluation.batch_size)))
     samples: list = []
     scores, preds = evaluate_split(model, data, records, cfg, seed=seed, generator=generator,
-                                   samples=samples)
+                                   samples=samples, vote=vote)
     summary = {"loss": float(loss["loss"]), "accuracy": float(loss["accuracy"]), **scores.corpus}
     return SplitResult(records, preds, summary, scores.per_image, list(scores.notes),
                        samples or None)
@@ -123,6 +114,11 @@ def final_evaluation(model, data, cfg, run_dir: Path, tracker=None, best_epoch=N
     the samples printed, the final Kangas grid and a few captioned images to Comet (val's).
     Returns ({split: summary}, notes)."""
     generator = Generator.from_config(model, data.vocab, cfg.decode, seed=int(cfg.seed))
+    # decode.rerank=consensus: the training images are encoded once for every split
+    vote = None
+    if cfg.decode.get("rerank", "none") == "consensus":
+        generator.check_rerank(int(cfg.decode.get("num_captions", 1)))
+        vote = training_vote(model, data, cfg.decode, int(cfg.evaluation.batch_size))
     results: dict = {}
     notes: list[str] = []
     # Not "untouched": that block is scored only on request (eval.py split=untouched), so no
@@ -130,7 +126,7 @@ def final_evaluation(model, data, cfg, run_dir: Path, tracker=None, best_epoch=N
     for split in ("val", "test", "holdout"):
         if not data.splits.get(split):
             continue
-        r = evaluate(model, data, split, cfg, generator=generator)
+        r = evaluate(model, data, split, cfg, generator=generator, vote=vote)
         results[split] = r.summary
         notes += [n for n in r.notes if n not in notes]
         name = "predictions.csv" if split == "val" else f"predictions_{split}.csv"

@@ -178,17 +178,6 @@ class Reward:
         return " + ".join(names[k] if w == 1 else f"{w:g}×{names[k]}"
                           for k, w in self.weights.items())
 
-    def score_all(self, candidates: Sequence[Sequence[int]],
-                  refs: Sequence[Sequence[int]]) -> list[float]:
-        """Each candidate against the same references, which are cooked once and not kept
-        (``score`` keeps them per reference set: right for a training set's images, not for
-        the one-off sets of a consensus vote)."""
-        cooked = [self._vec(r) for r in refs]
-        if not cooked:
-            return [0.0] * len(candidates)
-        return [10.0 * sum(self._sim(hyp, r) for r in cooked) / len(cooked)
-                for hyp in (self._vec(c) for c in candidates)]
-
     def score(self, candidate: Sequence[int], refs: Sequence[Sequence[int]]) -> float:
         total = 0.0
         if self.cider is not None:

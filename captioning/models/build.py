@@ -26,6 +26,9 @@ def build_model(cfg, vocab_size: int):
     # The scene-class head (trainer.class_loss) has one output per dataset.classes class.
     class_loss = float(cfg.trainer.get("class_loss", 0.0))
     classes = class_names(cfg.dataset.get("classes")) if class_loss else ()
+    if class_loss and not classes:
+        raise ConfigError(f"trainer.class_loss={class_loss} needs dataset.classes (e.g. ucm), "
+                          f"which is null: set it, or trainer.class_loss=0.")
     encoder = ImageEncoder(d.dim, e.num_layers, e.num_heads, e.dropout, e.input_norm,
                            name="encoder")
     model = Captioner(build_backbone(cfg), encoder, decoder, build_augmentation(cfg, cfg.seed),

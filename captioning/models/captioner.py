@@ -370,7 +370,8 @@ class Captioner(keras.Model):
         self.loss_tracker.update_state(loss, sample_weight=n)
         self.acc_tracker.update_state(acc, sample_weight=n)
         self.reward_tracker.update_state(tf.reduce_mean(rewards))
-        return {m.name: m.result() for m in self.metrics}
+        # The class head has no part in the self-critical objective: its figures stay out.
+        return {m.name: m.result() for m in self.metrics if m not in self.class_trackers}
 
     def _sample_log_likelihood(self, memory, ids, advantage, k: int, end_id: int):
         """The advantage-weighted log-likelihood of the samples (summed) and their token count.

@@ -29,6 +29,8 @@ from captioning.models.decoder import Decoder
 from captioning.models.registry import TTA_VIEWS
 from captioning.provenance import cpu_info
 
+RERANK_KEYS = ("decode.rerank", "decode.rerank_neighbours", "decode.rerank_views")
+
 
 class Generator:
     """Batched, cached, compiled caption generation for a Captioner.
@@ -69,11 +71,14 @@ class Generator:
                                         reduce_retracing=True)
         self._from_memory = tf.function(self.generate, jit_compile=whole or self.loop_jit,
                                         reduce_retracing=True)
-        self._n_best = tf.function(self._images_to_beams, jit_compile=whole or self.loop_jit,
+        self._n_best = tf.function(self._images_to_beams, jit_compile=whole,
                                    reduce_retracing=True)
 
     @classmethod
     def from_config(cls, model, vocab, decode_cfg, seed=None):
+        rerank = {k: decode_cfg[k.split(".")[1]] for k in RERANK_KEYS if k.split(".")[1] in
+                  decode_cfg}
+        check_values(rerank)          # eval.py and caption.py take decode.* without check_config
         return cls(model, vocab.start_id, vocab.end_id, vocab.seq_len, decode_cfg.method,
                    int(decode_cfg.beam_size), float(decode_cfg.length_penalty),
                    int(decode_cfg.k), float(decode_cfg.p), float(decode_cfg.temperature), seed,
@@ -87,14 +92,20 @@ class Generator:
         """(B, S, D) memory -> (B * repeats, max_len) ids (``generate``)."""
         return self._from_memory(memory, repeats=repeats)
 
+    def check_rerank(self, num_captions: int = 1) -> None:
+        """A reranker chooses one caption among the beams (``n_best``): beam search on the
+        image alone."""
+        if self.method != "beam" or self.tta != "none" or num_captions != 1:
+            raise ConfigError(f"decode.rerank needs decode.method=beam (its beams are the "
+                              f"candidates), decode.tta=none and decode.num_captions=1. "
+                              f"Received: decode.method={self.method}, decode.tta={self.tta}, "
+                              f"decode.num_captions={num_captions}")
+
     def n_best(self, images):
         """Beam search's every finished beam: (B, K, max_len) ids and (B, K) length-penalised
         log-probabilities, K = beam_size, for a reranker to choose from (``decode.rerank``);
         ``__call__`` returns the highest-scoring of each row."""
-        if self.method != "beam" or self.tta != "none":
-            raise ConfigError(f"decode.rerank needs decode.method=beam (its beams are the "
-                              f"candidates) and decode.tta=none. Received: "
-                              f"decode.method={self.method}, decode.tta={self.tta}")
+        self.check_rerank()
         return self._n_best(ops.convert_to_tensor(images, "float32"))
 
     def _images_to_beams(self, images):

@@ -28,7 +28,9 @@ RESUME_FIXED = ("dataset", "backbone", "decoder", "text", "seed")
 # Keys added since some runs began, with the default that changes nothing: a run whose
 # config.yaml lacks one resumes when the key keeps that default.
 RESUME_ADDED = {"dataset.holdout": None, "dataset.holdout_seed": 0,
-                "dataset.holdout_list": None}
+                "dataset.holdout_list": None, "dataset.classes": None, "trainer.class_loss": 0}
+# Outside those sections, keys whose being on or off adds weights (a head) to the model.
+RESUME_HEADS = ("trainer.word_loss", "trainer.class_loss")
 
 
 def running_pid(run_dir) -> int | None:
@@ -162,7 +164,18 @@ def resume_changes(run_dir: Path, cfg) -> list[str]:
                 continue
             if key.rsplit(".", 1)[-1] not in LOCATION_KEYS and a.get(key) != b.get(key):
                 changes.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    a, b = _leaves(old.get("trainer"), "trainer"), _leaves(new.get("trainer"), "trainer")
+    changes += [f"{key}: {a.get(key, 0)!r} -> {b.get(key, 0)!r} (a head on or off)"
+                for key in RESUME_HEADS if bool(a.get(key, 0)) != bool(b.get(key, 0))]
     return changes
+
+
+def added_defaults(changes: list[str]) -> list[str]:
+    """For changed keys that a run's config.yaml lacks (added since it began): the override
+    that gives them the value the run had, e.g. ``dataset.classes=null``."""
+    keys = [c.split(":")[0] for c in changes if ": None -> " in c or ": 0 -> " in c]
+    return [f"{k}={'null' if RESUME_ADDED[k] is None else RESUME_ADDED[k]}"
+            for k in keys if k in RESUME_ADDED]
 
 
 def _leaves(node, prefix: str) -> dict:
@@ -187,7 +200,7 @@ def check_resume(cfg, run_dir: Path) -> bool:
         started = started_with(run_dir)
         how = ("give it the overrides it was started with, or start a new run" if started is None
                else f"resume it with: python run.py "
-                    f"{shlex.join([*started, f'resume={run_dir}'])}")
+                    f"{shlex.join([*started, *added_defaults(changes), f'resume={run_dir}'])}")
         raise ConfigError(f"resume: these settings differ from {run_dir / 'config.yaml'}: "
                           f"{'; '.join(changes)}. A resumed run keeps its model and data: {how}")
     return True

@@ -51,6 +51,11 @@ def test_the_vote_picks_the_candidate_its_nearest_images_agree_with():
     assert vote.choose(np.array([[1.0, 0.0]]), [[(1, 2, 3), (1, 2, 3)]],
                        np.array([[-3.0, -1.0]])) == [1]
     assert vote.choose(np.array([[1.0, 0.0]]), [[(), (9,)]], np.array([[0.0, -5.0]])) == [1]
+    # A query that is a training image itself (val, trained on with train_on_val) is not its own
+    # neighbour.
+    named = NeighbourVote(feats, caps, k=2, ids=["a.jpg", "b.jpg", "c.jpg"])
+    np.testing.assert_array_equal(named.neighbours(np.array([[1.0, 0.0]]), ["a.jpg"]), [[1, 2]])
+    np.testing.assert_array_equal(named.neighbours(np.array([[1.0, 0.0]]), ["z.jpg"]), [[0, 1]])
 
 
 def test_reranked_captions_are_beams_and_the_scores_say_how(tmp_path):
@@ -92,6 +97,31 @@ def test_rerank_settings_that_cannot_work_are_one_clear_error(bad):
 
     with pytest.raises(ConfigError, match="decode.rerank"):
         check_config(compose_config("debug=tiny", "decode.rerank=consensus", *bad))
+
+
+def test_eval_and_caption_paths_check_rerank_values_without_check_config():
+    """eval.py and caption.py merge decode.* overrides without check_config: the Generator
+    checks the rerank keys, and evaluate_split refuses a method it cannot rerank before the
+    training images are encoded."""
+    from omegaconf import OmegaConf
+
+    from captioning.data.datamodule import build_data
+    from captioning.evaluation.evaluate import evaluate_split
+    from captioning.models.build import build_model
+    from captioning.models.decoding import Generator
+
+    cfg = compose_config("debug=tiny")
+    data = build_data(cfg, progress=False)
+    model = build_model(cfg, data.vocab.size)
+    for key, value in (("rerank", "Consensus"), ("rerank_neighbours", 0),
+                       ("rerank_views", "bogus")):
+        bad = OmegaConf.merge(cfg.decode, {"method": "beam", key: value})
+        with pytest.raises(ConfigError, match=f"decode.{key} must be"):
+            Generator.from_config(model, data.vocab, bad)
+    cfg.decode.rerank, cfg.decode.num_captions = "consensus", 2
+    cfg.decode.method = "top_k"
+    with pytest.raises(ConfigError, match="decode.num_captions=2"):
+        evaluate_split(model, data, data.splits["val"], cfg)
 
 
 def test_eval_names_a_reranked_result_apart():

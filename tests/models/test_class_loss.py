@@ -80,8 +80,16 @@ def test_class_settings_that_cannot_work_are_one_clear_error(ucm_like):
 
     with pytest.raises(ConfigError, match="dataset.classes is null: name the rule"):
         check_config(compose_config("debug=tiny", "trainer.class_loss=0.5"))
-    with pytest.raises(ConfigError, match="dataset.classes must be"):
+    with pytest.raises(ConfigError, match="dataset.classes must be null or ucm"):
         check_config(compose_config("debug=tiny", "dataset.classes=folders"))
+    with pytest.raises(ConfigError, match="val_class_accuracy is logged only with "
+                                          "trainer.class_loss > 0"):
+        check_config(compose_config("debug=tiny",
+                                    "callbacks.early_stopping.monitor=val_class_accuracy"))
+    from captioning.models.build import build_model
+
+    with pytest.raises(ConfigError, match="needs dataset.classes"):    # built without a check
+        build_model(compose_config("debug=tiny", "trainer.class_loss=1"), 40)
     # the synthetic images are not named like UCM's: the image and the fix are named
     with pytest.raises(ConfigError, match=r"is not one. Set dataset.classes=null"):
         build_data(compose_config("debug=tiny", "dataset.classes=ucm", "trainer.class_loss=1"),

@@ -197,6 +197,26 @@ def test_a_run_saved_before_the_holdout_keys_still_resumes(tmp_path):
     assert resume_changes(tmp_path, held) == ["dataset.holdout: None -> 4"]
 
 
+def test_a_run_from_before_the_class_loss_is_told_how_to_resume(tmp_path):
+    """A config.yaml without dataset.classes / trainer.class_loss (a run begun before they
+    existed) resumes with their defaults; a preset that now turns the class head on is refused
+    with the command that resumes it (the head would add weights the run does not have)."""
+    from captioning.runs.resume import added_defaults, resume_changes
+
+    old = OmegaConf.to_container(compose_config("debug=tiny", f"paths.output_dir={tmp_path}"),
+                                 resolve=True)
+    del old["dataset"]["classes"], old["trainer"]["class_loss"]
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+    assert resume_changes(tmp_path, compose_config("debug=tiny",
+                                                   f"paths.output_dir={tmp_path}")) == []
+    on = compose_config("debug=tiny", "dataset.classes=ucm", "trainer.class_loss=0.3",
+                        f"paths.output_dir={tmp_path}")
+    changes = resume_changes(tmp_path, on)
+    assert changes == ["dataset.classes: None -> 'ucm'",
+                       "trainer.class_loss: 0 -> 0.3 (a head on or off)"]
+    assert added_defaults(changes) == ["dataset.classes=null", "trainer.class_loss=0"]
+
+
 def test_resume_without_state_is_a_clear_error(tmp_path):
     from captioning import ConfigError
     from captioning.training import train
