@@ -31,7 +31,7 @@ from captioning.config_rules import (
     small_cnn_rules,
 )
 from captioning.evaluation.rewards import SCORES
-from captioning.models.registry import HUB_BACKBONES
+from captioning.models.registry import HUB_BACKBONES, rerank_problem
 from captioning.plugins import check_plugins
 from captioning.runs.files import averaged_epochs
 
@@ -123,13 +123,7 @@ def _cross_rules(v: dict) -> list[tuple[bool, str]]:
          f"decode.num_captions={v.get('decode.num_captions')} gives that many different captions "
          f"per image only by sampling: set decode.method=top_k or top_p, or "
          f"decode.num_captions=1 (method={v['decode.method']} gives one caption)."),
-        (v.get("decode.rerank", "none") == "none"
-         or (v["decode.method"] == "beam" and v.get("decode.tta", "none") == "none"
-             and v.get("decode.num_captions", 1) == 1),
-         f"decode.rerank={v.get('decode.rerank')} chooses among the beam's captions: it needs "
-         f"decode.method=beam, decode.tta=none and decode.num_captions=1. Received: "
-         f"method={v['decode.method']}, tta={v.get('decode.tta')}, "
-         f"num_captions={v.get('decode.num_captions')}"),
+        *_rerank_rules(v),
         *_head_rules(v),
         (not v.get("trainer.class_loss") or v.get("dataset.classes") is not None,
          f"trainer.class_loss={v.get('trainer.class_loss')} predicts each image's scene class, "
@@ -156,6 +150,14 @@ def _cross_rules(v: dict) -> list[tuple[bool, str]]:
                       f"decoder.dim must be divisible by decoder.encoder.num_heads (an integer "
                       f">= 1). Received: dim={dim}, num_heads={heads}"))
     return rules
+
+
+def _rerank_rules(v: dict) -> list[tuple[bool, str]]:
+    if v.get("decode.rerank", "none") == "none":
+        return []
+    problem = rerank_problem(v["decode.method"], v.get("decode.tta", "none"),
+                             v.get("decode.num_captions", 1))
+    return [(problem is None, problem or "")]
 
 
 def _head_rules(v: dict) -> list[tuple[bool, str]]:

@@ -95,13 +95,16 @@ def consensus_records(generator: Generator, data, records, vote: NeighbourVote,
                       batch_size: int, views: str = "none") -> list[str]:
     """One caption per record: its beam's candidate that ``vote`` chooses."""
     start, end = data.vocab.start_id, data.vocab.end_id
-    inputs = data.image_dataset(records, batch_size)
-    pictures = data.image_dataset(records, batch_size, use_features=views == "none")
+    # With views, the vote's features come from the images (``memory_features``), which the
+    # feature cache does not hold: a second pass reads them; without, the batch serves both.
+    pictures = (iter(data.image_dataset(records, batch_size, use_features=False))
+                if views != "none" else None)
     out: list[str] = []
-    for batch, pics in zip(inputs, pictures, strict=True):
+    for batch in data.image_dataset(records, batch_size):
         ids, scores = (ops.convert_to_numpy(x) for x in generator.n_best(batch))    # (B, K, L)
         names = [r.id for r in records[len(out):len(out) + len(ids)]]
         cands = [[strip(row, start, end) for row in beams] for beams in ids]
+        pics = batch if pictures is None else next(pictures)
         picks = vote.choose(batch_features(generator.model, pics, views), cands, scores, names)
         out += data.vocab.decode(np.stack([ids[i, p] for i, p in enumerate(picks)]))
     return out

@@ -47,8 +47,7 @@ def evaluate_split(model, data, records, cfg, seed: int | None = None, generator
     n, batch = int(cfg.decode.get("num_captions", 1)), int(cfg.evaluation.batch_size)
     rerank = cfg.decode.get("rerank", "none") == "consensus"
     if rerank:
-        generator.check_rerank(n)                       # before the training set is encoded
-        vote = vote or training_vote(model, data, cfg.decode, batch)
+        vote = vote or consensus_vote(generator, model, data, cfg)
         preds = consensus_records(generator, data, records, vote, batch,
                                   str(cfg.decode.rerank_views))
     else:
@@ -65,6 +64,15 @@ def evaluate_split(model, data, records, cfg, seed: int | None = None, generator
     if rerank:
         scores.notes.append(consensus_note(cfg.decode))
     return scores, preds
+
+
+def consensus_vote(generator, model, data, cfg):
+    """With ``decode.rerank=consensus``: the training images' vote, after checking the
+    generator can give it beams (before the training set is encoded); else None."""
+    if cfg.decode.get("rerank", "none") != "consensus":
+        return None
+    generator.check_rerank(int(cfg.decode.get("num_captions", 1)))
+    return training_vote(model, data, cfg.decode, int(cfg.evaluation.batch_size))
 
 
 def consensus_note(decode_cfg) -> str:
@@ -115,10 +123,7 @@ def final_evaluation(model, data, cfg, run_dir: Path, tracker=None, best_epoch=N
     Returns ({split: summary}, notes)."""
     generator = Generator.from_config(model, data.vocab, cfg.decode, seed=int(cfg.seed))
     # decode.rerank=consensus: the training images are encoded once for every split
-    vote = None
-    if cfg.decode.get("rerank", "none") == "consensus":
-        generator.check_rerank(int(cfg.decode.get("num_captions", 1)))
-        vote = training_vote(model, data, cfg.decode, int(cfg.evaluation.batch_size))
+    vote = consensus_vote(generator, model, data, cfg)
     results: dict = {}
     notes: list[str] = []
     # Not "untouched": that block is scored only on request (eval.py split=untouched), so no

@@ -26,7 +26,7 @@ from captioning import ConfigError
 from captioning.config_rules import check_values
 from captioning.models.augment import rotate90
 from captioning.models.decoder import Decoder
-from captioning.models.registry import TTA_VIEWS
+from captioning.models.registry import TTA_VIEWS, rerank_problem
 from captioning.provenance import cpu_info
 
 RERANK_KEYS = ("decode.rerank", "decode.rerank_neighbours", "decode.rerank_views")
@@ -76,9 +76,9 @@ class Generator:
 
     @classmethod
     def from_config(cls, model, vocab, decode_cfg, seed=None):
-        rerank = {k: decode_cfg[k.split(".")[1]] for k in RERANK_KEYS if k.split(".")[1] in
-                  decode_cfg}
-        check_values(rerank)          # eval.py and caption.py take decode.* without check_config
+        # eval.py and caption.py take decode.* without check_config
+        check_values({k: decode_cfg[k.removeprefix("decode.")] for k in RERANK_KEYS
+                      if k.removeprefix("decode.") in decode_cfg})
         return cls(model, vocab.start_id, vocab.end_id, vocab.seq_len, decode_cfg.method,
                    int(decode_cfg.beam_size), float(decode_cfg.length_penalty),
                    int(decode_cfg.k), float(decode_cfg.p), float(decode_cfg.temperature), seed,
@@ -95,11 +95,9 @@ class Generator:
     def check_rerank(self, num_captions: int = 1) -> None:
         """A reranker chooses one caption among the beams (``n_best``): beam search on the
         image alone."""
-        if self.method != "beam" or self.tta != "none" or num_captions != 1:
-            raise ConfigError(f"decode.rerank needs decode.method=beam (its beams are the "
-                              f"candidates), decode.tta=none and decode.num_captions=1. "
-                              f"Received: decode.method={self.method}, decode.tta={self.tta}, "
-                              f"decode.num_captions={num_captions}")
+        problem = rerank_problem(self.method, self.tta, num_captions)
+        if problem:
+            raise ConfigError(problem)
 
     def n_best(self, images):
         """Beam search's every finished beam: (B, K, max_len) ids and (B, K) length-penalised

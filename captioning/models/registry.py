@@ -44,3 +44,13 @@ TTA_VIEWS = {
     "flip": (2, "each image and its mirror image"),
     "dihedral": (8, "its 8 flips and 90-degree rotations, for overhead imagery"),
 }
+
+
+def rerank_problem(method: str, tta: str, num_captions: int) -> str | None:
+    """Why ``decode.rerank`` cannot choose among these beams, or None: it needs beam search on
+    the image alone, one caption per image (``check_config`` and ``Generator.check_rerank``)."""
+    if method == "beam" and tta == "none" and num_captions == 1:
+        return None
+    return (f"decode.rerank needs decode.method=beam (its beams are the candidates), "
+            f"decode.tta=none and decode.num_captions=1. Received: decode.method={method}, "
+            f"decode.tta={tta}, decode.num_captions={num_captions}")

@@ -173,9 +173,10 @@ def resume_changes(run_dir: Path, cfg) -> list[str]:
 def added_defaults(changes: list[str]) -> list[str]:
     """For changed keys that a run's config.yaml lacks (added since it began): the override
     that gives them the value the run had, e.g. ``dataset.classes=null``."""
-    keys = [c.split(":")[0] for c in changes if ": None -> " in c or ": 0 -> " in c]
-    return [f"{k}={'null' if RESUME_ADDED[k] is None else RESUME_ADDED[k]}"
-            for k in keys if k in RESUME_ADDED]
+    keys = [c.split(":")[0] for c in changes]
+    return [f"{k}={'null' if RESUME_ADDED[k] is None else RESUME_ADDED[k]}" for k, c in
+            zip(keys, changes, strict=True)
+            if k in RESUME_ADDED and c.startswith(f"{k}: {RESUME_ADDED[k]!r} -> ")]
 
 
 def _leaves(node, prefix: str) -> dict:

@@ -183,14 +183,21 @@ def test_a_stop_signal_in_every_phase_saves_what_is_complete(tmp_path, monkeypat
     assert results["val"]["loss"] > 0 and (tmp_path / "metrics.json").is_file()
 
 
+def _save_config_without(run_dir, *keys: str) -> None:
+    """run_dir/config.yaml as a run begun before ``keys`` existed wrote it (debug=tiny)."""
+    old = OmegaConf.to_container(compose_config("debug=tiny", f"paths.output_dir={run_dir}"),
+                                 resolve=True)
+    for key in keys:
+        section, name = key.split(".")
+        del old[section][name]
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+
+
 def test_a_run_saved_before_the_holdout_keys_still_resumes(tmp_path):
     """config.yaml without dataset.holdout/holdout_seed: their defaults change nothing."""
     from captioning.runs.resume import resume_changes
 
-    old = OmegaConf.to_container(compose_config("debug=tiny", f"paths.output_dir={tmp_path}"),
-                                 resolve=True)
-    del old["dataset"]["holdout"], old["dataset"]["holdout_seed"]
-    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+    _save_config_without(tmp_path, "dataset.holdout", "dataset.holdout_seed")
     assert resume_changes(tmp_path, compose_config("debug=tiny",
                                                    f"paths.output_dir={tmp_path}")) == []
     held = compose_config("debug=tiny", "dataset.holdout=4", f"paths.output_dir={tmp_path}")
@@ -203,10 +210,7 @@ def test_a_run_from_before_the_class_loss_is_told_how_to_resume(tmp_path):
     with the command that resumes it (the head would add weights the run does not have)."""
     from captioning.runs.resume import added_defaults, resume_changes
 
-    old = OmegaConf.to_container(compose_config("debug=tiny", f"paths.output_dir={tmp_path}"),
-                                 resolve=True)
-    del old["dataset"]["classes"], old["trainer"]["class_loss"]
-    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+    _save_config_without(tmp_path, "dataset.classes", "trainer.class_loss")
     assert resume_changes(tmp_path, compose_config("debug=tiny",
                                                    f"paths.output_dir={tmp_path}")) == []
     on = compose_config("debug=tiny", "dataset.classes=ucm", "trainer.class_loss=0.3",
