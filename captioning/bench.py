@@ -33,7 +33,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,7 +54,7 @@ from captioning.config import compose
 from captioning.data.datamodule import build_data
 from captioning.data.features import attach_feature_cache, ensure_features
 from captioning.flops import Sizes, caption_flops, training_step_flops
-from captioning.io import memory_cgroup_folder
+from captioning.io import memory_cgroup_folder, scratch_dir
 from captioning.models.backbones import build_backbone
 from captioning.models.build import build_model
 from captioning.models.decoding import Generator, resolve_jit
@@ -183,7 +182,7 @@ def main(argv=None) -> int:
     from omegaconf import OmegaConf
 
     fresh = OmegaConf.merge(
-        cfg, {"paths": {"cache_dir": tempfile.mkdtemp(prefix="bench-features-")}})
+        cfg, {"paths": {"cache_dir": str(scratch_dir("bench-features-"))}})
     t0 = time.perf_counter()                                    # a fresh cache: measure the build
     feats, row_of, _ = ensure_features(fresh, model.backbone, data,
                                        train_records + data.splits["val"],
@@ -338,7 +337,7 @@ def main(argv=None) -> int:
 
     proc = subprocess.Popen([sys.executable, "run.py", "trainer.max_epochs=1", "logger=none",
                              "callbacks.kangas.enabled=false",
-                             f"hydra.run.dir={tempfile.mkdtemp(prefix='bench-run-')}",
+                             f"hydra.run.dir={scratch_dir('bench-run-')}",
                              "evaluation.show=0"],
                             cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Poll the process tree's resident memory (getrusage would count this big process's pages,
@@ -520,7 +519,7 @@ def preset_costs(args, steps: int = 12) -> dict:
     ce = ce.apply(known).cache()
     model.fit(ce, epochs=4, verbose=0, shuffle=False)  # warm-up
     ce_step = timed(lambda: model.fit(ce, epochs=1, verbose=0, shuffle=False)) / steps
-    val = ValidationCaptions(data, cfg, Path(tempfile.mkdtemp(prefix="bench-val-")))
+    val = ValidationCaptions(data, cfg, scratch_dir("bench-val-"))
     val.set_model(model)
     val.on_epoch_end(0, {})                                                # builds its generator
     t0 = time.perf_counter()
@@ -799,7 +798,7 @@ def scaling_table(args, sizes: list[int]) -> int:
     limit = f", in a {args.scaling_memory_mb} MiB memory cgroup" if args.scaling_memory_mb else ""
     for n in sizes:
         console.print(f"scaling: {n} synthetic images{limit} ...")
-        out = Path(tempfile.mkdtemp(prefix="bench-scaling-")) / "result.json"
+        out = scratch_dir("bench-scaling-") / "result.json"
         rows.append(_run_scaling_child(args, n, out))
     r0 = rows[0]
     table = Table(title=f"scaling at the real-data sizes: frozen {r0['backbone']} features "

@@ -35,6 +35,7 @@ import tensorflow as tf
 from captioning.config import compose
 from captioning.data.datamodule import build_data
 from captioning.data.features import attach_feature_cache
+from captioning.io import scratch_dir
 from captioning.models.build import build_model
 from captioning.models.captioner import masked_loss_and_accuracy
 from captioning.training.compile import compile_captioner
@@ -80,24 +81,27 @@ def presets(images: int) -> dict[str, list[str]]:
 
 def run_epochs(overrides: list[str], epochs: int) -> dict:
     """``run.py`` with ``overrides``: its epochs' seconds (history.csv), the seconds before the
-    first epoch (the feature cache's build among them) and what it said about the cache."""
-    out = Path(tempfile.mkdtemp(prefix="bench-preset-"))
-    cmd = [sys.executable, "run.py", *overrides, *COMMON, f"trainer.max_epochs={epochs}",
-           f"hydra.run.dir={out}"]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"bench --presets: {' '.join(cmd)} failed (exit {proc.returncode}):\n"
-                         + proc.stdout[-2000:] + proc.stderr[-2000:])
-    seconds = [float(r["seconds"]) for r in csv.DictReader(open(out / "history.csv"))]
+    first epoch (the feature cache's build among them) and what it said about the cache. The
+    run's folder (about a GB with its cache) is removed once read."""
+    with tempfile.TemporaryDirectory(prefix="bench-preset-") as tmp:
+        out = Path(tmp)
+        cmd = [sys.executable, "run.py", *overrides, *COMMON, f"trainer.max_epochs={epochs}",
+               f"hydra.run.dir={out}"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"bench --presets: {' '.join(cmd)} failed (exit {proc.returncode}):"
+                             "\n" + proc.stdout[-2000:] + proc.stderr[-2000:])
+        seconds = [float(r["seconds"]) for r in csv.DictReader(open(out / "history.csv"))]
+        meta = json.loads((out / "metrics.json").read_text()).get("meta", {})
     said = proc.stdout
     cache = ("cached views" if "augmented views:" in said else
              "cached" if "feature cache:" in said else
              "bypassed" if "feature cache bypassed" in said else "none (CNN trained)")
-    meta = json.loads((out / "metrics.json").read_text()).get("meta", {})
     precision = meta.get("precision", "float32").replace("mixed_", "")
     return {"epochs": seconds, "epoch": statistics.median(seconds[1:] or seconds),
-            "wall": time.perf_counter() - t0, "cache": cache, "precision": precision}
+            "wall": wall, "cache": cache, "precision": precision}
 
 
 def recipe_a_epoch(overrides: list[str]) -> float:
@@ -170,7 +174,7 @@ def breakdown(overrides: list[str]) -> dict:
                                            steps_per_epoch=steps))      # its length is unknown
     parts["decoder steps"] = epoch - sum(parts.values())
     before = {**parts, "epoch": epoch}
-    fresh = f"paths.cache_dir={tempfile.mkdtemp(prefix='bench-views-')}"    # time the build
+    fresh = f"paths.cache_dir={scratch_dir('bench-views-')}"    # time the build
     views = compose([*overrides, *COMMON, fresh])
     build = _seconds(lambda: attach_feature_cache(views, data, model))
     keras.utils.set_random_seed(0)       # a fresh model: its train step traced for features

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -12,6 +14,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from captioning import CaptioningError
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new temporary folder, removed with its contents when this process exits (the bench's
+    runs and feature caches: up to a GB each, which ``tempfile.mkdtemp`` alone leaves in /tmp
+    for good)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _umask() -> int:

@@ -3,6 +3,9 @@ each a valid run.py command, and a row reads a real run's epochs and feature-cac
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from captioning.bench_presets import COMMON, REAL, dataset_sizes, presets, run_epochs
@@ -31,7 +34,9 @@ def test_the_rows_are_every_preset_and_default_and_each_is_a_valid_run():
 
 @pytest.mark.slow
 def test_a_row_reads_the_runs_epochs_and_what_it_said_about_the_cache():
+    before = set(Path(tempfile.gettempdir()).glob("bench-preset-*"))
     out = run_epochs(["debug=tiny", "backbone=efficientnetb0", "backbone.image_size=32",
                       "augment.flip=horizontal", "augment.cached_views=2"], epochs=2)
     assert len(out["epochs"]) == 2 and out["epoch"] == out["epochs"][1]
     assert out["cache"] == "cached views" and out["wall"] > sum(out["epochs"])
+    assert set(Path(tempfile.gettempdir()).glob("bench-preset-*")) == before   # removed once read

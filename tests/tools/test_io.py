@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +106,14 @@ def test_a_stale_lock_is_broken_and_a_live_one_is_not(tmp_path, monkeypatch):
     assert json.loads(lock.read_text())["job"] == "77"
     taker.release()
     assert not lock.exists()
+
+
+def test_a_scratch_dir_is_gone_when_its_process_exits(tmp_path):
+    # the bench's runs and caches (a GB each) once piled up in /tmp until the disk was full
+    code = ("import sys, tempfile; tempfile.tempdir = sys.argv[1]\n"
+            "from captioning.io import scratch_dir\n"
+            "d = scratch_dir('bench-x-'); (d / 'f').write_text('x'); print(d)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert Path(out).parent == tmp_path and Path(out).name.startswith("bench-x-")
+    assert not Path(out).exists() and list(tmp_path.iterdir()) == []
