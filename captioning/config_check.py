@@ -197,13 +197,19 @@ def _select_rules(v: dict) -> list[tuple[bool, str]]:
 
 
 def _holdout_and_clock_rules(v: dict) -> list[tuple[bool, str]]:
-    """dataset.holdout as a float is a fraction (< 1); trainer.lr_follows_clock=true needs a
+    """dataset.holdout as a float is a fraction (< 1); train_on_holdout needs a holdout;
+    trainer.lr_follows_clock=true needs a
     clock (trainer.max_minutes) and a schedule that can follow it (cosine)."""
     holdout, t = v.get("dataset.holdout"), "trainer.lr_follows_clock=true"
     return [
         (holdout is None or not v.get("dataset.holdout_list"),
          f"dataset.holdout={holdout} and dataset.holdout_list={v.get('dataset.holdout_list')} "
          f"both choose the held-out images: set one, the other to null."),
+        (not v.get("dataset.train_on_holdout") or holdout is not None
+         or v.get("dataset.holdout_list"),
+         "dataset.train_on_holdout=true trains on the holdout, and there is none "
+         "(dataset.holdout and dataset.holdout_list are null): set one, or "
+         "dataset.train_on_holdout=false."),
         (not isinstance(holdout, float) or holdout < 1,
          f"dataset.holdout must be {HOLDOUT}: a float of 1 or more is neither. Use an integer "
          f"for a number of images. Received: dataset.holdout={holdout}"),

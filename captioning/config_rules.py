@@ -239,6 +239,7 @@ RULES: dict[str, Rule] = {
     "dataset.cache_dir": PATH,
     "dataset.restval": BOOL,
     "dataset.train_on_val": BOOL,
+    "dataset.train_on_holdout": BOOL,
     "dataset.year": _one_of(2014, 2017),
     "dataset.download": BOOL,
     "dataset.tfds_name": STR,

@@ -487,23 +487,30 @@ def _with(cfg, **updates):
     return OmegaConf.create(out)
 
 
+def _final_fit(splits: dict, cfg, report) -> None:
+    """The final fit: ``dataset.train_on_val`` / ``train_on_holdout`` train on those images as
+    well. They stay in their splits so the loop and its logs run unchanged; their scores are
+    then not held-out scores (the untouched block, ``dataset.untouched_list``, never joins)."""
+    for split, key in (("val", "train_on_val"), (HOLDOUT, "train_on_holdout")):
+        if not cfg.dataset.get(key) or not splits.get(split):
+            continue
+        splits["train"] = splits["train"] + [replace(r, split="train") for r in splits[split]]
+        report.notes.append(f"dataset.{key}=true: the {split} images were trained on too (the "
+                            f"final fit), so {split} scores overstate; read "
+                            f"{'holdout, untouched or test' if split == 'val' else 'untouched'}")
+    select = cfg.get("callbacks", {}).get("checkpoints", {}).get("select", "best")
+    if cfg.dataset.get("train_on_val") and select == "best":
+        report.notes.append("callbacks.checkpoints.select=best picks its epoch on val, which "
+                            "is trained on here: prefer select=last or select=mean:A-B "
+                            "(the last epochs' mean), as experiment=ucm_scratch does")
+
+
 def build_data(cfg, progress: bool = True, vocab: Vocabulary | None = None) -> CaptionData:
     """The whole data side of a run, from the composed config."""
     text = cfg.text
     check_values({"text.seq_len": text.seq_len})
     splits, report = load_records(cfg.dataset, cfg.seed, progress)
-    if cfg.dataset.get("train_on_val"):
-        # The final fit: val's images are trained on as well, and stay in val so the loop and
-        # its logs run unchanged; their scores are then not held-out scores.
-        splits["train"] = splits["train"] + [replace(r, split="train") for r in splits["val"]]
-        report.notes.append("dataset.train_on_val=true: the val images were trained on too (the "
-                            "final fit), so val scores overstate; read holdout or test")
-        select = cfg.get("callbacks", {}).get("checkpoints", {}).get("select", "best")
-        if select == "best":
-            report.notes.append("callbacks.checkpoints.select=best picks its epoch on val, which "
-                                "is trained on here: prefer select=last or select=mean:A-B "
-                                "(the last epochs' mean), as experiment=ucm_scratch does")
-
+    _final_fit(splits, cfg, report)
     # The length rule cleans the training captions only: val/test/holdout keep every reference,
     # as the metrics of the literature are computed against all of them.
     punct = str(text.get("punctuation", "space"))

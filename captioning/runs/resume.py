@@ -28,7 +28,8 @@ RESUME_FIXED = ("dataset", "backbone", "decoder", "text", "seed")
 # Keys added since some runs began, with the default that changes nothing: a run whose
 # config.yaml lacks one resumes when the key keeps that default.
 RESUME_ADDED = {"dataset.holdout": None, "dataset.holdout_seed": 0,
-                "dataset.holdout_list": None, "dataset.classes": None, "trainer.class_loss": 0}
+                "dataset.holdout_list": None, "dataset.classes": None, "trainer.class_loss": 0,
+                "dataset.train_on_holdout": False}
 # Outside those sections, keys whose being on or off adds weights (a head) to the model.
 RESUME_HEADS = ("trainer.word_loss", "trainer.class_loss")
 

@@ -85,6 +85,21 @@ def test_the_final_fit_trains_on_val_and_says_so(flickr8k_original):
     assert not any("select=best" in n for n in data.report.notes)
 
 
+def test_the_final_fit_can_train_on_the_holdout_too(flickr8k_original):
+    """dataset.train_on_holdout=true: the held-out train image joins train again (its words the
+    vocabulary) and stays scored as holdout, with a note; without a holdout it is refused."""
+    base = ("dataset=flickr8k", f"dataset.root={flickr8k_original}", "dataset.split=karpathy",
+            "backbone.image_size=32", "text.seq_len=12", "dataset.train_on_holdout=true")
+    data = build_data(compose_config(*base, "dataset.holdout=1"), progress=False)
+    (held,) = data.splits["holdout"]
+    assert _ids(data.splits["train"]) == {"a.jpg", "b.jpg"}            # c.jpg (val) is not
+    assert _words([held]) - SPECIAL <= set(data.vocab.tokens)
+    assert any("train_on_holdout=true" in n and "read untouched" in n
+               for n in data.report.notes)
+    with pytest.raises(ConfigError, match="dataset.train_on_holdout=true trains on the holdout"):
+        check_config(compose_config(*base))
+
+
 def test_a_holdout_larger_than_train_names_the_key_and_the_fix(flickr8k_original):
     ds = compose_config("dataset=flickr8k", f"dataset.root={flickr8k_original}",
                         "dataset.split=karpathy", "dataset.holdout=2").dataset
