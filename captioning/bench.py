@@ -500,11 +500,11 @@ def preset_costs(args, steps: int = 12) -> dict:
         f"dataset.val_fraction={n_val / (n_train + n_val)}", "dataset.test_fraction=0.0",
         "dataset.split=random", "dataset.holdout=null", "dataset.holdout_list=null",
         # a tuning run's shapes: train alone, val scored every epoch (the final fit does neither)
-        "dataset.train_on_val=false", "callbacks.val_captions.every_n_epochs=1",
-        f"paths.cache_dir={args.cache_dir}", "callbacks.kangas.enabled=false",
-        # The warm-up steps teach the captions' length (sampled captions end as a trained
-        # model's do, not at max_len); the schedule's own warm-up would keep them random.
-        "trainer.warmup_steps=0", *PRESET_COST_PINS])
+        "dataset.train_on_val=false", "dataset.train_on_holdout=false",
+        "callbacks.val_captions.every_n_epochs=1", f"paths.cache_dir={args.cache_dir}",
+        "callbacks.kangas.enabled=false", "trainer.warmup_steps=0", *PRESET_COST_PINS])
+    # The warm-up steps teach the captions' length (sampled captions end as a trained
+    # model's do, not at max_len); the schedule's own warm-up would keep them random.
     keras.utils.set_random_seed(0)
     data = build_data(cfg, progress=False)
     model, _ = compile_captioner(cfg, data, tf.distribute.get_strategy())

@@ -75,6 +75,7 @@ def presets(images: int) -> dict[str, list[str]]:
     rows["coco_gru"] = ["experiment=coco_gru", *ucm(images)]
     # its holdout list names images a 256-image subset may not have
     rows["ucm_scratch"] = ["experiment=ucm_scratch", *ucm(images), "dataset.holdout_list=null",
+                          "dataset.train_on_holdout=false",
                           "dataset.untouched_list=null"]
     return rows
 

@@ -47,8 +47,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 class NeighbourVote:
     """The training images' features and captions; ``choose`` picks each query's candidate.
-    ``ids`` (the training images' ids): a query that is itself a training image (val, with
-    ``dataset.train_on_val``) is never its own neighbour."""
+    ``ids`` (the training images' ids): a query that is itself a training image (val or the
+    holdout, with ``dataset.train_on_val`` / ``train_on_holdout``) is never its own neighbour."""
 
     def __init__(self, features: np.ndarray, captions: list[list[tuple[int, ...]]], k: int,
                  ids: list[str] | None = None):

@@ -143,6 +143,10 @@ def test_the_holdout_keys_pass_where_shipped():
     assert (ucm.dataset.split, ucm.dataset.holdout, ucm.dataset.holdout_list,
             ucm.dataset.untouched_list, ucm.trainer.lr_follows_clock) == (
         "karpathy", None, "experiments/ucm_holdout.txt", "experiments/ucm_untouched.txt", False)
+    # the final fit trains on val and the holdout: only the untouched block is held out
+    assert ucm.dataset.train_on_val and ucm.dataset.train_on_holdout
+    check_config(compose_config("experiment=ucm_scratch", "dataset.json=x.json",
+                                "dataset.images=x"))
 
 
 needs_ucm = pytest.mark.skipif(not (SHARED_DATA / "ucm_captions" / "dataset.json").is_file(),

@@ -204,8 +204,10 @@ def test_profile_batches_write_a_tensorflow_trace(resumed_run):
     from captioning.op_profile import main, op_table
 
     table = op_table(out / "profile", top=5)       # the per-op table of that trace
-    kinds = dict(table["by_type"])
     assert len(table["by_op"]) == 5 and table["total_ms"] > 0
+    # the model's matrix products are in the trace (among all its op types: which ones lead
+    # depends on the machine's load, so the top 5 once missed them on a busy CI machine)
+    kinds = dict(op_table(out / "profile", top=10**6)["by_type"])
     assert any(k in kinds for k in ("MatMul", "BatchMatMulV2", "Einsum", "Conv2D"))
     main([str(out / "profile"), "--top", "3"])
     with pytest.raises(FileNotFoundError, match="trainer.profile_batches"):
