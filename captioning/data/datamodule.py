@@ -117,7 +117,12 @@ class CaptionData:
         def per_epoch(ds):                        # a new order (and caption draw) each epoch
             if shuffle:
                 ds = ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
-            return ds.map(_sampler(sample, seed)) if sample else ds
+            if not sample:
+                return ds
+            # each image's draw is keyed on a seeded stream that moves on with each pass, as
+            # the shuffle's order does: a resumed run skips passes the same way (limit_train)
+            draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+            return tf.data.Dataset.zip(ds, draws).map(_sampler(sample))
 
         # What each image brings besides its pixels: its captions, and its class when the
         # scene-class loss is on (``targets``). The maps below pass them on as ``*t``.
@@ -227,16 +232,17 @@ def _finish(ds, buffer: int = 2):
     return ds.prefetch(buffer).with_options(options)
 
 
-def _sampler(k: int, seed: int):
-    """(x, captions (C, L), ...) -> (x, k of the captions (k, L), ...), drawn without
-    replacement, real captions before empty rows (an image with fewer than k keeps all it has)."""
+def _sampler(k: int):
+    """((x, captions (C, L), ...), draw) -> (x, k of the captions (k, L), ...), drawn without
+    replacement by the key ``draw``, real captions before empty rows (an image with fewer than
+    k keeps all it has). Stateless: the same key, the same captions."""
     import tensorflow as tf
 
-    rng = tf.random.Generator.from_seed(seed)          # one stream: epochs differ, runs repeat
-
-    def pick(x, captions, *rest):
+    def pick(element, draw):
+        x, captions, *rest = element
         empty = tf.cast(tf.reduce_all(captions == 0, axis=-1), tf.float32)        # (C,)
-        order = tf.argsort(rng.uniform(tf.shape(empty)) + 2.0 * empty)[:k]
+        noise = tf.random.stateless_uniform(tf.shape(empty), seed=tf.stack([draw, tf.zeros_like(draw)]))
+        order = tf.argsort(noise + 2.0 * empty)[:k]
         return x, tf.gather(captions, order), *rest
 
     return pick

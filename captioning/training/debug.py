@@ -80,11 +80,11 @@ def limit_train(cfg, data, dataset, passes_done: int = 0):
     be dropped, an epoch takes one batch of the next pass instead.
 
     ``passes_done``: the epochs a resumed run has already trained on ``dataset``. Each pass's
-    order is the next in the shuffle's seeded stream, which advances when a pass's iterator is
-    created: creating (and dropping) that many iterators first, which reads no data, puts the
-    resumed run's next epoch on the order the uninterrupted run would have used, so that a run
-    resumed under ``trainer.deterministic=true`` ends as the uninterrupted one.
-    (``trainer.sample_captions``' draws still restart with the process.)"""
+    order (and ``trainer.sample_captions``' draws) is the next in a seeded stream that advances
+    when a pass's iterator is created: creating (and dropping) that many iterators first, which
+    reads no data, puts the resumed run's next epoch on the order and captions the
+    uninterrupted run would have used, so that a run resumed under
+    ``trainer.deterministic=true`` ends as the uninterrupted one."""
     steps = train_steps(cfg, data)
     for _ in range(passes_done):
         iter(dataset)                                   # advances the reshuffle seed stream

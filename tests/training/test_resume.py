@@ -250,12 +250,13 @@ def test_early_stopping_skips_epochs_without_validation_captions_quietly():
 
 @pytest.mark.slow
 def test_a_resumed_deterministic_run_ends_as_the_uninterrupted_one(tmp_path, monkeypatch):
-    """Stopped after epoch 1 and resumed, a run draws the data order, dropout masks and
-    augmentations the uninterrupted run would have drawn: the same history and scores."""
+    """Stopped after epoch 1 and resumed, a run draws the data order, the sampled captions,
+    dropout masks and augmentations the uninterrupted run would have drawn: the same history
+    and scores."""
     from captioning.training import train
 
     same = (*TINY, "trainer.max_epochs=4", "trainer.deterministic=true", "logger=none",
-            "augment.flip=horizontal")
+            "augment.flip=horizontal", "trainer.sample_captions=2")
     whole = train(compose_config(*same, f"paths.output_dir={tmp_path / 'whole'}"))
     monkeypatch.setenv("CAPTIONING_SIGNAL_AT", "epoch_end")
     with pytest.raises(TrainingInterrupted):
