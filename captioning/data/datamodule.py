@@ -241,7 +241,8 @@ def _sampler(k: int):
     def pick(element, draw):
         x, captions, *rest = element
         empty = tf.cast(tf.reduce_all(captions == 0, axis=-1), tf.float32)        # (C,)
-        noise = tf.random.stateless_uniform(tf.shape(empty), seed=tf.stack([draw, tf.zeros_like(draw)]))
+        key = tf.stack([draw, tf.zeros_like(draw)])
+        noise = tf.random.stateless_uniform(tf.shape(empty), seed=key)
         order = tf.argsort(noise + 2.0 * empty)[:k]
         return x, tf.gather(captions, order), *rest
 
