@@ -30,6 +30,7 @@ from captioning.config_rules import (
     is_number,
     small_cnn_rules,
 )
+from captioning.data.classes import class_loss_problem
 from captioning.evaluation.rewards import SCORES
 from captioning.models.registry import HUB_BACKBONES, rerank_problem
 from captioning.plugins import check_plugins
@@ -125,10 +126,7 @@ def _cross_rules(v: dict) -> list[tuple[bool, str]]:
          f"decode.num_captions=1 (method={v['decode.method']} gives one caption)."),
         *_rerank_rules(v),
         *_head_rules(v),
-        (not v.get("trainer.class_loss") or v.get("dataset.classes") is not None,
-         f"trainer.class_loss={v.get('trainer.class_loss')} predicts each image's scene class, "
-         f"and dataset.classes is null: name the rule (dataset.classes=ucm for UCM-Captions), "
-         f"or set trainer.class_loss=0."),
+        *_class_rules(v),
         (v.get("dataset.split") != "random" or val + test < 1,
          f"dataset.val_fraction and test_fraction must be in (0, 1) with a sum below 1. "
          f"Received: val_fraction={val}, test_fraction={test}"),
@@ -157,6 +155,11 @@ def _rerank_rules(v: dict) -> list[tuple[bool, str]]:
         return []
     problem = rerank_problem(v["decode.method"], v.get("decode.tta", "none"),
                              v.get("decode.num_captions", 1))
+    return [(problem is None, problem or "")]
+
+
+def _class_rules(v: dict) -> list[tuple[bool, str]]:
+    problem = class_loss_problem(v.get("trainer.class_loss"), v.get("dataset.classes"))
     return [(problem is None, problem or "")]
 
 
@@ -198,8 +201,8 @@ def _select_rules(v: dict) -> list[tuple[bool, str]]:
 
 def _holdout_and_clock_rules(v: dict) -> list[tuple[bool, str]]:
     """dataset.holdout as a float is a fraction (< 1); train_on_holdout needs a holdout;
-    trainer.lr_follows_clock=true needs a
-    clock (trainer.max_minutes) and a schedule that can follow it (cosine)."""
+    trainer.lr_follows_clock=true needs a clock (trainer.max_minutes) and a schedule that can
+    follow it (cosine)."""
     holdout, t = v.get("dataset.holdout"), "trainer.lr_follows_clock=true"
     return [
         (holdout is None or not v.get("dataset.holdout_list"),

@@ -43,6 +43,16 @@ def class_names(rule: str | None) -> tuple[str, ...]:
     return CLASS_RULES[rule]
 
 
+def class_loss_problem(class_loss: float, rule: str | None) -> str | None:
+    """Why ``trainer.class_loss`` cannot train, or None: it needs a rule naming the classes
+    (``check_config``, and ``build_model`` for models built without that check)."""
+    if not class_loss or rule is not None:
+        return None
+    return (f"trainer.class_loss={class_loss} predicts each image's scene class and so needs "
+            f"dataset.classes, and dataset.classes is null: name the rule (dataset.classes=ucm "
+            f"for UCM-Captions), or set trainer.class_loss=0.")
+
+
 def labeller(rule: str) -> Callable[[str], int]:
     """An image id -> its class index under ``rule``; an id the rule cannot name raises a
     ConfigError that says which image and what names the rule expects."""

@@ -498,13 +498,15 @@ def _final_fit(splits: dict, cfg, report) -> None:
     """The final fit: ``dataset.train_on_val`` / ``train_on_holdout`` train on those images as
     well. They stay in their splits so the loop and its logs run unchanged; their scores are
     then not held-out scores (the untouched block, ``dataset.untouched_list``, never joins)."""
-    for split, key in (("val", "train_on_val"), (HOLDOUT, "train_on_holdout")):
-        if not cfg.dataset.get(key) or not splits.get(split):
-            continue
+    trained = {split: key for split, key in (("val", "train_on_val"),
+                                             (HOLDOUT, "train_on_holdout"))
+               if cfg.dataset.get(key) and splits.get(split)}
+    held = " or ".join(s for s in (HOLDOUT, "test", UNTOUCHED)
+                       if splits.get(s) and s not in trained) or "none (no split is held out)"
+    for split, key in trained.items():
         splits["train"] = splits["train"] + [replace(r, split="train") for r in splits[split]]
         report.notes.append(f"dataset.{key}=true: the {split} images were trained on too (the "
-                            f"final fit), so {split} scores overstate; read "
-                            f"{'holdout, untouched or test' if split == 'val' else 'untouched'}")
+                            f"final fit), so {split} scores overstate; read {held}")
     select = cfg.get("callbacks", {}).get("checkpoints", {}).get("select", "best")
     if cfg.dataset.get("train_on_val") and select == "best":
         report.notes.append("callbacks.checkpoints.select=best picks its epoch on val, which "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from captioning import ConfigError
-from captioning.data.classes import class_names
+from captioning.data.classes import class_loss_problem, class_names
 from captioning.models.augment import build_augmentation
 from captioning.models.backbones import build_backbone
 from captioning.models.captioner import Captioner
@@ -25,10 +25,9 @@ def build_model(cfg, vocab_size: int):
     e = d.encoder
     # The scene-class head (trainer.class_loss) has one output per dataset.classes class.
     class_loss = float(cfg.trainer.get("class_loss", 0.0))
+    if problem := class_loss_problem(class_loss, cfg.dataset.get("classes")):
+        raise ConfigError(problem)
     classes = class_names(cfg.dataset.get("classes")) if class_loss else ()
-    if class_loss and not classes:
-        raise ConfigError(f"trainer.class_loss={class_loss} needs dataset.classes (e.g. ucm), "
-                          f"which is null: set it, or trainer.class_loss=0.")
     encoder = ImageEncoder(d.dim, e.num_layers, e.num_heads, e.dropout, e.input_norm,
                            name="encoder")
     model = Captioner(build_backbone(cfg), encoder, decoder, build_augmentation(cfg, cfg.seed),

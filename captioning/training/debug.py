@@ -87,7 +87,7 @@ def limit_train(cfg, data, dataset, passes_done: int = 0):
     ``trainer.deterministic=true`` ends as the uninterrupted one."""
     steps = train_steps(cfg, data)
     for _ in range(passes_done):
-        iter(dataset)                                   # advances the reshuffle seed stream
+        iter(dataset)                   # advances the shuffle's and the draws' seed streams
     return dataset.take(steps).repeat(), steps          # take(all) is the whole pass
 
 

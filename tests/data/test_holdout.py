@@ -94,8 +94,12 @@ def test_the_final_fit_can_train_on_the_holdout_too(flickr8k_original):
     (held,) = data.splits["holdout"]
     assert _ids(data.splits["train"]) == {"a.jpg", "b.jpg"}            # c.jpg (val) is not
     assert _words([held]) - SPECIAL <= set(data.vocab.tokens)
-    assert any("train_on_holdout=true" in n and "read untouched" in n
+    assert any("train_on_holdout=true" in n and n.endswith("read test")
                for n in data.report.notes)
+    both = build_data(compose_config(*base, "dataset.holdout=1", "dataset.train_on_val=true"),
+                      progress=False)                 # neither val's nor the holdout's note
+    assert [n.rsplit("read ", 1)[1] for n in both.report.notes if "=true: the" in n] == [
+        "test", "test"]                              # sends the reader to the other
     with pytest.raises(ConfigError, match="dataset.train_on_holdout=true trains on the holdout"):
         check_config(compose_config(*base))
 
