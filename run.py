@@ -101,9 +101,7 @@ def _discard_failed_run(cfg: DictConfig) -> None:
         return                                   # e.g. hydra.run.dir= named a folder in use
     logging.shutdown()                           # Hydra's file handler holds run.log open
     shutil.rmtree(folder, ignore_errors=True)
-    for parent in CLAIMED[1:]:                   # outputs/<date>/, outputs/: if _claim made them
-        with contextlib.suppress(OSError):
-            parent.rmdir()                       # (and they are empty)
+    _remove_empty_claims()
 
 
 def _log_to_file(message: str) -> None:
@@ -195,6 +193,14 @@ def _prepare_run_dir(argv: list[str]) -> list[str]:
 CLAIMED: list = []       # the folder _claim made for this run, then the parents it made
 
 
+def _remove_empty_claims() -> None:
+    """The folders ``_claim`` made that are still empty (a start Hydra refused, such as a
+    mistyped override, never reaches ``main``): removed; a folder with anything in it stays."""
+    for folder in CLAIMED:                       # the run's, then outputs/<date>/, outputs/
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 def _claim() -> str:
     import time
     from pathlib import Path
@@ -222,4 +228,7 @@ if __name__ == "__main__":
     except CaptioningError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    main()
+    try:
+        main()
+    finally:
+        _remove_empty_claims()

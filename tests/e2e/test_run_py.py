@@ -23,6 +23,14 @@ def test_a_mistyped_resume_fails_before_any_folder_is_written(tmp_path):
     assert list(tmp_path.iterdir()) == []                     # no outputs/<date>/<time>/
 
 
+def test_a_mistyped_override_key_leaves_no_empty_run_folder(tmp_path):
+    # Hydra refuses the key before run.py's main runs: the folder claimed for it goes too
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), "dataset.train_on_holdot=true"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "train_on_holdot" in result.stderr
+    assert list(tmp_path.iterdir()) == []                     # no outputs/<date>/<time>/
+
+
 def test_a_bad_setting_is_said_once_and_kept_in_the_run_log(tmp_path):
     run_dir = tmp_path / "run"
     result = subprocess.run([sys.executable, str(ROOT / "run.py"), "trainer.learning_rate=-1",
